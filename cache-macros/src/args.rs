@@ -1,0 +1,203 @@
+//! Parsing the options of `#[redis_cached(...)]` into [`CachedArgs`].
+//!
+//! Every option is `name`, or `name = value`. Errors are collected (unknown, duplicate,
+//! malformed and missing options) and reported together.
+
+use crate::duration;
+use crate::errors::Errors;
+use crate::template::Template;
+use proc_macro2::Span;
+use std::time::Duration;
+use syn::ext::IdentExt;
+use syn::parse::{Parse, ParseStream};
+use syn::spanned::Spanned;
+use syn::{Expr, Ident, LitInt, LitStr, Path, Token};
+
+/// The options this version accepts, listed in error messages.
+const VALID: &str = "`ttl`, `key`, `cache`, `cache_none`, `version`, `crate`";
+/// Options of the design that later versions add; refused with a clearer message.
+const PLANNED: &[&str] = &[
+    "lock",
+    "tags",
+    "stale",
+    "fail_safe",
+    "soft_timeout",
+    "hard_timeout",
+    "early",
+    "jitter",
+];
+
+/// The options of one `#[redis_cached]`, checked for form but not yet against the function.
+pub(crate) struct CachedArgs {
+    pub(crate) ttl: Duration,
+    pub(crate) key: Template,
+    /// `cache = <expr>`: where the `&Cache` comes from; the installed global one otherwise.
+    pub(crate) cache: Option<Expr>,
+    pub(crate) cache_none: bool,
+    pub(crate) version: u32,
+    /// `crate = "path"`: the facade's path when the dependency is renamed.
+    pub(crate) krate: Path,
+}
+
+/// One `name [= value]` pair as written.
+struct RawOption {
+    name: Ident,
+    value: Option<Expr>,
+}
+
+impl Parse for RawOption {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        // `parse_any` so that the keyword `crate` is accepted as an option name.
+        let name = Ident::parse_any(input)?;
+        let value = if input.peek(Token![=]) {
+            input.parse::<Token![=]>()?;
+            Some(input.parse::<Expr>()?)
+        } else {
+            None
+        };
+        Ok(RawOption { name, value })
+    }
+}
+
+/// The raw, comma separated options.
+pub(crate) struct RawOptions(Vec<RawOption>);
+
+impl Parse for RawOptions {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let options = input.parse_terminated(RawOption::parse, Token![,])?;
+        Ok(RawOptions(options.into_iter().collect()))
+    }
+}
+
+/// Checks the options' names and values. `attr_span` is where to report missing options.
+pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Option<CachedArgs> {
+    let mut seen: Vec<String> = Vec::new();
+    let mut ttl = None;
+    let mut key = None;
+    let mut cache = None;
+    let mut cache_none = false;
+    let mut version = 0;
+    let mut krate: Option<Path> = None;
+
+    for RawOption { name, value } in raw.0 {
+        let name_text = name.to_string();
+        if seen.contains(&name_text) {
+            errors.spanned(&name, format!("`{name_text}` is given twice; keep one"));
+            continue;
+        }
+        seen.push(name_text.clone());
+        match name_text.as_str() {
+            "ttl" => {
+                if let Some(lit) = string_value(&name, value.as_ref(), "\"15m\"", errors) {
+                    match duration::parse(&lit, "ttl") {
+                        Ok(parsed) => ttl = Some(parsed),
+                        Err(error) => errors.push(error),
+                    }
+                }
+            }
+            "key" => {
+                if let Some(lit) = string_value(&name, value.as_ref(), "\"user:<id>\"", errors) {
+                    match Template::parse(&lit) {
+                        Ok(template) => key = Some(template),
+                        Err(error) => errors.push(error),
+                    }
+                }
+            }
+            "cache" => match value {
+                Some(expr) => cache = Some(expr),
+                None => errors.spanned(&name, "`cache` needs a value: `cache = <expression giving a &Cache>`"),
+            },
+            "cache_none" => match value {
+                None => cache_none = true,
+                Some(value) => errors.spanned(value, "`cache_none` takes no value: write `cache_none`"),
+            },
+            "version" => {
+                if let Some(parsed) = version_value(&name, value.as_ref(), errors) {
+                    version = parsed;
+                }
+            }
+            "crate" => {
+                if let Some(lit) = string_value(&name, value.as_ref(), "\"my_redis_memo\"", errors) {
+                    match lit.parse::<Path>() {
+                        Ok(path) => krate = Some(path),
+                        Err(_) => errors.spanned(&lit, "`crate` must be a path such as \"my_redis_memo\" or \"::deps::redis_memo\""),
+                    }
+                }
+            }
+            planned if PLANNED.contains(&planned) => errors.spanned(
+                &name,
+                format!("`{planned}` is not available in this version of redis-memo; the options are {VALID}"),
+            ),
+            _ => errors.spanned(&name, format!("unknown option `{name_text}`; the options are {VALID}")),
+        }
+    }
+
+    if !seen.iter().any(|s| s == "ttl") {
+        errors.at(
+            attr_span,
+            "missing `ttl`: add `ttl = \"15m\"` (how long an entry stays fresh)",
+        );
+    }
+    if !seen.iter().any(|s| s == "key") {
+        errors.at(attr_span, "missing `key`: add `key = \"name:<param>\"`, naming the parameters that identify a call");
+    }
+    Some(CachedArgs {
+        ttl: ttl?,
+        key: key?,
+        cache,
+        cache_none,
+        version,
+        krate: krate.unwrap_or_else(|| syn::parse_quote!(::redis_memo)),
+    })
+}
+
+fn string_value(
+    name: &Ident,
+    value: Option<&Expr>,
+    example: &str,
+    errors: &mut Errors,
+) -> Option<LitStr> {
+    match value {
+        Some(Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Str(lit),
+            ..
+        })) => Some(lit.clone()),
+        Some(other) => {
+            errors.spanned(
+                other,
+                format!("`{name}` must be a string literal, like `{name} = {example}`"),
+            );
+            None
+        }
+        None => {
+            errors.spanned(
+                name,
+                format!("`{name}` needs a value, like `{name} = {example}`"),
+            );
+            None
+        }
+    }
+}
+
+fn version_value(name: &Ident, value: Option<&Expr>, errors: &mut Errors) -> Option<u32> {
+    let Some(Expr::Lit(syn::ExprLit {
+        lit: syn::Lit::Int(lit),
+        ..
+    })) = value
+    else {
+        let span = value.map_or(name.span(), |v| v.span());
+        errors.at(span, "`version` must be a whole number, like `version = 2`; bump it when the cached type changes shape");
+        return None;
+    };
+    match parse_u32(lit) {
+        Some(version) => Some(version),
+        None => {
+            errors.spanned(lit, "`version` must fit in a u32");
+            None
+        }
+    }
+}
+
+fn parse_u32(lit: &LitInt) -> Option<u32> {
+    lit.base10_parse::<u32>().ok()
+}

@@ -1,0 +1,203 @@
+//! Checking the key template (and `cache = ...`) against the function's parameters.
+//!
+//! - every placeholder names a parameter or `self` (with a "did you mean" hint);
+//! - every parameter is in the key or marked `#[cache(skip)]`: two calls that differ only in an
+//!   ignored argument would silently share an entry;
+//! - a skipped parameter is not in the key.
+//!
+//! The result says which parameters the generated helpers take.
+
+use crate::args::CachedArgs;
+use crate::errors::Errors;
+use crate::signature::FnModel;
+use proc_macro2::{TokenStream, TokenTree};
+use std::collections::BTreeSet;
+
+/// What the template and the `cache` expression use.
+pub(crate) struct Usage {
+    /// What `<fn>_cache_key` takes: the parameters in the key.
+    pub(crate) key: HelperInputs,
+    /// What `invalidate_<fn>` takes: those in the key and those the `cache` expression reads.
+    pub(crate) invalidate: HelperInputs,
+}
+
+/// The inputs of a generated helper.
+pub(crate) struct HelperInputs {
+    /// Indices into `FnModel::params`, in declaration order.
+    pub(crate) params: Vec<usize>,
+    /// Whether it takes `&self`.
+    pub(crate) takes_self: bool,
+}
+
+pub(crate) fn check(args: &CachedArgs, model: &FnModel, errors: &mut Errors) -> Usage {
+    let template = &args.key;
+    let mut in_key = BTreeSet::new();
+    let mut key_uses_self = false;
+    for placeholder in template.placeholders() {
+        if placeholder.root == "self" {
+            if model.receiver.is_none() {
+                errors.spanned(
+                    &template.lit,
+                    template.message_at(placeholder.offset, "`self` is only available in methods"),
+                );
+            } else if placeholder.fields.is_empty() {
+                errors.spanned(
+                    &template.lit,
+                    template.message_at(placeholder.offset, "name a field of `self`, like `<self.tenant>`: the receiver itself is not a key"),
+                );
+            }
+            key_uses_self = true;
+            continue;
+        }
+        match model
+            .params
+            .iter()
+            .position(|p| p.ident == placeholder.root)
+        {
+            Some(index) => {
+                if model.params[index].skip.is_some() {
+                    errors.spanned(
+                        &template.lit,
+                        template.message_at(
+                            placeholder.offset,
+                            &format!("`{}` is marked `#[cache(skip)]` but the key uses it; remove one of the two", placeholder.root),
+                        ),
+                    );
+                }
+                in_key.insert(index);
+            }
+            None => {
+                let names: Vec<String> = model.params.iter().map(|p| p.ident.to_string()).collect();
+                let hint = match closest(&placeholder.root, &names) {
+                    Some(name) => format!("; did you mean `{name}`?"),
+                    None if names.is_empty() => "; the function has no parameters".to_owned(),
+                    None => format!(
+                        "; the parameters are {}",
+                        names
+                            .iter()
+                            .map(|n| format!("`{n}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                };
+                errors.spanned(
+                    &template.lit,
+                    template.message_at(
+                        placeholder.offset,
+                        &format!("no parameter named `{}`{hint}", placeholder.root),
+                    ),
+                );
+            }
+        }
+    }
+
+    let (cache_idents, cache_uses_self) = args
+        .cache
+        .as_ref()
+        .map_or_else(Default::default, |expr| free_idents(quote::quote!(#expr)));
+    let mut helper = in_key.clone();
+    for (index, param) in model.params.iter().enumerate() {
+        let read_by_cache = cache_idents.contains(&param.ident.to_string());
+        if read_by_cache {
+            helper.insert(index);
+        }
+        if !in_key.contains(&index) && param.skip.is_none() {
+            let name = &param.ident;
+            errors.spanned(
+                name,
+                format!(
+                    "`{name}` is not in the key `{}`: add `<{name}>` to it, or mark the parameter `#[cache(skip)]` \
+                     if calls that differ only in `{name}` may share an entry",
+                    template.source
+                ),
+            );
+        }
+    }
+    Usage {
+        key: HelperInputs {
+            params: in_key.into_iter().collect(),
+            takes_self: key_uses_self,
+        },
+        invalidate: HelperInputs {
+            params: helper.into_iter().collect(),
+            takes_self: key_uses_self || cache_uses_self,
+        },
+    }
+}
+
+/// Identifiers in `tokens` that are not field or method names (not after a `.`), and whether
+/// `self` is among them.
+fn free_idents(tokens: TokenStream) -> (BTreeSet<String>, bool) {
+    fn walk(tokens: TokenStream, names: &mut BTreeSet<String>, uses_self: &mut bool) {
+        let mut after_dot = false;
+        for token in tokens {
+            match token {
+                TokenTree::Ident(ident) => {
+                    if ident == "self" {
+                        *uses_self = true;
+                    } else if !after_dot {
+                        names.insert(ident.to_string());
+                    }
+                    after_dot = false;
+                }
+                TokenTree::Punct(punct) => after_dot = punct.as_char() == '.',
+                TokenTree::Group(group) => {
+                    walk(group.stream(), names, uses_self);
+                    after_dot = false;
+                }
+                TokenTree::Literal(_) => after_dot = false,
+            }
+        }
+    }
+    let mut names = BTreeSet::new();
+    let mut uses_self = false;
+    walk(tokens, &mut names, &mut uses_self);
+    (names, uses_self)
+}
+
+/// The candidate nearest to `name` by edit distance, if near enough to be a typo.
+fn closest<'a>(name: &str, candidates: &'a [String]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|candidate| (edit_distance(name, candidate), candidate))
+        .filter(|(distance, candidate)| *distance <= 2.max(candidate.len() / 3))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate.as_str())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_near_names_only() {
+        let names = vec!["user_id".to_owned(), "org".to_owned()];
+        assert_eq!(closest("usr_id", &names), Some("user_id"));
+        assert_eq!(closest("tenant", &names), None);
+    }
+
+    #[test]
+    fn free_idents_skip_fields_and_see_self() {
+        let (names, uses_self) = free_idents(quote::quote!(ctx.cache(&self.other, shared)));
+        assert!(names.contains("ctx") && names.contains("shared"));
+        assert!(!names.contains("cache") && !names.contains("other"));
+        assert!(uses_self);
+    }
+}

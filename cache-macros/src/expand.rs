@@ -1,0 +1,271 @@
+//! Writing the memoized function and its helpers.
+//!
+//! For `#[redis_cached(ttl = "15m", key = "user:<id>")] async fn get_user(id: u64, ..) -> R`:
+//!
+//! - `get_user` itself: renders the key, then hands the original body (as an `async move`
+//!   block) to the runtime's `memoize`;
+//! - `get_user_cache_key(id: u64) -> String`: the rendered key;
+//! - `invalidate_get_user(id: u64) -> Result<bool, CacheError>`: removes the entry.
+//!
+//! Generated code reaches the runtime only through `<crate>::__private`, and its locals are
+//! prefixed `__redis_memo_`.
+
+use crate::args::{self, CachedArgs, RawOptions};
+use crate::check::{self, HelperInputs, Usage};
+use crate::errors::Errors;
+use crate::signature::{self, FnModel};
+use crate::template::Segment;
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{ItemFn, Type};
+
+pub(crate) fn redis_cached(args: TokenStream, item: TokenStream) -> TokenStream {
+    let mut function: ItemFn = match syn::parse2(item.clone()) {
+        Ok(function) => function,
+        Err(_) => {
+            let error = syn::Error::new(
+                Span::call_site(),
+                "`#[redis_cached]` goes on an `async fn`, free or in an `impl` block",
+            );
+            let error = error.into_compile_error();
+            return quote!(#error #item);
+        }
+    };
+    let mut errors = Errors::default();
+    let attr_span = if args.is_empty() {
+        Span::call_site()
+    } else {
+        args.span()
+    };
+    let options = match syn::parse2::<RawOptions>(args) {
+        Ok(raw) => args::check(raw, attr_span, &mut errors),
+        Err(error) => {
+            errors.push(error);
+            None
+        }
+    };
+    let model = signature::analyze(&mut function.sig, &mut errors);
+    let (Some(options), Some(model)) = (options, model) else {
+        return with_errors(errors, &function);
+    };
+    let usage = check::check(&options, &model, &mut errors);
+    if !errors.is_empty() {
+        return with_errors(errors, &function);
+    }
+    let Expansion {
+        function: wrapper,
+        helpers,
+    } = expand(&options, &model, &usage, function);
+    quote!(#wrapper #helpers)
+}
+
+/// `compile_error!`s next to the function as written (its `#[cache]` parameter attributes
+/// removed), so the rest of the crate still type-checks and IDEs keep working.
+fn with_errors(errors: Errors, function: &ItemFn) -> TokenStream {
+    let errors = errors.into_compile_errors();
+    quote!(#errors #function)
+}
+
+struct Expansion {
+    function: ItemFn,
+    helpers: TokenStream,
+}
+
+fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: ItemFn) -> Expansion {
+    let krate = &options.krate;
+    let private = quote!(#krate::__private);
+    let name = &function.sig.ident;
+    let name_text = name.to_string();
+    let template_text = &options.key.source;
+    let ttl_ms = u64::try_from(options.ttl.as_millis()).unwrap_or(u64::MAX);
+    let version = options.version;
+    let cache_none = options.cache_none;
+    let kind = model.kind.runtime_name();
+    let output = &model.output;
+    let stored = &model.stored;
+
+    let select_cache = select_cache(options, &private);
+    let render = render_key(options, model, &private);
+    let body = &function.block;
+    let memoize_call = quote_spanned! {stored.span()=>
+        #private::memoize::<#private::#kind, _, _>
+    };
+    let new_body = quote! {{
+        static __REDIS_MEMO_SPEC: #private::FnSpec = #private::FnSpec::new(
+            #name_text,
+            #template_text,
+            #private::Duration::from_millis(#ttl_ms),
+        )
+        .version(#version)
+        .cache_none(#cache_none);
+        #select_cache
+        let __redis_memo_key: ::std::string::String = #render;
+        #memoize_call(__redis_memo_cache, &__REDIS_MEMO_SPEC, __redis_memo_key, async move {
+            // Pins the block's output type for `?` and `return` in the body (as in
+            // tracing-attributes).
+            #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::let_unit_value)]
+            if false {
+                let __redis_memo_fake_return: #output = loop {};
+                return __redis_memo_fake_return;
+            }
+            #body
+        })
+        .await
+    }};
+    function.block = Box::new(syn::parse2(new_body).expect("generated block parses"));
+
+    let helpers = helpers(
+        options,
+        model,
+        usage,
+        &function,
+        &private,
+        &select_cache,
+        &render,
+    );
+    Expansion { function, helpers }
+}
+
+/// Binds `__redis_memo_cache: Option<&Cache>`: from `cache = <expr>` (anything that borrows
+/// as a `Cache`: `&Cache`, `Cache`, `Arc<Cache>`) or the installed global cache.
+fn select_cache(options: &CachedArgs, private: &TokenStream) -> TokenStream {
+    match &options.cache {
+        Some(expr) => {
+            let borrow = quote_spanned! {expr.span()=>
+                <_ as #private::Borrow<#private::Cache>>::borrow(__redis_memo_cache_ref)
+            };
+            quote! {
+                let __redis_memo_cache_ref = &(#expr);
+                let __redis_memo_cache: ::core::option::Option<&#private::Cache> =
+                    ::core::option::Option::Some(#borrow);
+            }
+        }
+        None => quote! {
+            let __redis_memo_cache: ::core::option::Option<&#private::Cache> = #private::global();
+        },
+    }
+}
+
+/// An expression rendering the key from the parameters in scope.
+fn render_key(options: &CachedArgs, model: &FnModel, private: &TokenStream) -> TokenStream {
+    let writer = quote!(__redis_memo_writer);
+    let mut steps = Vec::new();
+    for segment in &options.key.segments {
+        match segment {
+            Segment::Literal(text) => steps.push(quote!(#writer.literal(#text);)),
+            Segment::Placeholder(placeholder) => {
+                let root = if placeholder.root == "self" {
+                    let self_token = model.receiver.unwrap_or_default();
+                    quote!(#self_token)
+                } else {
+                    let param = model
+                        .param(&placeholder.root)
+                        .expect("checked: placeholder names a parameter");
+                    let ident = &param.ident;
+                    if placeholder.fields.is_empty() && !contains_impl_trait(&param.ty) {
+                        // With the parameter's type spelled out, a missing `KeyPart` impl is
+                        // reported on the user's type.
+                        let ty = &param.ty;
+                        steps.push(quote_spanned! {signature::type_span(param)=>
+                            #writer.placeholder::<#ty>(&#ident);
+                        });
+                        continue;
+                    }
+                    quote!(#ident)
+                };
+                let fields = placeholder
+                    .fields
+                    .iter()
+                    .map(|field| match field.parse::<u32>() {
+                        Ok(index) => {
+                            let index = syn::Index {
+                                index,
+                                span: options.key.lit.span(),
+                            };
+                            quote!(.#index)
+                        }
+                        Err(_) => {
+                            let ident = syn::Ident::new(field, options.key.lit.span());
+                            quote!(.#ident)
+                        }
+                    });
+                steps.push(quote_spanned! {options.key.lit.span()=>
+                    #writer.placeholder(&(#root #(#fields)*));
+                });
+            }
+        }
+    }
+    quote! {{
+        let mut #writer = #private::KeyWriter::new();
+        #(#steps)*
+        #writer.finish()
+    }}
+}
+
+fn contains_impl_trait(ty: &Type) -> bool {
+    quote!(#ty)
+        .into_iter()
+        .any(|token| matches!(token, proc_macro2::TokenTree::Ident(ident) if ident == "impl"))
+}
+
+fn helpers(
+    options: &CachedArgs,
+    model: &FnModel,
+    usage: &Usage,
+    function: &ItemFn,
+    private: &TokenStream,
+    select_cache: &TokenStream,
+    render: &TokenStream,
+) -> TokenStream {
+    let vis = &function.vis;
+    let name = &function.sig.ident;
+    let key_fn = format_ident!("{}_cache_key", name);
+    let invalidate_fn = format_ident!("invalidate_{}", name);
+    let generics_params = &function.sig.generics.params;
+    let generics = if generics_params.is_empty() {
+        quote!()
+    } else {
+        quote!(<#generics_params>)
+    };
+    let where_clause = &function.sig.generics.where_clause;
+    let key_params = helper_inputs(model, &usage.key);
+    let invalidate_params = helper_inputs(model, &usage.invalidate);
+    let key_doc = format!(
+        " The rendered cache key of [`{name}`] for these arguments (template `{}`); the Redis key is \
+         `<namespace>:{{<this>}}`, see `Cache::full_key`.",
+        options.key.source
+    );
+    let invalidate_doc = format!(
+        " Removes the cached entry of [`{name}`] for these arguments; `Ok(true)` if there was one."
+    );
+    quote! {
+        #[doc = #key_doc]
+        #[allow(dead_code, clippy::needless_pass_by_value, clippy::ptr_arg)]
+        #vis fn #key_fn #generics (#key_params) -> ::std::string::String #where_clause {
+            #render
+        }
+
+        #[doc = #invalidate_doc]
+        #[doc = ""]
+        #[doc = " # Errors"]
+        #[doc = " When Redis fails or times out (a lost invalidation must not pass silently), or no cache is installed."]
+        #[allow(dead_code, clippy::needless_pass_by_value, clippy::ptr_arg)]
+        #vis async fn #invalidate_fn #generics (#invalidate_params) -> ::core::result::Result<bool, #private::CacheError> #where_clause {
+            #select_cache
+            let __redis_memo_key: ::std::string::String = #render;
+            #private::invalidate(__redis_memo_cache, __redis_memo_key).await
+        }
+    }
+}
+
+/// `&self, a: A, b: B` for a helper's signature.
+fn helper_inputs(model: &FnModel, inputs: &HelperInputs) -> TokenStream {
+    let receiver = inputs.takes_self.then(|| quote!(&self,));
+    let params = inputs.params.iter().map(|&index| {
+        let param = &model.params[index];
+        let (ident, ty) = (&param.ident, &param.ty);
+        quote!(#ident: #ty)
+    });
+    quote!(#receiver #(#params),*)
+}

@@ -1,0 +1,239 @@
+//! The [`Cache`] handle and its builder.
+
+use crate::CacheError;
+use crate::backend::{Backend, MemoryStore, RedisBackend};
+use crate::flight::Flights;
+use crate::health::Health;
+use crate::stats::{Counters, Stats};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A handle to a cache: where entries live (Redis or an in-process [`MemoryStore`]), their
+/// namespace, timeouts and counters. Cheap to clone; clones share everything.
+///
+/// ```no_run
+/// # async fn start() -> Result<(), redis_memo_runtime::CacheError> {
+/// use redis_memo_runtime::Cache;
+/// use std::time::Duration;
+///
+/// let cache = Cache::builder()
+///     .redis_url("redis://127.0.0.1:6379")
+///     .namespace("billing")
+///     .op_timeout(Duration::from_millis(100))
+///     .build()?;
+/// cache.ping().await?; // optional: fail start-up when Redis is not there
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Cache {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) backend: Backend,
+    pub(crate) namespace: String,
+    pub(crate) health: Health,
+    pub(crate) counters: Counters,
+    pub(crate) flights: Flights,
+}
+
+/// Builds a [`Cache`]. Start with [`Cache::builder`].
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct CacheBuilder {
+    source: Option<Source>,
+    namespace: String,
+    op_timeout: Duration,
+    breaker_threshold: u32,
+    breaker_cooldown: Duration,
+}
+
+enum Source {
+    Url(String),
+    Connection(ConnectionManager),
+    Memory(MemoryStore),
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Url(url) => f.debug_tuple("Url").field(url).finish(),
+            Source::Connection(_) => f.write_str("Connection"),
+            Source::Memory(store) => f.debug_tuple("Memory").field(store).finish(),
+        }
+    }
+}
+
+impl CacheBuilder {
+    /// Default namespace, the first part of every key.
+    pub const DEFAULT_NAMESPACE: &'static str = "memo";
+    /// Default bound on each Redis operation.
+    pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_millis(250);
+    /// Default number of consecutive failures that open the circuit breaker.
+    pub const DEFAULT_BREAKER_THRESHOLD: u32 = 3;
+    /// Default time the breaker stays open before Redis is tried again.
+    pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_millis(500);
+
+    /// Stores entries in the Redis server at `url` (`redis://host:port/db`). The connection is
+    /// made on first use and remade by itself after failures.
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.source = Some(Source::Url(url.into()));
+        self
+    }
+
+    /// Stores entries through an existing connection manager (for TLS, auth or settings the URL
+    /// cannot express). Its own timeouts still apply; the cache adds its per-operation one.
+    pub fn redis_connection(mut self, connection: ConnectionManager) -> Self {
+        self.source = Some(Source::Connection(connection));
+        self
+    }
+
+    /// Stores entries in process, in `store`.
+    pub fn memory(mut self, store: MemoryStore) -> Self {
+        self.source = Some(Source::Memory(store));
+        self
+    }
+
+    /// Prefix of every key: `<namespace>:{<rendered key>}`. Letters, digits and `_ . - : /`.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// Bound on each Redis operation. A call that hits it runs the function instead (fail-open).
+    pub fn op_timeout(mut self, timeout: Duration) -> Self {
+        self.op_timeout = timeout;
+        self
+    }
+
+    /// After `threshold` consecutive failed Redis operations, calls skip Redis for `cooldown`
+    /// (they run the function), so an outage costs no timeouts.
+    pub fn breaker(mut self, threshold: u32, cooldown: Duration) -> Self {
+        self.breaker_threshold = threshold;
+        self.breaker_cooldown = cooldown;
+        self
+    }
+
+    /// Builds the cache. With a Redis source this must run inside a Tokio runtime, which drives
+    /// the connection; it does not wait for Redis (see [`Cache::ping`]).
+    ///
+    /// # Errors
+    /// [`CacheError::Config`] for a missing source, an invalid namespace, a zero timeout or a
+    /// call outside a Tokio runtime; [`CacheError::Redis`] for an unparsable URL.
+    pub fn build(self) -> Result<Cache, CacheError> {
+        validate_namespace(&self.namespace)?;
+        if self.op_timeout.is_zero() {
+            return Err(CacheError::Config(
+                "op_timeout must be greater than zero".into(),
+            ));
+        }
+        let backend = match self.source {
+            None => {
+                return Err(CacheError::Config(
+                    "no backend: call `redis_url`, `redis_connection` or `memory` on the builder"
+                        .into(),
+                ));
+            }
+            Some(Source::Memory(store)) => Backend::Memory(store),
+            Some(Source::Connection(connection)) => {
+                Backend::Redis(RedisBackend::new(connection, self.op_timeout))
+            }
+            Some(Source::Url(url)) => {
+                if tokio::runtime::Handle::try_current().is_err() {
+                    return Err(CacheError::Config(
+                        "build a Redis cache inside a Tokio runtime: it drives the connection"
+                            .into(),
+                    ));
+                }
+                let client = redis::Client::open(url.as_str())?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.op_timeout))
+                    .set_response_timeout(Some(self.op_timeout))
+                    // Reconnection happens in the background on the next use; a request never
+                    // waits through a retry schedule (the default blocked ~9.5 s when down).
+                    .set_number_of_retries(1)
+                    .set_max_delay(self.op_timeout);
+                let connection = ConnectionManager::new_lazy_with_config(client, config)?;
+                Backend::Redis(RedisBackend::new(connection, self.op_timeout))
+            }
+        };
+        Ok(Cache {
+            inner: Arc::new(Inner {
+                backend,
+                namespace: self.namespace,
+                health: Health::new(self.breaker_threshold, self.breaker_cooldown),
+                counters: Counters::default(),
+                flights: Flights::default(),
+            }),
+        })
+    }
+}
+
+fn validate_namespace(namespace: &str) -> Result<(), CacheError> {
+    let valid = !namespace.is_empty()
+        && namespace
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b':' | b'/'));
+    if valid {
+        Ok(())
+    } else {
+        Err(CacheError::Config(format!(
+            "namespace {namespace:?} must be non-empty and use only letters, digits and `_ . - : /` \
+             (braces would break Redis Cluster hash tags, glob characters pattern invalidation)"
+        )))
+    }
+}
+
+impl Cache {
+    /// A builder with the default namespace, timeout and breaker, and no backend yet.
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder {
+            source: None,
+            namespace: CacheBuilder::DEFAULT_NAMESPACE.to_owned(),
+            op_timeout: CacheBuilder::DEFAULT_OP_TIMEOUT,
+            breaker_threshold: CacheBuilder::DEFAULT_BREAKER_THRESHOLD,
+            breaker_cooldown: CacheBuilder::DEFAULT_BREAKER_COOLDOWN,
+        }
+    }
+
+    /// The Redis key of an entry whose rendered key (what `<fn>_cache_key` returns) is
+    /// `rendered`: `<namespace>:{<rendered>}`. The braces are a Redis Cluster hash tag, so an
+    /// entry and its satellite keys share a slot.
+    pub fn full_key(&self, rendered: &str) -> String {
+        let namespace = &self.inner.namespace;
+        let mut key = String::with_capacity(namespace.len() + rendered.len() + 3);
+        key.push_str(namespace);
+        key.push_str(":{");
+        key.push_str(rendered);
+        key.push('}');
+        key
+    }
+
+    /// Removes the entry whose rendered key is `rendered`; true if there was one.
+    /// Generated `invalidate_<fn>` helpers call this.
+    ///
+    /// # Errors
+    /// When Redis fails or times out: a lost invalidation must not pass silently.
+    pub async fn invalidate(&self, rendered: &str) -> Result<bool, CacheError> {
+        self.inner.backend.delete(&self.full_key(rendered)).await
+    }
+
+    /// Checks that the backend answers (a `GET` of a key nobody writes).
+    ///
+    /// # Errors
+    /// When Redis fails or does not answer within the operation timeout.
+    pub async fn ping(&self) -> Result<(), CacheError> {
+        self.inner
+            .backend
+            .get(&self.full_key("redis-memo:ping"))
+            .await
+            .map(drop)
+    }
+
+    /// The counters since this cache was built.
+    pub fn stats(&self) -> Stats {
+        self.inner.counters.snapshot()
+    }
+}

@@ -1,0 +1,50 @@
+//! The error type of cache operations that a caller asked for directly (invalidation,
+//! configuration). Memoized calls never return it: they fail open.
+
+use std::time::Duration;
+
+/// Why a cache operation failed.
+///
+/// Memoized functions never surface this type: when Redis fails they run the function
+/// (fail-open). It is returned by the operations whose failure the caller must see, such as
+/// `invalidate_<fn>` (a silently lost invalidation would serve stale data) and
+/// [`CacheBuilder::build`](crate::CacheBuilder::build).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CacheError {
+    /// Redis answered with an error, or the connection failed.
+    #[error("redis error: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// Redis did not answer within the per-operation timeout.
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    /// A memoized function or helper without `cache = ...` ran before a global cache was
+    /// installed.
+    #[error(
+        "no cache installed: call `redis_memo::install(cache)` at start-up, \
+         or give the attribute `cache = <expr>`"
+    )]
+    NotInstalled,
+    /// [`install`](crate::install) was called a second time.
+    #[error("a global cache is already installed; `install` may be called once per process")]
+    AlreadyInstalled,
+    /// The builder was given an invalid setting.
+    #[error("invalid cache configuration: {0}")]
+    Config(String),
+}
+
+impl CacheError {
+    /// True when Redis did not answer within the operation timeout.
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            CacheError::Timeout(_) => true,
+            CacheError::Redis(e) => e.is_timeout(),
+            _ => false,
+        }
+    }
+
+    /// True when the connection to Redis was refused or dropped.
+    pub fn is_connection_error(&self) -> bool {
+        matches!(self, CacheError::Redis(e) if e.is_connection_dropped() || e.is_connection_refusal() || e.is_io_error())
+    }
+}

@@ -1,0 +1,87 @@
+//! A circuit breaker in front of the backend, and outage logging once per burst.
+//!
+//! After `threshold` consecutive failed operations the breaker opens: for `cooldown`, calls do
+//! not touch Redis at all (they run the function), so an outage costs no timeouts. Then the
+//! next operations try again; one success closes it. The first failure of a burst is logged
+//! as a warning and the recovery as info, with the count in between, instead of one line per
+//! call.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+pub(crate) struct Health {
+    epoch: Instant,
+    threshold: u64,
+    cooldown: Duration,
+    consecutive_failures: AtomicU64,
+    /// Milliseconds since `epoch` until which the breaker is open.
+    open_until_ms: AtomicU64,
+}
+
+impl Health {
+    pub(crate) fn new(threshold: u32, cooldown: Duration) -> Self {
+        Health {
+            epoch: Instant::now(),
+            threshold: u64::from(threshold.max(1)),
+            cooldown,
+            consecutive_failures: AtomicU64::new(0),
+            open_until_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether an operation may go to the backend now.
+    pub(crate) fn allows_request(&self) -> bool {
+        self.open_until_ms.load(Relaxed) <= self.now_ms()
+    }
+
+    pub(crate) fn record_success(&self) {
+        if self.consecutive_failures.load(Relaxed) == 0 {
+            return;
+        }
+        let failed = self.consecutive_failures.swap(0, Relaxed);
+        if failed > 0 {
+            tracing::info!(
+                failed_operations = failed,
+                "redis-memo: redis answers again; caching resumed"
+            );
+        }
+    }
+
+    pub(crate) fn record_failure(&self, operation: &'static str, error: &dyn std::fmt::Display) {
+        let failures = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
+        if failures == 1 {
+            tracing::warn!(operation, %error, "redis-memo: redis operation failed; calls run uncached until it answers again");
+        }
+        if failures >= self.threshold {
+            let until =
+                self.now_ms() + u64::try_from(self.cooldown.as_millis()).unwrap_or(u64::MAX);
+            self.open_until_ms.store(until, Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_after_threshold_and_closes_after_cooldown() {
+        let health = Health::new(2, Duration::ZERO);
+        assert!(health.allows_request());
+        health.record_failure("get", &"boom");
+        assert!(health.allows_request());
+        let long = Health::new(2, Duration::from_secs(3600));
+        long.record_failure("get", &"boom");
+        long.record_failure("get", &"boom");
+        assert!(!long.allows_request());
+        long.record_success();
+        // A success resets the count but an open breaker stays open until its cooldown ends:
+        // successes can only come from operations that started before it opened.
+        assert!(!long.allows_request());
+    }
+}

@@ -1,0 +1,185 @@
+//! The read and fill path of a memoized call (cache-aside with in-process coalescing).
+//!
+//! 1. Join the key's flight: one caller per key and process leads, the others wait for it.
+//! 2. The leader reads the entry. A usable entry is a hit: it is handed to the waiters.
+//! 3. Otherwise (no entry, an entry that does not decode, Redis unavailable) the leader runs
+//!    the function, hands the encoded result to the waiters, and stores it with `SET … PX`
+//!    when the kind allows it and Redis answered the read.
+
+use crate::cache::Cache;
+use crate::codec::Bincode;
+use crate::envelope::{self, DecodeError, EntryTimes};
+use crate::flight::{self, LeaderGuard, Role, Shared, WaitOutcome};
+use crate::returns::ReturnKind;
+use crate::spec::FnSpec;
+use crate::stats::Event;
+use bytes::Bytes;
+use std::future::Future;
+
+/// What a leader's read found.
+enum Read {
+    Entry(Bytes),
+    Missing,
+    /// Redis failed, timed out, or the breaker is open: run the function, store nothing.
+    Unavailable,
+}
+
+impl Cache {
+    pub(crate) async fn memoize<K, R, F>(
+        &self,
+        spec: &'static FnSpec,
+        rendered: &str,
+        compute: F,
+    ) -> R
+    where
+        K: ReturnKind<R>,
+        F: Future<Output = R>,
+    {
+        let key = self.full_key(rendered);
+        let fingerprint = spec.fingerprint::<K::Stored>();
+        loop {
+            match self.inner.flights.join(&key) {
+                Role::Leader(guard) => {
+                    return self
+                        .lead::<K, R, F>(spec, &key, fingerprint, guard, compute)
+                        .await;
+                }
+                Role::Waiter(receiver) => match flight::wait(receiver).await {
+                    WaitOutcome::Shared(Shared::Entry(bytes)) => {
+                        // The leader encoded these bytes with the same fingerprint, so they
+                        // decode; if they somehow did not, computing is still correct.
+                        match envelope::decode::<Bincode, K::Stored>(&bytes, fingerprint) {
+                            Ok((value, _)) => {
+                                self.record(Event::Coalesced, spec);
+                                return K::from_stored(value);
+                            }
+                            Err(_) => return compute.await,
+                        }
+                    }
+                    // The leader's result was an error: each waiter runs the function itself
+                    // rather than queueing behind one another's failures.
+                    WaitOutcome::Shared(Shared::NotShareable) => return compute.await,
+                    // The leader was cancelled or panicked: start over, maybe as the leader.
+                    WaitOutcome::Abandoned => continue,
+                },
+            }
+        }
+    }
+
+    async fn lead<K, R, F>(
+        &self,
+        spec: &'static FnSpec,
+        key: &str,
+        fingerprint: u64,
+        guard: LeaderGuard<'_>,
+        compute: F,
+    ) -> R
+    where
+        K: ReturnKind<R>,
+        F: Future<Output = R>,
+    {
+        let redis_answered = match self.read(spec, key).await {
+            Read::Entry(bytes) => match envelope::decode::<Bincode, K::Stored>(&bytes, fingerprint)
+            {
+                Ok((value, _)) => {
+                    self.record(Event::Hit, spec);
+                    guard.publish(Shared::Entry(bytes));
+                    return K::from_stored(value);
+                }
+                Err(error) => {
+                    self.report_decode_failure(spec, key, &error);
+                    true
+                }
+            },
+            Read::Missing => true,
+            Read::Unavailable => false,
+        };
+        self.record(Event::Miss, spec);
+
+        let result = compute.await;
+
+        let Some(value) = K::shareable(&result) else {
+            guard.publish(Shared::NotShareable);
+            return result;
+        };
+        let now = crate::clock::now_unix_ms();
+        let times = EntryTimes {
+            written_at_ms: now,
+            fresh_until_ms: now
+                .saturating_add(u64::try_from(spec.ttl.as_millis()).unwrap_or(u64::MAX)),
+        };
+        match envelope::encode::<Bincode, _>(value, fingerprint, times) {
+            Ok(bytes) => {
+                let bytes = Bytes::from(bytes);
+                guard.publish(Shared::Entry(bytes.clone()));
+                if redis_answered && K::storable(&result, spec.cache_none) {
+                    self.write(spec, key, bytes).await;
+                }
+            }
+            Err(error) => {
+                self.record(Event::EncodeFailure, spec);
+                tracing::warn!(function = spec.name, %error, "redis-memo: return value does not serialize; not cached");
+                guard.publish(Shared::NotShareable);
+            }
+        }
+        // Dropping the guard ends the flight only now, after the write: a caller that arrives
+        // later reads the stored entry instead of computing again.
+        drop(guard);
+        result
+    }
+
+    async fn read(&self, spec: &'static FnSpec, key: &str) -> Read {
+        let health = &self.inner.health;
+        if !health.allows_request() {
+            self.record(Event::FailOpen, spec);
+            return Read::Unavailable;
+        }
+        match self.inner.backend.get(key).await {
+            Ok(found) => {
+                health.record_success();
+                found.map_or(Read::Missing, Read::Entry)
+            }
+            Err(error) => {
+                health.record_failure("GET", &error);
+                self.record(Event::FailOpen, spec);
+                Read::Unavailable
+            }
+        }
+    }
+
+    async fn write(&self, spec: &'static FnSpec, key: &str, bytes: Bytes) {
+        let health = &self.inner.health;
+        if !health.allows_request() {
+            self.record(Event::FailOpen, spec);
+            return;
+        }
+        match self.inner.backend.set(key, bytes, spec.ttl).await {
+            Ok(()) => {
+                health.record_success();
+                self.record(Event::Fill, spec);
+            }
+            Err(error) => {
+                health.record_failure("SET", &error);
+                self.record(Event::FailOpen, spec);
+            }
+        }
+    }
+
+    fn report_decode_failure(&self, spec: &'static FnSpec, key: &str, error: &DecodeError) {
+        self.record(Event::DecodeFailure, spec);
+        if matches!(error, DecodeError::Fingerprint) {
+            // Expected once per entry after a deploy that changed the type or `version`.
+            tracing::debug!(
+                function = spec.name,
+                key,
+                "redis-memo: entry from another version; recomputing"
+            );
+        } else {
+            tracing::warn!(function = spec.name, key, %error, reason = error.reason(), "redis-memo: unusable entry; recomputing and overwriting");
+        }
+    }
+
+    fn record(&self, event: Event, spec: &'static FnSpec) {
+        self.inner.counters.record(event, spec.name);
+    }
+}

@@ -1,0 +1,93 @@
+//! How a memoized function's return value maps to what is stored.
+//!
+//! The macro picks the kind from the written return type: `Result<T, E>` stores `T` and never
+//! an `Err`; `Option<T>` stores `Option<T>` but `None` only with `cache_none`; any other `T`
+//! is stored as is.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// A type that can be stored in the cache: serde-serializable, owned, and shareable across
+/// tasks.
+#[diagnostic::on_unimplemented(
+    message = "the cached value type `{Self}` cannot be stored in the cache",
+    note = "derive `serde::Serialize` and `serde::Deserialize` for it; it must also be `Send + 'static`"
+)]
+pub trait CacheValue: Serialize + DeserializeOwned + Send + 'static {}
+
+impl<T: Serialize + DeserializeOwned + Send + 'static> CacheValue for T {}
+
+/// Maps a return type `R` to its stored value.
+pub trait ReturnKind<R> {
+    /// What is stored for a successful call.
+    type Stored: CacheValue;
+
+    /// The part of `result` that callers waiting on the same key may be given, if any.
+    fn shareable(result: &R) -> Option<&Self::Stored>;
+
+    /// Whether `result` may be written to the cache.
+    fn storable(result: &R, cache_none: bool) -> bool;
+
+    /// Rebuilds a return value from a stored one.
+    fn from_stored(stored: Self::Stored) -> R;
+}
+
+/// Return type `T`: always stored.
+#[derive(Debug)]
+pub enum Plain {}
+
+/// Return type `Option<T>`: `None` stored only with `cache_none`.
+#[derive(Debug)]
+pub enum Optional {}
+
+/// Return type `Result<T, E>`: `Ok` stored, `Err` never.
+#[derive(Debug)]
+pub enum Fallible {}
+
+impl<T: CacheValue> ReturnKind<T> for Plain {
+    type Stored = T;
+
+    fn shareable(result: &T) -> Option<&T> {
+        Some(result)
+    }
+
+    fn storable(_: &T, _: bool) -> bool {
+        true
+    }
+
+    fn from_stored(stored: T) -> T {
+        stored
+    }
+}
+
+impl<T: CacheValue> ReturnKind<Option<T>> for Optional {
+    type Stored = Option<T>;
+
+    fn shareable(result: &Option<T>) -> Option<&Option<T>> {
+        Some(result)
+    }
+
+    fn storable(result: &Option<T>, cache_none: bool) -> bool {
+        result.is_some() || cache_none
+    }
+
+    fn from_stored(stored: Option<T>) -> Option<T> {
+        stored
+    }
+}
+
+impl<T: CacheValue, E> ReturnKind<Result<T, E>> for Fallible {
+    type Stored = T;
+
+    fn shareable(result: &Result<T, E>) -> Option<&T> {
+        result.as_ref().ok()
+    }
+
+    fn storable(result: &Result<T, E>, _: bool) -> bool {
+        result.is_ok()
+    }
+
+    fn from_stored(stored: T) -> Result<T, E> {
+        Ok(stored)
+    }
+}

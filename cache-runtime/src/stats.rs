@@ -1,0 +1,93 @@
+//! Counters of what the cache did: a [`Stats`] snapshot per [`Cache`](crate::Cache), and the
+//! same events per function through the `metrics` facade (`redis_memo_<event>_total`, label
+//! `fn`), for whatever exporter the program installs.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// A snapshot of a cache's counters since it was built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Calls answered from the cache.
+    pub hits: u64,
+    /// Calls that found no usable entry and ran the function.
+    pub misses: u64,
+    /// Calls that waited for another call of the same key in this process and took its value.
+    pub coalesced: u64,
+    /// Values written to the cache.
+    pub fills: u64,
+    /// Stored bytes that were not a usable entry (foreign bytes, another version, corrupt):
+    /// each was treated as a miss and overwritten.
+    pub decode_failures: u64,
+    /// Return values that could not be serialized (returned to the caller, not stored).
+    pub encode_failures: u64,
+    /// Cache operations skipped or failed because Redis was unreachable, slow or erroring;
+    /// the call ran the function instead.
+    pub fail_open: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    coalesced: AtomicU64,
+    fills: AtomicU64,
+    decode_failures: AtomicU64,
+    encode_failures: AtomicU64,
+    fail_open: AtomicU64,
+}
+
+/// One countable event.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Event {
+    Hit,
+    Miss,
+    Coalesced,
+    Fill,
+    DecodeFailure,
+    EncodeFailure,
+    FailOpen,
+}
+
+impl Event {
+    fn metric_name(self) -> &'static str {
+        match self {
+            Event::Hit => "redis_memo_hits_total",
+            Event::Miss => "redis_memo_misses_total",
+            Event::Coalesced => "redis_memo_coalesced_total",
+            Event::Fill => "redis_memo_fills_total",
+            Event::DecodeFailure => "redis_memo_decode_failures_total",
+            Event::EncodeFailure => "redis_memo_encode_failures_total",
+            Event::FailOpen => "redis_memo_fail_open_total",
+        }
+    }
+}
+
+impl Counters {
+    /// Counts `event` for the function `fn_name`.
+    pub(crate) fn record(&self, event: Event, fn_name: &'static str) {
+        let counter = match event {
+            Event::Hit => &self.hits,
+            Event::Miss => &self.misses,
+            Event::Coalesced => &self.coalesced,
+            Event::Fill => &self.fills,
+            Event::DecodeFailure => &self.decode_failures,
+            Event::EncodeFailure => &self.encode_failures,
+            Event::FailOpen => &self.fail_open,
+        };
+        counter.fetch_add(1, Relaxed);
+        metrics::counter!(event.metric_name(), "fn" => fn_name).increment(1);
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        Stats {
+            hits: self.hits.load(Relaxed),
+            misses: self.misses.load(Relaxed),
+            coalesced: self.coalesced.load(Relaxed),
+            fills: self.fills.load(Relaxed),
+            decode_failures: self.decode_failures.load(Relaxed),
+            encode_failures: self.encode_failures.load(Relaxed),
+            fail_open: self.fail_open.load(Relaxed),
+        }
+    }
+}

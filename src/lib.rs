@@ -1,0 +1,56 @@
+//! # redis-memo
+//!
+//! Memoize async functions on Redis with one attribute. Keys are checked by the compiler,
+//! concurrent calls for one key are coalesced, and a Redis outage never fails a call.
+//!
+//! ```no_run
+//! use redis_memo::{Cache, redis_cached};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct User { id: u64, name: String }
+//!
+//! # struct Db;
+//! # #[derive(Debug)] struct DbError;
+//! # impl Db { async fn load_user(&self, id: u64) -> Result<User, DbError> { Ok(User { id, name: "ada".into() }) } }
+//! #[redis_cached(ttl = "15m", key = "user:<id>")]
+//! async fn get_user(id: u64, #[cache(skip)] db: &Db) -> Result<User, DbError> {
+//!     db.load_user(id).await
+//! }
+//!
+//! # async fn run(db: Db) -> Result<(), Box<dyn std::error::Error>> {
+//! redis_memo::install(Cache::builder().redis_url("redis://127.0.0.1:6379").build()?)?;
+//! let user = get_user(7, &db).await;          // runs the body, stores the value
+//! let again = get_user(7, &db).await;         // served from Redis
+//! invalidate_get_user(7).await?;              // generated: same key, checked types
+//! assert_eq!(get_user_cache_key(7), "user:7");
+//! # Ok(()) }
+//! ```
+//!
+//! ## Options of `#[redis_cached]`
+//!
+//! | option | meaning |
+//! |---|---|
+//! | `ttl = "15m"` | how long an entry is kept (`"500ms"`, `"1h30m"`; required) |
+//! | `key = "user:<id>"` | the key template (required): `<param>`, `<param.field>`, `<self.field>` |
+//! | `cache = <expr>` | the cache to use (`&Cache`, `Cache` or `Arc<Cache>`); the installed one otherwise |
+//! | `cache_none` | also cache `None` results of `Option` functions |
+//! | `version = N` | bump when the cached type changes shape: old entries become misses |
+//! | `crate = "path"` | where `redis_memo` is, when the dependency is renamed |
+//!
+//! Parameters that are not in the key must be marked `#[cache(skip)]`.
+//! See the README for the full guide.
+
+#![warn(missing_docs)]
+
+pub use redis_memo_macros::redis_cached;
+pub use redis_memo_runtime::{
+    Bincode, Cache, CacheBuilder, CacheError, CacheValue, Codec, KeyPart, KeyWriter,
+    MAX_RENDERED_LEN, MemoryStore, Stats, codec, envelope, install,
+};
+
+/// What generated code calls. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use redis_memo_runtime::__private::*;
+}
