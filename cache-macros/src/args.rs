@@ -141,8 +141,10 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
     if !seen.iter().any(|s| s == "key") {
         errors.at(attr_span, "missing `key`: add `key = \"name:<param>\"`, naming the parameters that identify a call");
     }
+    // With a usable key the function can still be checked, so its errors are reported together
+    // with this attribute's; the placeholder ttl is never emitted (an error was recorded).
     Some(CachedArgs {
-        ttl: ttl?,
+        ttl: ttl.unwrap_or(Duration::from_secs(1)),
         key: key?,
         cache,
         cache_none,

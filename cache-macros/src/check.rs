@@ -33,6 +33,7 @@ pub(crate) fn check(args: &CachedArgs, model: &FnModel, errors: &mut Errors) -> 
     let template = &args.key;
     let mut in_key = BTreeSet::new();
     let mut key_uses_self = false;
+    let mut unresolved = false;
     for placeholder in template.placeholders() {
         if placeholder.root == "self" {
             if model.receiver.is_none() {
@@ -67,6 +68,7 @@ pub(crate) fn check(args: &CachedArgs, model: &FnModel, errors: &mut Errors) -> 
                 in_key.insert(index);
             }
             None => {
+                unresolved = true;
                 let names: Vec<String> = model.params.iter().map(|p| p.ident.to_string()).collect();
                 let hint = match closest(&placeholder.root, &names) {
                     Some(name) => format!("; did you mean `{name}`?"),
@@ -101,7 +103,9 @@ pub(crate) fn check(args: &CachedArgs, model: &FnModel, errors: &mut Errors) -> 
         if read_by_cache {
             helper.insert(index);
         }
-        if !in_key.contains(&index) && param.skip.is_none() {
+        // After an unresolved placeholder (likely a typo of this very parameter), a "not in the
+        // key" error would only repeat it.
+        if !in_key.contains(&index) && param.skip.is_none() && !unresolved {
             let name = &param.ident;
             errors.spanned(
                 name,

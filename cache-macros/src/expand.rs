@@ -88,9 +88,12 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
     let select_cache = select_cache(options, &private);
     let render = render_key(options, model, &private);
     let body = &function.block;
-    let memoize_call = quote_spanned! {stored.span()=>
-        #private::memoize::<#private::#kind, _, _>
-    };
+    // Every token of the callee carries the stored type's span, so a value type that is not
+    // serializable is reported on the user's type rather than on the whole attribute.
+    let memoize_call = respan(
+        quote!(#private::memoize::<#private::#kind, _, _>),
+        stored.span(),
+    );
     let new_body = quote! {{
         static __REDIS_MEMO_SPEC: #private::FnSpec = #private::FnSpec::new(
             #name_text,
@@ -268,4 +271,22 @@ fn helper_inputs(model: &FnModel, inputs: &HelperInputs) -> TokenStream {
         quote!(#ident: #ty)
     });
     quote!(#receiver #(#params),*)
+}
+
+/// `tokens` with every span set to `span`.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut token| {
+            if let proc_macro2::TokenTree::Group(group) = &token {
+                let mut inner =
+                    proc_macro2::Group::new(group.delimiter(), respan(group.stream(), span));
+                inner.set_span(span);
+                token = proc_macro2::TokenTree::Group(inner);
+            } else {
+                token.set_span(span);
+            }
+            token
+        })
+        .collect()
 }

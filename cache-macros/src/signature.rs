@@ -131,11 +131,15 @@ fn take_cache_attrs(attrs: &mut Vec<syn::Attribute>, errors: &mut Errors) -> Opt
         });
         if let Err(error) = parsed {
             errors.push(error);
+            // Taken as a misspelt `skip`, so the parameter does not also get a "not in the
+            // key" error.
+            skip.get_or_insert(attr.span());
         } else if skip.is_none() {
             errors.spanned(
                 &*attr,
                 "write `#[cache(skip)]` to leave this parameter out of the key",
             );
+            skip = Some(attr.span());
         }
         false
     });

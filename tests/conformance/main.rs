@@ -1,0 +1,41 @@
+//! The conformance suite: every behaviour of cache-aside, run against Redis and against the
+//! in-memory backend. Each test in `suite` is instantiated once per backend.
+
+mod suite;
+#[path = "../support/mod.rs"]
+mod support;
+
+macro_rules! conformance {
+    ($($test:ident),* $(,)?) => {
+        mod redis_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    crate::suite::$test(crate::support::Harness::new(crate::support::Backend::Redis)).await;
+                }
+            )*
+        }
+        mod memory_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    crate::suite::$test(crate::support::Harness::new(crate::support::Backend::Memory)).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    second_call_is_served_from_the_cache,
+    entries_expire_after_their_ttl,
+    arguments_that_render_alike_naively_never_share_an_entry,
+    errors_are_never_cached,
+    none_is_cached_only_with_cache_none,
+    foreign_bytes_are_a_counted_miss_and_are_replaced,
+    an_entry_of_another_version_is_a_miss,
+    concurrent_callers_of_a_cold_key_run_the_body_once,
+    a_cancelled_leader_hands_the_work_to_a_waiter,
+    methods_key_on_named_fields_of_self,
+    field_paths_and_helpers_agree_with_the_stored_key,
+);

@@ -1,0 +1,451 @@
+//! The behaviours every backend must have. Each function gets a fresh [`Harness`].
+
+use crate::support::{Harness, Probe};
+use redis_memo::{Cache, redis_cached};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+#[redis_cached(ttl = "1m", key = "plain:<id>", cache = cache)]
+async fn plain(id: u64, #[cache(skip)] cache: &Cache, #[cache(skip)] probe: &Probe) -> String {
+    probe.ran();
+    format!("value {id}")
+}
+
+pub async fn second_call_is_served_from_the_cache(h: Harness) {
+    let probe = Probe::default();
+    assert_eq!(plain(1, &h.cache, &probe).await, "value 1");
+    assert_eq!(plain(1, &h.cache, &probe).await, "value 1");
+    assert_eq!(probe.runs(), 1, "the second call must be a hit");
+    assert_eq!(plain(2, &h.cache, &probe).await, "value 2");
+    assert_eq!(probe.runs(), 2, "another argument is another entry");
+
+    assert!(
+        invalidate_plain(1, &h.cache).await.unwrap(),
+        "the entry existed"
+    );
+    assert!(
+        !invalidate_plain(1, &h.cache).await.unwrap(),
+        "and is gone now"
+    );
+    assert_eq!(plain(1, &h.cache, &probe).await, "value 1");
+    assert_eq!(probe.runs(), 3, "after invalidation the body runs again");
+    assert_eq!(plain(2, &h.cache, &probe).await, "value 2");
+    assert_eq!(probe.runs(), 3, "invalidating one entry leaves the others");
+
+    let stats = h.cache.stats();
+    assert_eq!((stats.hits, stats.misses, stats.fills), (2, 3, 3));
+}
+
+#[redis_cached(ttl = "300ms", key = "short:<id>", cache = cache)]
+async fn short_lived(id: u64, #[cache(skip)] cache: &Cache, #[cache(skip)] probe: &Probe) -> u64 {
+    probe.ran();
+    id * 2
+}
+
+pub async fn entries_expire_after_their_ttl(h: Harness) {
+    let probe = Probe::default();
+    assert_eq!(short_lived(4, &h.cache, &probe).await, 8);
+    assert_eq!(short_lived(4, &h.cache, &probe).await, 8);
+    assert_eq!(probe.runs(), 1);
+    if let Some(server) = &h.server {
+        // Written with its ttl in the same command: the key never exists without one.
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(h.cache.full_key(&short_lived_cache_key(4)))
+            .query(&mut server.connection())
+            .unwrap();
+        assert!((1..=300).contains(&pttl), "PTTL {pttl}");
+    }
+    // Waiting out the ttl is the behaviour under test; there is no event to wait for.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert!(
+        h.read_raw(&short_lived_cache_key(4)).await.is_none(),
+        "the entry is gone after its ttl"
+    );
+    assert_eq!(short_lived(4, &h.cache, &probe).await, 8);
+    assert_eq!(probe.runs(), 2);
+}
+
+#[redis_cached(ttl = "1m", key = "pair:<a>:<b>", cache = cache)]
+async fn pair(
+    a: &str,
+    b: &str,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] probe: &Probe,
+) -> (String, String) {
+    probe.ran();
+    (a.to_owned(), b.to_owned())
+}
+
+pub async fn arguments_that_render_alike_naively_never_share_an_entry(h: Harness) {
+    let big = "x".repeat(100 * 1024);
+    let big_variant = format!("{}y", "x".repeat(100 * 1024 - 1));
+    let mut tuples: Vec<(String, String)> = vec![
+        ("a:b".into(), "c".into()),
+        ("a".into(), "b:c".into()),
+        ("a%3Ab".into(), "c".into()),
+        ("".into(), "".into()),
+        ("".into(), ":".into()),
+        (":".into(), "".into()),
+        ("~".into(), "".into()),
+        ("#".into(), "".into()),
+    ];
+    for special in [
+        "*",
+        "?",
+        "[",
+        "]",
+        "{",
+        "}",
+        "%",
+        " ",
+        "\n",
+        "ünïcödé",
+        "{a}",
+        "a*b?",
+        "%25",
+    ] {
+        tuples.push((special.into(), "z".into()));
+        tuples.push(("z".into(), special.into()));
+    }
+    tuples.push((big.clone(), "1".into()));
+    tuples.push((big_variant, "1".into()));
+    tuples.push((big, "2".into()));
+
+    let probe = Probe::default();
+    for round in 0..2 {
+        for (a, b) in &tuples {
+            let got = pair(a, b, &h.cache, &probe).await;
+            assert_eq!(
+                (&got.0, &got.1),
+                (a, b),
+                "round {round}: the entry of another tuple was served"
+            );
+        }
+        assert_eq!(
+            probe.runs() as usize,
+            tuples.len(),
+            "round {round}: each tuple has its own entry"
+        );
+    }
+    let keys: std::collections::HashSet<String> =
+        tuples.iter().map(|(a, b)| pair_cache_key(a, b)).collect();
+    assert_eq!(keys.len(), tuples.len());
+    for key in &keys {
+        assert!(
+            !key.contains(['*', '?', '[', ']', '{', '}', ' ', '\n']),
+            "unescaped: {key:?}"
+        );
+        assert!(
+            key.len() <= redis_memo::MAX_RENDERED_LEN,
+            "long keys are hashed"
+        );
+    }
+}
+
+#[derive(Debug, PartialEq)]
+struct LoadError;
+
+#[redis_cached(ttl = "1m", key = "fallible:<id>", cache = cache)]
+async fn fallible(
+    id: u32,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] probe: &Probe,
+) -> Result<u32, LoadError> {
+    if probe.ran() == 1 {
+        Err(LoadError)
+    } else {
+        Ok(id)
+    }
+}
+
+pub async fn errors_are_never_cached(h: Harness) {
+    let probe = Probe::default();
+    assert_eq!(fallible(5, &h.cache, &probe).await, Err(LoadError));
+    assert!(
+        h.read_raw(&fallible_cache_key(5)).await.is_none(),
+        "an Err is not stored"
+    );
+    assert_eq!(fallible(5, &h.cache, &probe).await, Ok(5));
+    assert_eq!(fallible(5, &h.cache, &probe).await, Ok(5));
+    assert_eq!(probe.runs(), 2, "the Ok after the Err is cached");
+}
+
+#[redis_cached(ttl = "1m", key = "maybe:<id>", cache = cache)]
+async fn maybe(id: u32, #[cache(skip)] cache: &Cache, #[cache(skip)] probe: &Probe) -> Option<u32> {
+    probe.ran();
+    (id > 0).then_some(id)
+}
+
+#[redis_cached(ttl = "1m", key = "maybe_none:<id>", cache = cache, cache_none)]
+async fn maybe_cache_none(
+    id: u32,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] probe: &Probe,
+) -> Option<u32> {
+    probe.ran();
+    (id > 0).then_some(id)
+}
+
+pub async fn none_is_cached_only_with_cache_none(h: Harness) {
+    let probe = Probe::default();
+    assert_eq!(maybe(0, &h.cache, &probe).await, None);
+    assert_eq!(maybe(0, &h.cache, &probe).await, None);
+    assert_eq!(probe.runs(), 2, "None is not cached by default");
+    assert_eq!(maybe(3, &h.cache, &probe).await, Some(3));
+    assert_eq!(maybe(3, &h.cache, &probe).await, Some(3));
+    assert_eq!(probe.runs(), 3, "Some is cached");
+
+    let probe = Probe::default();
+    assert_eq!(maybe_cache_none(0, &h.cache, &probe).await, None);
+    assert_eq!(maybe_cache_none(0, &h.cache, &probe).await, None);
+    assert_eq!(probe.runs(), 1, "with cache_none, None is cached");
+}
+
+pub async fn foreign_bytes_are_a_counted_miss_and_are_replaced(h: Harness) {
+    let probe = Probe::default();
+    let key = plain_cache_key(9);
+    let foreign_values: [&[u8]; 3] = [
+        b"not an entry",
+        b"",
+        b"RM\x01\x01\x00garbage-after-a-plausible-header",
+    ];
+    for (round, foreign) in foreign_values.into_iter().enumerate() {
+        h.write_raw(&key, foreign, Duration::from_secs(60)).await;
+        assert_eq!(plain(9, &h.cache, &probe).await, "value 9");
+        assert_eq!(probe.runs() as usize, round + 1, "foreign bytes are a miss");
+        assert_eq!(
+            h.cache.stats().decode_failures as usize,
+            round + 1,
+            "and are counted"
+        );
+        assert_ne!(
+            h.read_raw(&key).await.as_deref(),
+            Some(foreign),
+            "and are overwritten"
+        );
+        assert_eq!(plain(9, &h.cache, &probe).await, "value 9");
+        assert_eq!(
+            probe.runs() as usize,
+            round + 1,
+            "the good value is then served"
+        );
+    }
+}
+
+#[redis_cached(ttl = "1m", key = "versioned:<id>", cache = cache, version = 1)]
+async fn versioned_v1(id: u32, #[cache(skip)] cache: &Cache, #[cache(skip)] probe: &Probe) -> u32 {
+    probe.ran();
+    id
+}
+
+#[redis_cached(ttl = "1m", key = "versioned:<id>", cache = cache, version = 2)]
+async fn versioned_v2(id: u32, #[cache(skip)] cache: &Cache, #[cache(skip)] probe: &Probe) -> u32 {
+    probe.ran();
+    id + 1000
+}
+
+pub async fn an_entry_of_another_version_is_a_miss(h: Harness) {
+    let probe = Probe::default();
+    assert_eq!(versioned_v1(1, &h.cache, &probe).await, 1);
+    assert_eq!(
+        versioned_v2(1, &h.cache, &probe).await,
+        1001,
+        "v1's entry must not be served to v2"
+    );
+    assert_eq!(probe.runs(), 2);
+    assert_eq!(h.cache.stats().decode_failures, 1);
+    assert_eq!(versioned_v2(1, &h.cache, &probe).await, 1001);
+    assert_eq!(probe.runs(), 2, "v2 replaced the entry");
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Report {
+    id: u64,
+    rows: Vec<String>,
+}
+
+#[redis_cached(ttl = "1m", key = "report:<id>", cache = cache)]
+async fn slow_report(
+    id: u64,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] probe: &Probe,
+) -> Report {
+    probe.ran();
+    // Stands for a database query: lets the other callers arrive while it runs.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Report {
+        id,
+        rows: vec!["a".into(), "b".into()],
+    }
+}
+
+pub async fn concurrent_callers_of_a_cold_key_run_the_body_once(h: Harness) {
+    let probe = Arc::new(Probe::default());
+    let cache = h.cache.clone();
+    let callers: Vec<_> = (0..200)
+        .map(|_| {
+            let (cache, probe) = (cache.clone(), Arc::clone(&probe));
+            tokio::spawn(async move { slow_report(7, &cache, &probe).await })
+        })
+        .collect();
+    for caller in callers {
+        assert_eq!(
+            caller.await.unwrap(),
+            Report {
+                id: 7,
+                rows: vec!["a".into(), "b".into()]
+            }
+        );
+    }
+    assert_eq!(probe.runs(), 1, "200 concurrent callers, one run");
+    let stats = h.cache.stats();
+    assert_eq!(stats.hits + stats.misses + stats.coalesced, 200);
+}
+
+/// The first run never finishes on its own (its caller gets cancelled); later runs answer.
+#[redis_cached(ttl = "1m", key = "handover:<id>", cache = cache)]
+async fn first_run_hangs(
+    id: u64,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] probe: &Probe,
+    #[cache(skip)] started: &Notify,
+) -> u64 {
+    if probe.ran() == 1 {
+        started.notify_one();
+        std::future::pending::<()>().await;
+    }
+    id
+}
+
+pub async fn a_cancelled_leader_hands_the_work_to_a_waiter(h: Harness) {
+    let probe = Arc::new(Probe::default());
+    let started = Arc::new(Notify::new());
+    // Local tasks on this thread: each waiter joins the flight on its first poll, which the
+    // yields below guarantee before the leader is cancelled.
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async {
+            let leader = {
+                let (cache, probe, started) =
+                    (h.cache.clone(), Arc::clone(&probe), Arc::clone(&started));
+                tokio::task::spawn_local(async move {
+                    first_run_hangs(3, &cache, &probe, &started).await
+                })
+            };
+            started.notified().await;
+            let waiters: Vec<_> = (0..199)
+                .map(|_| {
+                    let (cache, probe, started) =
+                        (h.cache.clone(), Arc::clone(&probe), Arc::clone(&started));
+                    tokio::task::spawn_local(async move {
+                        first_run_hangs(3, &cache, &probe, &started).await
+                    })
+                })
+                .collect();
+            for _ in 0..20 {
+                tokio::task::yield_now().await;
+            }
+            leader.abort();
+            assert!(leader.await.unwrap_err().is_cancelled());
+            for waiter in waiters {
+                let value = tokio::time::timeout(Duration::from_secs(10), waiter)
+                    .await
+                    .expect("a waiter hung after its leader was cancelled")
+                    .unwrap();
+                assert_eq!(value, 3);
+            }
+        })
+        .await;
+    assert_eq!(
+        probe.runs(),
+        2,
+        "one cancelled run, then one run for all 199 waiters"
+    );
+    let stats = h.cache.stats();
+    assert_eq!(
+        stats.coalesced + stats.hits,
+        198,
+        "the others took the new leader's value"
+    );
+}
+
+struct TenantService {
+    cache: Cache,
+    tenant: String,
+}
+
+impl TenantService {
+    #[redis_cached(ttl = "1m", key = "tenant:<self.tenant>:doc:<name>", cache = self.cache)]
+    async fn document(&self, name: &str, #[cache(skip)] probe: &Probe) -> String {
+        probe.ran();
+        format!("{}/{name}", self.tenant)
+    }
+}
+
+pub async fn methods_key_on_named_fields_of_self(h: Harness) {
+    let probe = Probe::default();
+    let acme = TenantService {
+        cache: h.cache.clone(),
+        tenant: "acme".into(),
+    };
+    let initech = TenantService {
+        cache: h.cache.clone(),
+        tenant: "initech".into(),
+    };
+    assert_eq!(acme.document("readme", &probe).await, "acme/readme");
+    assert_eq!(initech.document("readme", &probe).await, "initech/readme");
+    assert_eq!(acme.document("readme", &probe).await, "acme/readme");
+    assert_eq!(probe.runs(), 2);
+    assert_eq!(acme.document_cache_key("readme"), "tenant:acme:doc:readme");
+    assert!(initech.invalidate_document("readme").await.unwrap());
+    assert_eq!(acme.document("readme", &probe).await, "acme/readme");
+    assert_eq!(
+        probe.runs(),
+        2,
+        "invalidating one tenant's entry keeps the other's"
+    );
+}
+
+struct Request {
+    user_id: u64,
+    region: (String, u8),
+}
+
+#[redis_cached(ttl = "1m", key = "profile:<req.user_id>@<req.region.0>", cache = cache)]
+async fn profile(
+    req: &Request,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] probe: &Probe,
+) -> String {
+    probe.ran();
+    format!("{}-{}", req.user_id, req.region.1)
+}
+
+pub async fn field_paths_and_helpers_agree_with_the_stored_key(h: Harness) {
+    let probe = Probe::default();
+    let request = Request {
+        user_id: 42,
+        region: ("eu west".into(), 1),
+    };
+    assert_eq!(profile(&request, &h.cache, &probe).await, "42-1");
+    let rendered = profile_cache_key(&request);
+    assert_eq!(rendered, "profile:42@eu%20west");
+    assert!(
+        h.read_raw(&rendered).await.is_some(),
+        "the helper names the key that was written"
+    );
+    let same_key = Request {
+        user_id: 42,
+        region: ("eu west".into(), 2),
+    };
+    assert_eq!(
+        profile(&same_key, &h.cache, &probe).await,
+        "42-1",
+        "region.1 is not in the key"
+    );
+    assert_eq!(probe.runs(), 1);
+    assert!(invalidate_profile(&request, &h.cache).await.unwrap());
+    assert!(h.read_raw(&rendered).await.is_none());
+}

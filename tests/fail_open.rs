@@ -1,0 +1,225 @@
+//! The cache is never the reason a call fails: Redis killed, paused or unreachable, every call
+//! returns the function's own result within the operation timeout plus the body's time, the
+//! event is counted and logged once per burst, and caching resumes when Redis is back.
+
+mod support;
+
+use redis_memo::{Cache, redis_cached};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use support::{Backend, Harness, Probe};
+use tokio::sync::Notify;
+
+const OP_TIMEOUT: Duration = Duration::from_millis(200);
+/// Scheduling slack on a loaded 2-core machine; the bound under test is op timeout + body.
+const SLACK: Duration = Duration::from_millis(500);
+
+#[derive(Debug, PartialEq)]
+struct LoadError;
+
+#[redis_cached(ttl = "1m", key = "lookup:<id>", cache = cache)]
+async fn lookup(
+    id: u64,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] probe: &Probe,
+) -> Result<u64, LoadError> {
+    probe.ran();
+    Ok(id * 10)
+}
+
+#[redis_cached(ttl = "1m", key = "slow:<id>", cache = cache)]
+async fn slow_lookup(id: u64, #[cache(skip)] cache: &Cache) -> u64 {
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    id + 1
+}
+
+/// Calls `lookup(id)` until one is served from the cache again, or gives up after 10 s.
+/// Recovery has no event to wait for: the connection re-establishes in the background.
+async fn wait_until_cached_again(cache: &Cache, id: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let probe = Probe::default();
+        assert_eq!(lookup(id, cache, &probe).await, Ok(id * 10));
+        assert_eq!(lookup(id, cache, &probe).await, Ok(id * 10));
+        if probe.runs() <= 1 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "caching did not resume within 10 s of Redis coming back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_traffic_fails_no_call_and_caching_resumes_after_restart() {
+    let mut h = Harness::with_timeout(Backend::Redis, OP_TIMEOUT);
+    let probe = Arc::new(Probe::default());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let warmed_up = Arc::new(Notify::new());
+    let traffic: Vec<_> = (0..4)
+        .map(|task| {
+            let (cache, probe, calls, warmed_up) = (
+                h.cache.clone(),
+                Arc::clone(&probe),
+                Arc::clone(&calls),
+                Arc::clone(&warmed_up),
+            );
+            tokio::spawn(async move {
+                for i in 0..300u64 {
+                    let id = (task * 1000) + i % 25;
+                    assert_eq!(
+                        lookup(id, &cache, &probe).await,
+                        Ok(id * 10),
+                        "a call failed"
+                    );
+                    if calls.fetch_add(1, Ordering::SeqCst) + 1 == 200 {
+                        warmed_up.notify_one();
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    warmed_up.notified().await;
+    h.server().stop();
+    for task in traffic {
+        task.await.expect("no call may fail while Redis is down");
+    }
+    assert!(h.cache.stats().fail_open > 0, "the outage was counted");
+
+    h.server().restart().unwrap();
+    wait_until_cached_again(&h.cache, 77).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_redis_costs_at_most_the_op_timeout() {
+    let mut h = Harness::with_timeout(Backend::Redis, OP_TIMEOUT);
+    assert_eq!(slow_lookup(1, &h.cache).await, 2);
+    h.server().pause().unwrap();
+    for id in 0..5 {
+        let started = Instant::now();
+        assert_eq!(slow_lookup(id, &h.cache).await, id + 1);
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed < OP_TIMEOUT + Duration::from_millis(50) + SLACK,
+            "call {id} took {elapsed:?}"
+        );
+    }
+    let started = Instant::now();
+    let concurrent: Vec<_> = (100..150)
+        .map(|id| {
+            let cache = h.cache.clone();
+            tokio::spawn(async move { slow_lookup(id, &cache).await })
+        })
+        .collect();
+    for (id, call) in (100..).zip(concurrent) {
+        assert_eq!(call.await.unwrap(), id + 1);
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < OP_TIMEOUT + Duration::from_millis(50) + SLACK,
+        "50 concurrent calls took {elapsed:?}"
+    );
+    assert!(h.cache.stats().fail_open > 0);
+    h.server().resume().unwrap();
+    wait_until_cached_again(&h.cache, 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_pause_costs_at_most_the_op_timeout() {
+    let h = Harness::with_timeout(Backend::Redis, OP_TIMEOUT);
+    let server = h.server.as_ref().unwrap();
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(3000)
+        .arg("ALL")
+        .query(&mut server.connection())
+        .unwrap();
+    let started = Instant::now();
+    assert_eq!(slow_lookup(8, &h.cache).await, 9);
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < OP_TIMEOUT + Duration::from_millis(50) + SLACK,
+        "took {elapsed:?}"
+    );
+    let () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query(&mut server.connection())
+        .unwrap();
+    wait_until_cached_again(&h.cache, 8).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_redis_runs_every_call_and_reports_invalidation_errors() {
+    // A port nothing listens on: start a server to learn a free port, then stop it.
+    let mut h = Harness::with_timeout(Backend::Redis, OP_TIMEOUT);
+    h.server().stop();
+    let probe = Probe::default();
+    for _ in 0..10 {
+        assert_eq!(lookup(3, &h.cache, &probe).await, Ok(30));
+    }
+    assert_eq!(
+        probe.runs(),
+        10,
+        "nothing can be cached, every call runs the body"
+    );
+    assert!(h.cache.stats().fail_open >= 10);
+    assert!(h.cache.ping().await.is_err());
+    let error = invalidate_lookup(3, &h.cache)
+        .await
+        .expect_err("a lost invalidation is an error");
+    assert!(error.is_connection_error() || error.is_timeout(), "{error}");
+}
+
+/// Counts the runtime's log events by level.
+#[derive(Clone, Default)]
+struct LogCounter {
+    warnings: Arc<AtomicUsize>,
+    infos: Arc<AtomicUsize>,
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogCounter {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let metadata = event.metadata();
+        if !metadata.target().starts_with("redis_memo") {
+            return;
+        }
+        match *metadata.level() {
+            tracing::Level::WARN => self.warnings.fetch_add(1, Ordering::SeqCst),
+            tracing::Level::INFO => self.infos.fetch_add(1, Ordering::SeqCst),
+            _ => 0,
+        };
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_outage_is_logged_once_and_the_recovery_once() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let counter = LogCounter::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(counter.clone()));
+
+    let mut h = Harness::with_timeout(Backend::Redis, OP_TIMEOUT);
+    let probe = Probe::default();
+    assert_eq!(lookup(1, &h.cache, &probe).await, Ok(10));
+    h.server().stop();
+    for id in 0..30 {
+        assert_eq!(lookup(id, &h.cache, &probe).await, Ok(id * 10));
+    }
+    assert_eq!(
+        counter.warnings.load(Ordering::SeqCst),
+        1,
+        "one warning for the whole outage"
+    );
+    h.server().restart().unwrap();
+    wait_until_cached_again(&h.cache, 1).await;
+    assert_eq!(
+        counter.infos.load(Ordering::SeqCst),
+        1,
+        "one line when caching resumes"
+    );
+    assert_eq!(counter.warnings.load(Ordering::SeqCst), 1);
+}

@@ -1,0 +1,128 @@
+//! Shared by the integration tests: a cache on a fresh backend, and a probe that memoized
+//! test functions report their runs to.
+
+#![allow(dead_code)]
+
+use redis_memo::{Cache, MemoryStore};
+use redis_memo_testkit::RedisServer;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Which backend a test runs on.
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    Redis,
+    Memory,
+}
+
+/// A cache on its own backend (a fresh `redis-server`, or a fresh in-memory store), with raw
+/// access to what is stored.
+pub struct Harness {
+    pub cache: Cache,
+    pub server: Option<RedisServer>,
+    store: Option<MemoryStore>,
+}
+
+/// Namespaces differ per harness so nothing can leak between tests even on one server.
+fn unique_namespace() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("test{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+impl Harness {
+    pub fn new(backend: Backend) -> Harness {
+        Self::with_timeout(backend, Duration::from_millis(250))
+    }
+
+    pub fn with_timeout(backend: Backend, op_timeout: Duration) -> Harness {
+        let builder = Cache::builder()
+            .namespace(unique_namespace())
+            .op_timeout(op_timeout);
+        match backend {
+            Backend::Redis => {
+                let server = RedisServer::start().expect("the test suite needs redis-server");
+                let cache = builder.redis_url(server.url()).build().expect("cache");
+                Harness {
+                    cache,
+                    server: Some(server),
+                    store: None,
+                }
+            }
+            Backend::Memory => {
+                let store = MemoryStore::new();
+                let cache = builder.memory(store.clone()).build().expect("cache");
+                Harness {
+                    cache,
+                    server: None,
+                    store: Some(store),
+                }
+            }
+        }
+    }
+
+    pub fn server(&mut self) -> &mut RedisServer {
+        self.server.as_mut().expect("a Redis harness")
+    }
+
+    /// Writes raw bytes under the entry whose rendered key is `rendered`.
+    pub async fn write_raw(&self, rendered: &str, bytes: &[u8], ttl: Duration) {
+        let key = self.cache.full_key(rendered);
+        match (&self.server, &self.store) {
+            (Some(server), _) => {
+                let mut connection = server
+                    .client()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap();
+                let ttl_ms = ttl.as_millis() as u64;
+                let () = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(bytes)
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .query_async(&mut connection)
+                    .await
+                    .unwrap();
+            }
+            (None, Some(store)) => store.insert_raw(&key, bytes.to_vec().into(), ttl).await,
+            (None, None) => unreachable!(),
+        }
+    }
+
+    /// The raw bytes stored for `rendered`, if any.
+    pub async fn read_raw(&self, rendered: &str) -> Option<Vec<u8>> {
+        let key = self.cache.full_key(rendered);
+        match (&self.server, &self.store) {
+            (Some(server), _) => {
+                let mut connection = server
+                    .client()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap();
+                redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut connection)
+                    .await
+                    .unwrap()
+            }
+            (None, Some(store)) => store.get_raw(&key).await.map(|bytes| bytes.to_vec()),
+            (None, None) => unreachable!(),
+        }
+    }
+}
+
+/// Counts the runs of a memoized test function's body.
+#[derive(Debug, Default)]
+pub struct Probe {
+    runs: AtomicU32,
+}
+
+impl Probe {
+    pub fn ran(&self) -> u32 {
+        self.runs.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    pub fn runs(&self) -> u32 {
+        self.runs.load(Ordering::SeqCst)
+    }
+}
