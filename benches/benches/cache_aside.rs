@@ -1,1 +1,350 @@
-fn main() {}
+//! Cache-aside, side by side on one local `redis-server`: redis-memo's `#[redis_cached]`
+//! against (a) the hand-written redis-rs baseline (ConnectionManager, `GET` + bincode decode,
+//! `SET … PX` on a miss) and (b) the `cached` crate's `#[concurrent_cached]` Redis store.
+//!
+//! Run: `cargo bench -p redis-memo-benches`. Rounds of the contenders are interleaved so that
+//! machine noise lands on all of them alike; results are reported as ratios to the baseline.
+
+use cached::AsyncRedisCache;
+use cached::macros::concurrent_cached;
+use redis::aio::ConnectionManager;
+use redis_memo::{Cache, redis_cached};
+use redis_memo_testkit::RedisServer;
+use serde::{Deserialize, Serialize};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// A typical cached row: a few scalars and strings (about 100 bytes encoded).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct User {
+    id: u64,
+    org_id: u32,
+    name: String,
+    email: String,
+    roles: Vec<String>,
+    active: bool,
+}
+
+fn load_user(id: u64) -> User {
+    User {
+        id,
+        org_id: 7,
+        name: format!("user number {id}"),
+        email: format!("user{id}@example.com"),
+        roles: vec!["reader".into(), "writer".into()],
+        active: true,
+    }
+}
+
+const TTL: Duration = Duration::from_secs(600);
+
+static REDIS_URL: OnceLock<String> = OnceLock::new();
+static MEMO_CACHE: OnceLock<Cache> = OnceLock::new();
+
+#[derive(Debug, Clone)]
+struct BenchError(String);
+
+// (a) the baseline most services hand-write.
+#[derive(Clone)]
+struct Baseline {
+    connection: ConnectionManager,
+}
+
+impl Baseline {
+    async fn get_user(&self, id: u64) -> Result<User, BenchError> {
+        let key = format!("baseline:user:{id}");
+        let mut connection = self.connection.clone();
+        let found: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await
+            .map_err(err)?;
+        if let Some(bytes) = found {
+            if let Ok((user, _)) =
+                bincode::serde::decode_from_slice::<User, _>(&bytes, bincode::config::standard())
+            {
+                return Ok(user);
+            }
+        }
+        let user = load_user(id);
+        let bytes =
+            bincode::serde::encode_to_vec(&user, bincode::config::standard()).map_err(err)?;
+        let () = redis::cmd("SET")
+            .arg(&key)
+            .arg(bytes)
+            .arg("PX")
+            .arg(TTL.as_millis() as u64)
+            .query_async(&mut connection)
+            .await
+            .map_err(err)?;
+        Ok(user)
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> BenchError {
+    BenchError(e.to_string())
+}
+
+// redis-memo.
+#[redis_cached(ttl = "10m", key = "user:<id>", cache = MEMO_CACHE.get().expect("cache set up"))]
+async fn memo_get_user(id: u64) -> Result<User, BenchError> {
+    Ok(load_user(id))
+}
+
+// (b) the cached crate.
+#[concurrent_cached(
+    map_error = r##"|e| BenchError(format!("{e:?}"))"##,
+    ty = "cached::AsyncRedisCache<u64, User>",
+    create = r##" {
+        AsyncRedisCache::builder("cachedcrate")
+            .ttl(TTL)
+            .connection_string(REDIS_URL.get().expect("url set up"))
+            .connection_manager(true)
+            .build()
+            .await
+            .expect("cached crate's redis store")
+    } "##
+)]
+async fn cached_crate_get_user(id: u64) -> Result<User, BenchError> {
+    Ok(load_user(id))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Contender {
+    Baseline,
+    RedisMemo,
+    CachedCrate,
+}
+
+const CONTENDERS: [Contender; 3] = [
+    Contender::Baseline,
+    Contender::RedisMemo,
+    Contender::CachedCrate,
+];
+
+impl Contender {
+    fn name(self) -> &'static str {
+        match self {
+            Contender::Baseline => "redis-rs by hand (a)",
+            Contender::RedisMemo => "redis-memo",
+            Contender::CachedCrate => "cached #[concurrent_cached] (b)",
+        }
+    }
+
+    async fn get(self, baseline: &Baseline, id: u64) -> User {
+        let result = match self {
+            Contender::Baseline => baseline.get_user(id).await,
+            Contender::RedisMemo => memo_get_user(id).await,
+            Contender::CachedCrate => cached_crate_get_user(id).await,
+        };
+        result.expect("benchmark call")
+    }
+
+    fn redis_key(self, id: u64) -> String {
+        match self {
+            Contender::Baseline => format!("baseline:user:{id}"),
+            Contender::RedisMemo => MEMO_CACHE
+                .get()
+                .unwrap()
+                .full_key(&memo_get_user_cache_key(id)),
+            // The cached crate adds a namespace of its own in front of its prefix.
+            Contender::CachedCrate => format!("*cachedcrate*{id}"),
+        }
+    }
+}
+
+/// Latencies of one contender, in nanoseconds.
+#[derive(Default)]
+struct Samples(Vec<u64>);
+
+impl Samples {
+    fn quantile(&mut self, q: f64) -> f64 {
+        self.0.sort_unstable();
+        let index = ((self.0.len() - 1) as f64 * q).round() as usize;
+        self.0[index] as f64 / 1000.0
+    }
+}
+
+const ROUNDS: usize = 30;
+const CALLS_PER_ROUND: usize = 300;
+
+async fn latency(baseline: &Baseline, hit: bool) -> Vec<(Contender, f64, f64)> {
+    static NEXT_COLD_ID: AtomicU64 = AtomicU64::new(1_000_000);
+    let mut samples: Vec<Samples> = CONTENDERS.iter().map(|_| Samples::default()).collect();
+    for contender in CONTENDERS {
+        contender.get(baseline, 1).await; // warm connections and the hot key
+    }
+    for round in 0..ROUNDS {
+        // Rotate the order each round so no contender always runs first.
+        for offset in 0..CONTENDERS.len() {
+            let index = (round + offset) % CONTENDERS.len();
+            let contender = CONTENDERS[index];
+            for _ in 0..CALLS_PER_ROUND {
+                let id = if hit {
+                    1
+                } else {
+                    NEXT_COLD_ID.fetch_add(1, Ordering::Relaxed)
+                };
+                let started = Instant::now();
+                std::hint::black_box(contender.get(baseline, id).await);
+                samples[index].0.push(started.elapsed().as_nanos() as u64);
+            }
+        }
+    }
+    CONTENDERS
+        .iter()
+        .zip(samples.iter_mut())
+        .map(|(c, s)| (*c, s.quantile(0.5), s.quantile(0.99)))
+        .collect()
+}
+
+const TASKS: u64 = 64;
+const CALLS_PER_TASK: usize = 100;
+const THROUGHPUT_ROUNDS: usize = 40;
+
+/// Median calls per second over interleaved rounds of `TASKS` concurrent tasks.
+async fn throughput(baseline: &Baseline) -> Vec<(Contender, f64)> {
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); CONTENDERS.len()];
+    for contender in CONTENDERS {
+        for task in 0..TASKS {
+            contender.get(baseline, 10_000 + task).await;
+        }
+    }
+    for round in 0..THROUGHPUT_ROUNDS {
+        for offset in 0..CONTENDERS.len() {
+            let index = (round + offset) % CONTENDERS.len();
+            let contender = CONTENDERS[index];
+            let started = Instant::now();
+            let tasks: Vec<_> = (0..TASKS)
+                .map(|task| {
+                    let baseline = baseline.clone();
+                    tokio::spawn(async move {
+                        for _ in 0..CALLS_PER_TASK {
+                            std::hint::black_box(contender.get(&baseline, 10_000 + task).await);
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+            let calls = (TASKS as usize * CALLS_PER_TASK) as f64;
+            rates[index].push(calls / started.elapsed().as_secs_f64());
+        }
+    }
+    CONTENDERS
+        .iter()
+        .zip(rates)
+        .map(|(contender, mut rates)| {
+            rates.sort_by(f64::total_cmp);
+            (*contender, rates[rates.len() / 2])
+        })
+        .collect()
+}
+
+async fn bytes_per_entry(server: &RedisServer, baseline: &Baseline) -> Vec<(Contender, i64, i64)> {
+    let mut connection = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut rows = Vec::new();
+    for contender in CONTENDERS {
+        contender.get(baseline, 424_242).await;
+        let mut key = contender.redis_key(424_242);
+        if key.starts_with('*') {
+            let (_, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(0)
+                .arg("MATCH")
+                .arg(&key)
+                .arg("COUNT")
+                .arg(100_000)
+                .query_async(&mut connection)
+                .await
+                .unwrap();
+            key = found.into_iter().next().expect("the cached crate's entry");
+        }
+        let value_len: i64 = redis::cmd("STRLEN")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        let memory: i64 = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        assert!(
+            value_len > 0,
+            "{} stored nothing under {key}",
+            contender.name()
+        );
+        rows.push((contender, value_len, memory));
+    }
+    rows
+}
+
+fn ratio(value: f64, baseline: f64) -> String {
+    format!("{:.3}x", value / baseline)
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let server = RedisServer::start().expect("redis-server (apt-get install -y redis-server)");
+        REDIS_URL.set(server.url()).unwrap();
+        let client = redis::Client::open(server.url()).unwrap();
+        let baseline = Baseline { connection: ConnectionManager::new(client).await.unwrap() };
+        MEMO_CACHE.set(Cache::builder().redis_url(server.url()).namespace("memo").build().unwrap()).unwrap();
+
+        println!("redis-memo cache-aside benchmark: one local redis-server, current-thread Tokio runtime");
+        println!("(rounds interleaved; ratios are to the hand-written redis-rs baseline (a))\n");
+
+        for (title, hit) in [("hit latency", true), ("miss latency (GET, compute, SET)", false)] {
+            let rows = latency(&baseline, hit).await;
+            let base = rows[0];
+            println!("{title}: {ROUNDS} rounds x {CALLS_PER_ROUND} sequential calls each");
+            println!("  {:<34} {:>10} {:>10} {:>9} {:>9}", "", "p50 µs", "p99 µs", "p50 ratio", "p99 ratio");
+            for (contender, p50, p99) in &rows {
+                println!(
+                    "  {:<34} {:>10.1} {:>10.1} {:>9} {:>9}",
+                    contender.name(),
+                    p50,
+                    p99,
+                    ratio(*p50, base.1),
+                    ratio(*p99, base.2)
+                );
+            }
+            println!();
+        }
+
+        let rows = throughput(&baseline).await;
+        let base = rows[0].1;
+        println!("hit throughput: {TASKS} tasks x {CALLS_PER_TASK} calls (one key per task), median of {THROUGHPUT_ROUNDS} rounds");
+        for (contender, per_second) in &rows {
+            println!("  {:<34} {:>10.0} calls/s {:>9}", contender.name(), per_second, ratio(*per_second, base));
+        }
+        println!();
+
+        let rows = bytes_per_entry(&server, &baseline).await;
+        let (base_len, base_memory) = (rows[0].1 as f64, rows[0].2 as f64);
+        println!("bytes stored per entry (one User)");
+        println!("  {:<34} {:>8} {:>8} {:>14} {:>8}", "", "value", "ratio", "MEMORY USAGE", "ratio");
+        for (contender, len, memory) in &rows {
+            println!(
+                "  {:<34} {:>8} {:>8} {:>14} {:>8}",
+                contender.name(),
+                len,
+                ratio(*len as f64, base_len),
+                memory,
+                ratio(*memory as f64, base_memory)
+            );
+        }
+    });
+}

@@ -150,7 +150,9 @@ impl CacheBuilder {
                 let client = redis::Client::open(url.as_str())?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(self.op_timeout))
-                    .set_response_timeout(Some(self.op_timeout))
+                    // The backend bounds every operation (including a wait for a reconnection)
+                    // with its own timeout; a second timer per request would only cost time.
+                    .set_response_timeout(None)
                     // Reconnection happens in the background on the next use; a request never
                     // waits through a retry schedule (the default blocked ~9.5 s when down).
                     .set_number_of_retries(1)

@@ -2,7 +2,7 @@
 //!
 //! After `threshold` consecutive failed operations the breaker opens: for `cooldown`, calls do
 //! not touch Redis at all (they run the function), so an outage costs no timeouts. Then the
-//! next operations try again; one success closes it. The first failure of a burst is logged
+//! next operations try again; one answer from Redis closes it. The first failure of a burst is logged
 //! as a warning and the recovery as info, with the count in between, instead of one line per
 //! call.
 
@@ -34,9 +34,13 @@ impl Health {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Whether an operation may go to the backend now.
+    /// Whether an operation may go to the backend now. While Redis is healthy this reads no
+    /// clock: `open_until_ms` is 0 until a burst of failures opens the breaker.
     pub(crate) fn allows_request(&self) -> bool {
-        self.open_until_ms.load(Relaxed) <= self.now_ms()
+        match self.open_until_ms.load(Relaxed) {
+            0 => true,
+            until => until <= self.now_ms(),
+        }
     }
 
     pub(crate) fn record_success(&self) {
@@ -44,6 +48,7 @@ impl Health {
             return;
         }
         let failed = self.consecutive_failures.swap(0, Relaxed);
+        self.open_until_ms.store(0, Relaxed);
         if failed > 0 {
             tracing::info!(
                 failed_operations = failed,
@@ -58,8 +63,9 @@ impl Health {
             tracing::warn!(operation, %error, "redis-memo: redis operation failed; calls run uncached until it answers again");
         }
         if failures >= self.threshold {
-            let until =
-                self.now_ms() + u64::try_from(self.cooldown.as_millis()).unwrap_or(u64::MAX);
+            let cooldown = u64::try_from(self.cooldown.as_millis()).unwrap_or(u64::MAX);
+            // At least 1: 0 means closed.
+            let until = self.now_ms().saturating_add(cooldown).max(1);
             self.open_until_ms.store(until, Relaxed);
         }
     }
@@ -80,8 +86,9 @@ mod tests {
         long.record_failure("get", &"boom");
         assert!(!long.allows_request());
         long.record_success();
-        // A success resets the count but an open breaker stays open until its cooldown ends:
-        // successes can only come from operations that started before it opened.
-        assert!(!long.allows_request());
+        assert!(
+            long.allows_request(),
+            "an answer from Redis closes the breaker"
+        );
     }
 }

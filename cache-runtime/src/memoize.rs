@@ -1,9 +1,10 @@
 //! The read and fill path of a memoized call (cache-aside with in-process coalescing).
 //!
-//! 1. Join the key's flight: one caller per key and process leads, the others wait for it.
-//! 2. The leader reads the entry. A usable entry is a hit: it is handed to the waiters.
-//! 3. Otherwise (no entry, an entry that does not decode, Redis unavailable) the leader runs
-//!    the function, hands the encoded result to the waiters, and stores it with `SET … PX`
+//! 1. Read the entry. A usable entry is a hit: done, in one round trip.
+//! 2. Otherwise join the key's flight: one caller per key and process leads, the others wait
+//!    for it. A leader whose read may predate another flight's fill reads again.
+//! 3. The leader runs the function (no entry, an entry that does not decode, Redis
+//!    unavailable), hands the encoded result to the waiters, and stores it with `SET … PX`
 //!    when the kind allows it and Redis answered the read.
 
 use crate::cache::Cache;
@@ -37,14 +38,36 @@ impl Cache {
     {
         let key = self.full_key(rendered);
         let fingerprint = spec.fingerprint::<K::Stored>();
+        let flights = &self.inner.flights;
+        let ticket = flights.ticket(&key);
+        let mut read = match self.read(spec, &key).await {
+            Read::Entry(bytes) => match envelope::decode::<Bincode, K::Stored>(&bytes, fingerprint)
+            {
+                Ok((value, _)) => {
+                    self.record(Event::Hit, spec);
+                    return K::from_stored(value);
+                }
+                Err(error) => {
+                    self.report_decode_failure(spec, &key, &error);
+                    Read::Missing
+                }
+            },
+            other => other,
+        };
         loop {
-            match self.inner.flights.join(&key) {
-                Role::Leader(guard) => {
+            match flights.join(&key, ticket) {
+                Role::Leader {
+                    guard,
+                    read_is_stale,
+                } => {
+                    if read_is_stale {
+                        read = self.read(spec, &key).await;
+                    }
                     return self
-                        .lead::<K, R, F>(spec, &key, fingerprint, guard, compute)
+                        .lead::<K, R, F>(spec, &key, fingerprint, guard, read, compute)
                         .await;
                 }
-                Role::Waiter(receiver) => match flight::wait(receiver).await {
+                Role::Waiter(slot) => match flight::wait(slot).await {
                     WaitOutcome::Shared(Shared::Entry(bytes)) => {
                         // The leader encoded these bytes with the same fingerprint, so they
                         // decode; if they somehow did not, computing is still correct.
@@ -60,6 +83,8 @@ impl Cache {
                     // rather than queueing behind one another's failures.
                     WaitOutcome::Shared(Shared::NotShareable) => return compute.await,
                     // The leader was cancelled or panicked: start over, maybe as the leader.
+                    // The ticket is kept: the abandoned flight counts as completed, so a new
+                    // leader reads again rather than trust a read from before it.
                     WaitOutcome::Abandoned => continue,
                 },
             }
@@ -72,13 +97,14 @@ impl Cache {
         key: &str,
         fingerprint: u64,
         guard: LeaderGuard<'_>,
+        read: Read,
         compute: F,
     ) -> R
     where
         K: ReturnKind<R>,
         F: Future<Output = R>,
     {
-        let redis_answered = match self.read(spec, key).await {
+        let redis_answered = match read {
             Read::Entry(bytes) => match envelope::decode::<Bincode, K::Stored>(&bytes, fingerprint)
             {
                 Ok((value, _)) => {
@@ -180,6 +206,6 @@ impl Cache {
     }
 
     fn record(&self, event: Event, spec: &'static FnSpec) {
-        self.inner.counters.record(event, spec.name);
+        self.inner.counters.record(event, spec.metrics());
     }
 }

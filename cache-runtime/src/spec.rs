@@ -1,18 +1,21 @@
 //! What the macro knows about one memoized function, as a `static` the generated code passes
 //! to the runtime.
 
+use crate::stats::FnMetrics;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// Compile-time facts about one memoized function.
 ///
 /// Built by generated code with `const` setters; not meant to be written by hand.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct FnSpec {
     pub(crate) name: &'static str,
     pub(crate) template: &'static str,
     pub(crate) ttl: Duration,
     pub(crate) version: u32,
     pub(crate) cache_none: bool,
+    metrics: OnceLock<FnMetrics>,
 }
 
 impl FnSpec {
@@ -24,6 +27,7 @@ impl FnSpec {
             ttl,
             version: 0,
             cache_none: false,
+            metrics: OnceLock::new(),
         }
     }
 
@@ -42,6 +46,11 @@ impl FnSpec {
     /// The function's name, as used in metrics and logs.
     pub fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// The function's `metrics` handles, registered on first use.
+    pub(crate) fn metrics(&self) -> &FnMetrics {
+        self.metrics.get_or_init(|| FnMetrics::register(self.name))
     }
 
     /// Identifies what an entry of this function holds: the stored type's name, the key

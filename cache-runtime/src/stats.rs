@@ -1,6 +1,10 @@
 //! Counters of what the cache did: a [`Stats`] snapshot per [`Cache`](crate::Cache), and the
 //! same events per function through the `metrics` facade (`redis_memo_<event>_total`, label
 //! `fn`), for whatever exporter the program installs.
+//!
+//! A function's metric handles are registered with the recorder on its first call and kept
+//! (registering on every call cost a tenth of a hit's CPU time), so install the recorder
+//! before the first memoized call, as the `metrics` crate recommends.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -39,6 +43,7 @@ pub(crate) struct Counters {
 
 /// One countable event.
 #[derive(Debug, Clone, Copy)]
+#[repr(usize)]
 pub(crate) enum Event {
     Hit,
     Miss,
@@ -50,6 +55,16 @@ pub(crate) enum Event {
 }
 
 impl Event {
+    const ALL: [Event; 7] = [
+        Event::Hit,
+        Event::Miss,
+        Event::Coalesced,
+        Event::Fill,
+        Event::DecodeFailure,
+        Event::EncodeFailure,
+        Event::FailOpen,
+    ];
+
     fn metric_name(self) -> &'static str {
         match self {
             Event::Hit => "redis_memo_hits_total",
@@ -63,9 +78,24 @@ impl Event {
     }
 }
 
+/// The `metrics` handles of one function, one per [`Event`].
+pub(crate) struct FnMetrics([metrics::Counter; Event::ALL.len()]);
+
+impl std::fmt::Debug for FnMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FnMetrics")
+    }
+}
+
+impl FnMetrics {
+    pub(crate) fn register(fn_name: &'static str) -> Self {
+        FnMetrics(Event::ALL.map(|event| metrics::counter!(event.metric_name(), "fn" => fn_name)))
+    }
+}
+
 impl Counters {
-    /// Counts `event` for the function `fn_name`.
-    pub(crate) fn record(&self, event: Event, fn_name: &'static str) {
+    /// Counts `event` for this cache and for the function whose handles are `metrics`.
+    pub(crate) fn record(&self, event: Event, metrics: &FnMetrics) {
         let counter = match event {
             Event::Hit => &self.hits,
             Event::Miss => &self.misses,
@@ -76,7 +106,7 @@ impl Counters {
             Event::FailOpen => &self.fail_open,
         };
         counter.fetch_add(1, Relaxed);
-        metrics::counter!(event.metric_name(), "fn" => fn_name).increment(1);
+        metrics.0[event as usize].increment(1);
     }
 
     pub(crate) fn snapshot(&self) -> Stats {

@@ -20,11 +20,13 @@ pub(crate) enum Backend {
     Memory(MemoryStore),
 }
 
+// The in-memory store's futures are boxed: moka's are several hundred bytes, and every
+// memoized call's future would otherwise carry (and move) that much for Redis too.
 impl Backend {
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
         match self {
             Backend::Redis(redis) => redis.get(key).await,
-            Backend::Memory(memory) => Ok(memory.get_raw(key).await),
+            Backend::Memory(memory) => Ok(Box::pin(memory.get_raw(key)).await),
         }
     }
 
@@ -38,7 +40,7 @@ impl Backend {
         match self {
             Backend::Redis(redis) => redis.set(key, value, ttl).await,
             Backend::Memory(memory) => {
-                memory.insert_raw(key, value, ttl).await;
+                Box::pin(memory.insert_raw(key, value, ttl)).await;
                 Ok(())
             }
         }
@@ -48,7 +50,7 @@ impl Backend {
     pub(crate) async fn delete(&self, key: &str) -> Result<bool, CacheError> {
         match self {
             Backend::Redis(redis) => redis.delete(key).await,
-            Backend::Memory(memory) => Ok(memory.remove_raw(key).await),
+            Backend::Memory(memory) => Ok(Box::pin(memory.remove_raw(key)).await),
         }
     }
 }
