@@ -60,12 +60,11 @@ impl Baseline {
             .query_async(&mut connection)
             .await
             .map_err(err)?;
-        if let Some(bytes) = found {
-            if let Ok((user, _)) =
+        if let Some(bytes) = found
+            && let Ok((user, _)) =
                 bincode::serde::decode_from_slice::<User, _>(&bytes, bincode::config::standard())
-            {
-                return Ok(user);
-            }
+        {
+            return Ok(user);
         }
         let user = load_user(id);
         let bytes =
@@ -138,7 +137,7 @@ impl Contender {
             Contender::RedisMemo => memo_get_user(id).await,
             Contender::CachedCrate => cached_crate_get_user(id).await,
         };
-        result.expect("benchmark call")
+        result.unwrap_or_else(|error| panic!("benchmark call failed: {}", error.0))
     }
 
     fn redis_key(self, id: u64) -> String {

@@ -203,3 +203,52 @@ fn version_value(name: &Ident, value: Option<&Expr>, errors: &mut Errors) -> Opt
 fn parse_u32(lit: &LitInt) -> Option<u32> {
     lit.base10_parse::<u32>().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_str(options: &str) -> (Option<CachedArgs>, Errors) {
+        let raw: RawOptions = syn::parse_str(options).expect("parses as options");
+        let mut errors = Errors::default();
+        let args = check(raw, Span::call_site(), &mut errors);
+        (args, errors)
+    }
+
+    #[test]
+    fn reads_every_option() {
+        let (args, errors) = check_str(
+            r#"ttl = "1h30m", key = "u:<id>", cache = self.cache, cache_none, version = 4, crate = "x::memo""#,
+        );
+        assert!(errors.is_empty());
+        let args = args.unwrap();
+        assert_eq!(args.ttl, Duration::from_secs(5400));
+        assert_eq!(args.key.source, "u:<id>");
+        assert!(args.cache.is_some() && args.cache_none);
+        assert_eq!(args.version, 4);
+        let krate = &args.krate;
+        assert_eq!(
+            quote::quote!(#krate).to_string().replace(' ', ""),
+            "x::memo"
+        );
+    }
+
+    #[test]
+    fn collects_every_error() {
+        let (_, errors) = check_str(r#"ttl = 5, ttl = "1m", lock, bogus, version = "1""#);
+        let message = errors.into_compile_errors().to_string();
+        for expected in [
+            "string literal",
+            "given twice",
+            "not available",
+            "unknown option",
+            "whole number",
+            "missing `key`",
+        ] {
+            assert!(
+                message.contains(expected),
+                "{expected:?} missing from {message}"
+            );
+        }
+    }
+}

@@ -290,3 +290,45 @@ fn respan(tokens: TokenStream, span: Span) -> TokenStream {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expand_str(args: &str, item: &str) -> String {
+        redis_cached(syn::parse_str(args).unwrap(), syn::parse_str(item).unwrap()).to_string()
+    }
+
+    #[test]
+    fn emits_the_wrapper_and_both_helpers() {
+        let out = expand_str(
+            r#"ttl = "1m", key = "user:<id>""#,
+            "async fn get_user(id: u64, #[cache(skip)] db: &Db) -> Result<User, E> { db.load(id).await }",
+        );
+        assert!(out.contains("fn get_user"));
+        assert!(out.contains("fn get_user_cache_key (id : u64)"), "{out}");
+        assert!(
+            out.contains("async fn invalidate_get_user (id : u64)"),
+            "{out}"
+        );
+        assert!(out.contains("Fallible"));
+        assert!(
+            !out.contains("# [cache"),
+            "parameter attributes are stripped: {out}"
+        );
+    }
+
+    #[test]
+    fn on_error_emits_the_function_unchanged_and_no_helpers() {
+        let out = expand_str(
+            r#"ttl = "1m", key = "user:<idd>""#,
+            "async fn get_user(id: u64, #[cache(skip)] db: &Db) -> u64 { id }",
+        );
+        assert!(out.contains("compile_error"));
+        assert!(
+            out.contains("async fn get_user (id : u64 , db : & Db) -> u64 { id }"),
+            "{out}"
+        );
+        assert!(!out.contains("get_user_cache_key"));
+    }
+}

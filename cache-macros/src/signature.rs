@@ -40,7 +40,7 @@ pub(crate) struct FnModel {
 pub(crate) fn analyze(sig: &mut Signature, errors: &mut Errors) -> Option<FnModel> {
     if sig.asyncness.is_none() {
         errors.spanned(
-            &sig.fn_token,
+            sig.fn_token,
             "`#[redis_cached]` memoizes `async fn`s only: make this function `async`",
         );
     }
@@ -63,10 +63,13 @@ pub(crate) fn analyze(sig: &mut Signature, errors: &mut Errors) -> Option<FnMode
             }
             FnArg::Typed(typed) => {
                 let skip = take_cache_attrs(&mut typed.attrs, errors);
-                if let Type::Reference(reference) = &*typed.ty {
-                    if let Some(mutability) = reference.mutability {
-                        errors.spanned(mutability, "`&mut` parameters are not allowed: a call that mutates its argument cannot be answered from a cache");
-                    }
+                if let Type::Reference(reference) = &*typed.ty
+                    && let Some(mutability) = reference.mutability
+                {
+                    errors.spanned(
+                        mutability,
+                        "`&mut` parameters are not allowed: a call that mutates its argument cannot be answered from a cache",
+                    );
                 }
                 match &*typed.pat {
                     Pat::Ident(pat) if pat.by_ref.is_none() && pat.subpat.is_none() => {
@@ -136,7 +139,7 @@ fn take_cache_attrs(attrs: &mut Vec<syn::Attribute>, errors: &mut Errors) -> Opt
             skip.get_or_insert(attr.span());
         } else if skip.is_none() {
             errors.spanned(
-                &*attr,
+                attr,
                 "write `#[cache(skip)]` to leave this parameter out of the key",
             );
             skip = Some(attr.span());
@@ -147,27 +150,20 @@ fn take_cache_attrs(attrs: &mut Vec<syn::Attribute>, errors: &mut Errors) -> Opt
 }
 
 fn classify(output: &Type) -> (ReturnKind, Type) {
-    if let Type::Path(path) = output {
-        if path.qself.is_none() {
-            if let Some(last) = path.path.segments.last() {
-                let first_arg = match &last.arguments {
-                    PathArguments::AngleBracketed(args) => {
-                        args.args.iter().find_map(|arg| match arg {
-                            GenericArgument::Type(ty) => Some(ty.clone()),
-                            _ => None,
-                        })
-                    }
-                    _ => None,
-                };
-                if let Some(inner) = first_arg {
-                    if last.ident == "Result" {
-                        return (ReturnKind::Fallible, inner);
-                    }
-                    if last.ident == "Option" {
-                        return (ReturnKind::Optional, output.clone());
-                    }
-                }
-            }
+    if let Type::Path(path) = output
+        && path.qself.is_none()
+        && let Some(last) = path.path.segments.last()
+        && let PathArguments::AngleBracketed(args) = &last.arguments
+        && let Some(inner) = args.args.iter().find_map(|arg| match arg {
+            GenericArgument::Type(ty) => Some(ty.clone()),
+            _ => None,
+        })
+    {
+        if last.ident == "Result" {
+            return (ReturnKind::Fallible, inner);
+        }
+        if last.ident == "Option" {
+            return (ReturnKind::Optional, output.clone());
         }
     }
     (ReturnKind::Plain, output.clone())

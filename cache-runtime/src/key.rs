@@ -280,6 +280,15 @@ mod tests {
         assert_ne!(key, render2(&long, "z"));
     }
 
+    #[cfg(feature = "uuid")]
+    #[test]
+    fn uuids_render_hyphenated() {
+        let id = uuid::Uuid::from_u128(0x1234);
+        let mut w = KeyWriter::new();
+        w.placeholder(&id);
+        assert_eq!(w.finish(), "00000000-0000-0000-0000-000000001234");
+    }
+
     proptest! {
         #[test]
         fn rendering_is_injective(a in ".{0,12}", b in ".{0,12}", c in ".{0,12}", d in ".{0,12}") {

@@ -87,14 +87,16 @@ impl Fnv1a {
 mod tests {
     use super::*;
 
-    const SPEC: FnSpec = FnSpec::new("f", "user:<id>", Duration::from_secs(1));
+    fn spec() -> FnSpec {
+        FnSpec::new("f", "user:<id>", Duration::from_secs(1))
+    }
 
     #[test]
     fn fingerprint_covers_type_template_and_version() {
-        let base = SPEC.fingerprint::<u32>();
-        assert_eq!(base, SPEC.fingerprint::<u32>());
-        assert_ne!(base, SPEC.fingerprint::<u64>());
-        assert_ne!(base, SPEC.version(1).fingerprint::<u32>());
+        let base = spec().fingerprint::<u32>();
+        assert_eq!(base, spec().fingerprint::<u32>());
+        assert_ne!(base, spec().fingerprint::<u64>());
+        assert_ne!(base, spec().version(1).fingerprint::<u32>());
         let other = FnSpec::new("f", "user:<name>", Duration::from_secs(1));
         assert_ne!(base, other.fingerprint::<u32>());
     }

@@ -8,6 +8,8 @@
 //! # drop(url);
 //! ```
 
+#![warn(missing_docs)]
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -110,10 +112,10 @@ impl RedisServer {
             if ping(self.port) {
                 return Ok(());
             }
-            if let Some(child) = &mut self.child {
-                if child.try_wait()?.is_some() {
-                    break;
-                }
+            if let Some(child) = &mut self.child
+                && child.try_wait()?.is_some()
+            {
+                break;
             }
             std::thread::sleep(Duration::from_millis(5));
         }
