@@ -64,28 +64,30 @@ impl Harness {
         self.server.as_mut().expect("a Redis harness")
     }
 
+    /// Runs `command` on the harness's Redis server, bypassing the cache.
+    async fn redis<T: redis::FromRedisValue>(server: &RedisServer, command: &redis::Cmd) -> T {
+        let mut connection = server
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        command.query_async(&mut connection).await.unwrap()
+    }
+
     /// Writes raw bytes under the entry whose rendered key is `rendered`.
     pub async fn write_raw(&self, rendered: &str, bytes: &[u8], ttl: Duration) {
         let key = self.cache.full_key(rendered);
         match (&self.server, &self.store) {
             (Some(server), _) => {
-                let mut connection = server
-                    .client()
-                    .get_multiplexed_async_connection()
-                    .await
-                    .unwrap();
                 let ttl_ms = ttl.as_millis() as u64;
-                let () = redis::cmd("SET")
-                    .arg(&key)
-                    .arg(bytes)
-                    .arg("PX")
-                    .arg(ttl_ms)
-                    .query_async(&mut connection)
-                    .await
-                    .unwrap();
+                Self::redis::<()>(
+                    server,
+                    redis::cmd("SET").arg(&key).arg(bytes).arg("PX").arg(ttl_ms),
+                )
+                .await;
             }
             (None, Some(store)) => store.insert_raw(&key, bytes.to_vec().into(), ttl).await,
-            (None, None) => unreachable!(),
+            (None, None) => unreachable!("a harness has a server or a store"),
         }
     }
 
@@ -93,20 +95,9 @@ impl Harness {
     pub async fn read_raw(&self, rendered: &str) -> Option<Vec<u8>> {
         let key = self.cache.full_key(rendered);
         match (&self.server, &self.store) {
-            (Some(server), _) => {
-                let mut connection = server
-                    .client()
-                    .get_multiplexed_async_connection()
-                    .await
-                    .unwrap();
-                redis::cmd("GET")
-                    .arg(&key)
-                    .query_async(&mut connection)
-                    .await
-                    .unwrap()
-            }
+            (Some(server), _) => Self::redis(server, redis::cmd("GET").arg(&key)).await,
             (None, Some(store)) => store.get_raw(&key).await.map(|bytes| bytes.to_vec()),
-            (None, None) => unreachable!(),
+            (None, None) => unreachable!("a harness has a server or a store"),
         }
     }
 }
