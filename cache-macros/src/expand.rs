@@ -86,7 +86,12 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
     let stored = &model.stored;
 
     let select_cache = select_cache(options, &private);
-    let render = render_key(options, model, &private);
+    let render = render_key(options, model, quote!(#private::KeyWriter::new()));
+    let render_entry_key = render_key(
+        options,
+        model,
+        quote!(#private::entry_key_writer(__redis_memo_cache)),
+    );
     let body = &function.block;
     // Every token of the callee carries the stored type's span, so a value type that is not
     // serializable is reported on the user's type rather than on the whole attribute.
@@ -103,7 +108,7 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
         .version(#version)
         .cache_none(#cache_none);
         #select_cache
-        let __redis_memo_key: ::std::string::String = #render;
+        let __redis_memo_key: ::std::string::String = #render_entry_key;
         #memoize_call(__redis_memo_cache, &__REDIS_MEMO_SPEC, __redis_memo_key, async move {
             // Pins the block's output type for `?` and `return` in the body (as in
             // tracing-attributes).
@@ -150,8 +155,9 @@ fn select_cache(options: &CachedArgs, private: &TokenStream) -> TokenStream {
     }
 }
 
-/// An expression rendering the key from the parameters in scope.
-fn render_key(options: &CachedArgs, model: &FnModel, private: &TokenStream) -> TokenStream {
+/// An expression rendering the key from the parameters in scope, into the `KeyWriter` that
+/// `writer_init` creates.
+fn render_key(options: &CachedArgs, model: &FnModel, writer_init: TokenStream) -> TokenStream {
     let writer = quote!(__redis_memo_writer);
     let mut steps = Vec::new();
     for segment in &options.key.segments {
@@ -200,7 +206,7 @@ fn render_key(options: &CachedArgs, model: &FnModel, private: &TokenStream) -> T
         }
     }
     quote! {{
-        let mut #writer = #private::KeyWriter::new();
+        let mut #writer = #writer_init;
         #(#steps)*
         #writer.finish()
     }}

@@ -213,6 +213,11 @@ impl Cache {
         key
     }
 
+    /// A writer whose result is the full key of an entry of this cache.
+    pub(crate) fn entry_key_writer(&self) -> crate::KeyWriter {
+        crate::KeyWriter::entry_key(&self.inner.namespace)
+    }
+
     /// Removes the entry whose rendered key is `rendered`; true if there was one.
     /// Generated `invalidate_<fn>` helpers call this.
     ///

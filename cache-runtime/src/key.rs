@@ -56,6 +56,10 @@ pub trait KeyPart {
 #[derive(Debug, Default)]
 pub struct KeyWriter {
     buf: String,
+    /// Where the rendered template starts in `buf` (after a namespace prefix, if any).
+    rendered_from: usize,
+    /// Whether `finish` closes the `{` of an entry key's hash tag.
+    close_hash_tag: bool,
     /// Whether a sibling part was already written at the current nesting level, so the next
     /// one needs a `,` in front.
     sibling_written: bool,
@@ -65,6 +69,20 @@ impl KeyWriter {
     /// An empty key.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A writer of a full entry key, `<namespace>:{<rendered>}`: memoized calls render straight
+    /// into it instead of rendering and then copying behind the namespace.
+    pub(crate) fn entry_key(namespace: &str) -> Self {
+        let mut buf = String::with_capacity(namespace.len() + 48);
+        buf.push_str(namespace);
+        buf.push_str(":{");
+        KeyWriter {
+            rendered_from: buf.len(),
+            buf,
+            close_hash_tag: true,
+            sibling_written: false,
+        }
     }
 
     /// Appends literal template text. The macro only passes text it has validated; the text is
@@ -114,29 +132,27 @@ impl KeyWriter {
 
     /// The rendered key, shortened to a prefix and a hash when it is longer than
     /// [`MAX_RENDERED_LEN`].
-    pub fn finish(self) -> String {
-        shorten(self.buf)
+    pub fn finish(mut self) -> String {
+        let rendered_len = self.buf.len() - self.rendered_from;
+        if rendered_len > MAX_RENDERED_LEN {
+            let digest = Sha256::digest(&self.buf.as_bytes()[self.rendered_from..]);
+            // The rendering is ASCII (escaped values and validated literals), so any byte
+            // index is a character boundary.
+            self.buf.truncate(self.rendered_from + HASHED_PREFIX_LEN);
+            self.buf.push('#');
+            for byte in digest {
+                let _ = write!(self.buf, "{byte:02x}");
+            }
+        }
+        if self.close_hash_tag {
+            self.buf.push('}');
+        }
+        self.buf
     }
 }
 
 fn is_unescaped(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-')
-}
-
-fn shorten(rendered: String) -> String {
-    if rendered.len() <= MAX_RENDERED_LEN {
-        return rendered;
-    }
-    let digest = Sha256::digest(rendered.as_bytes());
-    // The rendering is ASCII (escaped values and validated literals), so any byte index is a
-    // character boundary.
-    let mut short = String::with_capacity(HASHED_PREFIX_LEN + 1 + 64);
-    short.push_str(&rendered[..HASHED_PREFIX_LEN]);
-    short.push('#');
-    for byte in digest {
-        let _ = write!(short, "{byte:02x}");
-    }
-    short
 }
 
 macro_rules! key_part_via_display {
@@ -287,6 +303,17 @@ mod tests {
         let mut w = KeyWriter::new();
         w.placeholder(&id);
         assert_eq!(w.finish(), "00000000-0000-0000-0000-000000001234");
+    }
+
+    #[test]
+    fn entry_keys_equal_the_namespace_around_the_rendered_key() {
+        for value in ["short", &"y".repeat(500)] {
+            let mut entry = KeyWriter::entry_key("ns");
+            entry.literal("t:").placeholder(value);
+            let mut rendered = KeyWriter::new();
+            rendered.literal("t:").placeholder(value);
+            assert_eq!(entry.finish(), format!("ns:{{{}}}", rendered.finish()));
+        }
     }
 
     proptest! {

@@ -48,11 +48,17 @@ pub mod __private {
         crate::global::installed()
     }
 
-    /// Runs a memoized call: from the cache when possible, else `compute`.
+    /// The writer of a memoized call's key: the entry's full key when there is a cache.
+    pub fn entry_key_writer(cache: Option<&Cache>) -> KeyWriter {
+        cache.map_or_else(KeyWriter::new, Cache::entry_key_writer)
+    }
+
+    /// Runs a memoized call: from the cache when possible, else `compute`. `entry_key` comes
+    /// from [`entry_key_writer`].
     pub async fn memoize<K, R, F>(
         cache: Option<&Cache>,
         spec: &'static FnSpec,
-        rendered_key: String,
+        entry_key: String,
         compute: F,
     ) -> R
     where
@@ -60,7 +66,7 @@ pub mod __private {
         F: Future<Output = R>,
     {
         match cache {
-            Some(cache) => cache.memoize::<K, R, F>(spec, &rendered_key, compute).await,
+            Some(cache) => cache.memoize::<K, R, F>(spec, &entry_key, compute).await,
             None => compute.await,
         }
     }

@@ -26,21 +26,21 @@ enum Read {
 }
 
 impl Cache {
+    /// `key` is the entry's full key (see [`Cache::entry_key_writer`]).
     pub(crate) async fn memoize<K, R, F>(
         &self,
         spec: &'static FnSpec,
-        rendered: &str,
+        key: &str,
         compute: F,
     ) -> R
     where
         K: ReturnKind<R>,
         F: Future<Output = R>,
     {
-        let key = self.full_key(rendered);
         let fingerprint = spec.fingerprint::<K::Stored>();
         let flights = &self.inner.flights;
-        let ticket = flights.ticket(&key);
-        let mut read = match self.read(spec, &key).await {
+        let ticket = flights.ticket(key);
+        let mut read = match self.read(spec, key).await {
             Read::Entry(bytes) => match envelope::decode::<Bincode, K::Stored>(&bytes, fingerprint)
             {
                 Ok((value, _)) => {
@@ -48,23 +48,23 @@ impl Cache {
                     return K::from_stored(value);
                 }
                 Err(error) => {
-                    self.report_decode_failure(spec, &key, &error);
+                    self.report_decode_failure(spec, key, &error);
                     Read::Missing
                 }
             },
             other => other,
         };
         loop {
-            match flights.join(&key, ticket) {
+            match flights.join(key, ticket) {
                 Role::Leader {
                     guard,
                     read_is_stale,
                 } => {
                     if read_is_stale {
-                        read = self.read(spec, &key).await;
+                        read = self.read(spec, key).await;
                     }
                     return self
-                        .lead::<K, R, F>(spec, &key, fingerprint, guard, read, compute)
+                        .lead::<K, R, F>(spec, key, fingerprint, guard, read, compute)
                         .await;
                 }
                 Role::Waiter(slot) => match flight::wait(slot).await {

@@ -10,6 +10,7 @@
 
 #![warn(missing_docs)]
 
+use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -45,6 +46,7 @@ pub enum TestkitError {
 /// A running `redis-server`, killed on drop.
 #[derive(Debug)]
 pub struct RedisServer {
+    binary: OsString,
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
@@ -58,6 +60,16 @@ impl RedisServer {
     /// [`TestkitError::NotInstalled`] when `redis-server` is missing (the message names the
     /// fix), or when it does not start.
     pub fn start() -> Result<RedisServer, TestkitError> {
+        Self::start_binary("redis-server")
+    }
+
+    /// Starts the server program `binary` (a name looked up on `PATH`, or a path), as
+    /// [`RedisServer::start`] does with `redis-server`.
+    ///
+    /// # Errors
+    /// As for [`RedisServer::start`].
+    pub fn start_binary(binary: impl AsRef<OsStr>) -> Result<RedisServer, TestkitError> {
+        let binary = binary.as_ref().to_owned();
         // A port found free can be taken by another process before the server binds it.
         const ATTEMPTS: usize = 5;
         let mut attempt = 1;
@@ -66,6 +78,7 @@ impl RedisServer {
                 .prefix("redis-memo-test-")
                 .tempdir()?;
             let mut server = RedisServer {
+                binary: binary.clone(),
                 port: free_port()?,
                 dir,
                 child: None,
@@ -73,8 +86,7 @@ impl RedisServer {
             };
             match server.spawn() {
                 Ok(()) => return Ok(server),
-                Err(error @ TestkitError::NotReady { .. }) if attempt < ATTEMPTS => {
-                    drop(error);
+                Err(TestkitError::NotReady { .. }) if attempt < ATTEMPTS => {
                     attempt += 1;
                 }
                 Err(error) => return Err(error),
@@ -84,7 +96,7 @@ impl RedisServer {
 
     fn spawn(&mut self) -> Result<(), TestkitError> {
         let log = self.dir.path().join("redis.log");
-        let child = Command::new("redis-server")
+        let child = Command::new(&self.binary)
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
@@ -248,6 +260,18 @@ fn ping(port: u16) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_binary_is_reported_with_the_fix() {
+        let error = RedisServer::start_binary("/nonexistent/redis-server").unwrap_err();
+        assert!(matches!(error, TestkitError::NotInstalled));
+        assert!(
+            error
+                .to_string()
+                .contains("apt-get install -y redis-server"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn starts_answers_restarts_and_dies_on_drop() {
