@@ -22,6 +22,8 @@ pub(crate) enum ReturnKind {
     Optional,
     /// `Result<T, E>`, or an alias such as `io::Result<T>`: `Err` never stored.
     Fallible,
+    /// `Result<Option<T>, E>`: `Err` never stored, `Ok(None)` only with `cache_none`.
+    FallibleOptional,
 }
 
 pub(crate) struct FnModel {
@@ -160,13 +162,25 @@ fn classify(output: &Type) -> (ReturnKind, Type) {
         })
     {
         if last.ident == "Result" {
-            return (ReturnKind::Fallible, inner);
+            let kind = if is_option(&inner) {
+                ReturnKind::FallibleOptional
+            } else {
+                ReturnKind::Fallible
+            };
+            return (kind, inner);
         }
         if last.ident == "Option" {
             return (ReturnKind::Optional, output.clone());
         }
     }
     (ReturnKind::Plain, output.clone())
+}
+
+/// Whether `ty` is written `Option<..>` (or a path ending in it).
+fn is_option(ty: &Type) -> bool {
+    matches!(ty, Type::Path(path) if path.qself.is_none()
+        && path.path.segments.last().is_some_and(|last| last.ident == "Option"
+            && matches!(last.arguments, PathArguments::AngleBracketed(_))))
 }
 
 fn contains_impl_trait(ty: &Type) -> bool {
@@ -193,6 +207,7 @@ impl ReturnKind {
             ReturnKind::Plain => "Plain",
             ReturnKind::Optional => "Optional",
             ReturnKind::Fallible => "Fallible",
+            ReturnKind::FallibleOptional => "FallibleOptional",
         };
         Ident::new(name, Span::call_site())
     }

@@ -36,7 +36,7 @@ pub use crate::stats::Stats;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::key::{KeyPart, KeyWriter};
-    pub use crate::returns::{CacheValue, Fallible, Optional, Plain, ReturnKind};
+    pub use crate::returns::{CacheValue, Fallible, FallibleOptional, Optional, Plain, ReturnKind};
     pub use crate::spec::FnSpec;
     pub use crate::{Cache, CacheError};
     pub use core::borrow::Borrow;

@@ -27,12 +27,7 @@ enum Read {
 
 impl Cache {
     /// `key` is the entry's full key (see [`Cache::entry_key_writer`]).
-    pub(crate) async fn memoize<K, R, F>(
-        &self,
-        spec: &'static FnSpec,
-        key: &str,
-        compute: F,
-    ) -> R
+    pub(crate) async fn memoize<K, R, F>(&self, spec: &'static FnSpec, key: &str, compute: F) -> R
     where
         K: ReturnKind<R>,
         F: Future<Output = R>,
@@ -67,26 +62,33 @@ impl Cache {
                         .lead::<K, R, F>(spec, key, fingerprint, guard, read, compute)
                         .await;
                 }
-                Role::Waiter(slot) => match flight::wait(slot).await {
-                    WaitOutcome::Shared(Shared::Entry(bytes)) => {
-                        // The leader encoded these bytes with the same fingerprint, so they
-                        // decode; if they somehow did not, computing is still correct.
-                        match envelope::decode::<Bincode, K::Stored>(&bytes, fingerprint) {
-                            Ok((value, _)) => {
-                                self.record(Event::Coalesced, spec);
-                                return K::from_stored(value);
+                Role::Waiter(slot) => {
+                    tracing::trace!(
+                        function = spec.name,
+                        key,
+                        "waiting for this key's in-process leader"
+                    );
+                    match flight::wait(slot).await {
+                        WaitOutcome::Shared(Shared::Entry(bytes)) => {
+                            // The leader encoded these bytes with the same fingerprint, so they
+                            // decode; if they somehow did not, computing is still correct.
+                            match envelope::decode::<Bincode, K::Stored>(&bytes, fingerprint) {
+                                Ok((value, _)) => {
+                                    self.record(Event::Coalesced, spec);
+                                    return K::from_stored(value);
+                                }
+                                Err(_) => return compute.await,
                             }
-                            Err(_) => return compute.await,
                         }
+                        // The leader's result was an error: each waiter runs the function itself
+                        // rather than queueing behind one another's failures.
+                        WaitOutcome::Shared(Shared::NotShareable) => return compute.await,
+                        // The leader was cancelled or panicked: start over, maybe as the leader.
+                        // The ticket is kept: the abandoned flight counts as completed, so a new
+                        // leader reads again rather than trust a read from before it.
+                        WaitOutcome::Abandoned => continue,
                     }
-                    // The leader's result was an error: each waiter runs the function itself
-                    // rather than queueing behind one another's failures.
-                    WaitOutcome::Shared(Shared::NotShareable) => return compute.await,
-                    // The leader was cancelled or panicked: start over, maybe as the leader.
-                    // The ticket is kept: the abandoned flight counts as completed, so a new
-                    // leader reads again rather than trust a read from before it.
-                    WaitOutcome::Abandoned => continue,
-                },
+                }
             }
         }
     }

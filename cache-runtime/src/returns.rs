@@ -1,8 +1,8 @@
 //! How a memoized function's return value maps to what is stored.
 //!
 //! The macro picks the kind from the written return type: `Result<T, E>` stores `T` and never
-//! an `Err`; `Option<T>` stores `Option<T>` but `None` only with `cache_none`; any other `T`
-//! is stored as is.
+//! an `Err`; `Option<T>` stores `Option<T>` but `None` only with `cache_none`;
+//! `Result<Option<T>, E>` combines both; any other `T` is stored as is.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -43,6 +43,11 @@ pub enum Optional {}
 /// Return type `Result<T, E>`: `Ok` stored, `Err` never.
 #[derive(Debug)]
 pub enum Fallible {}
+
+/// Return type `Result<Option<T>, E>`: `Ok(Some)` stored, `Ok(None)` only with `cache_none`,
+/// `Err` never.
+#[derive(Debug)]
+pub enum FallibleOptional {}
 
 impl<T: CacheValue> ReturnKind<T> for Plain {
     type Stored = T;
@@ -88,6 +93,22 @@ impl<T: CacheValue, E> ReturnKind<Result<T, E>> for Fallible {
     }
 
     fn from_stored(stored: T) -> Result<T, E> {
+        Ok(stored)
+    }
+}
+
+impl<T: CacheValue, E> ReturnKind<Result<Option<T>, E>> for FallibleOptional {
+    type Stored = Option<T>;
+
+    fn shareable(result: &Result<Option<T>, E>) -> Option<&Option<T>> {
+        result.as_ref().ok()
+    }
+
+    fn storable(result: &Result<Option<T>, E>, cache_none: bool) -> bool {
+        matches!(result, Ok(Some(_))) || (cache_none && matches!(result, Ok(None)))
+    }
+
+    fn from_stored(stored: Option<T>) -> Result<Option<T>, E> {
         Ok(stored)
     }
 }

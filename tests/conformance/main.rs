@@ -32,10 +32,12 @@ conformance!(
     arguments_that_render_alike_naively_never_share_an_entry,
     errors_are_never_cached,
     none_is_cached_only_with_cache_none,
+    result_of_option_caches_like_both,
     foreign_bytes_are_a_counted_miss_and_are_replaced,
     an_entry_of_another_version_is_a_miss,
     concurrent_callers_of_a_cold_key_run_the_body_once,
     a_cancelled_leader_hands_the_work_to_a_waiter,
+    a_panic_reaches_its_caller_and_the_waiters_go_on,
     methods_key_on_named_fields_of_self,
     field_paths_and_helpers_agree_with_the_stored_key,
 );

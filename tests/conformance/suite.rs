@@ -1,6 +1,6 @@
 //! The behaviours every backend must have. Each function gets a fresh [`Harness`].
 
-use crate::support::{Harness, Probe};
+use crate::support::{Harness, Probe, WaiterSignal};
 use redis_memo::{Cache, redis_cached};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -203,6 +203,50 @@ pub async fn none_is_cached_only_with_cache_none(h: Harness) {
     assert_eq!(probe.runs(), 1, "with cache_none, None is cached");
 }
 
+#[redis_cached(ttl = "1m", key = "found:<id>", cache = cache)]
+async fn find(
+    id: u32,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] probe: &Probe,
+) -> Result<Option<u32>, LoadError> {
+    probe.ran();
+    match id {
+        0 => Err(LoadError),
+        1 => Ok(None),
+        _ => Ok(Some(id)),
+    }
+}
+
+#[redis_cached(ttl = "1m", key = "found_none:<id>", cache = cache, cache_none)]
+async fn find_cache_none(
+    id: u32,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] probe: &Probe,
+) -> Result<Option<u32>, LoadError> {
+    probe.ran();
+    Ok((id > 1).then_some(id))
+}
+
+pub async fn result_of_option_caches_like_both(h: Harness) {
+    let probe = Probe::default();
+    for id in [0, 0, 1, 1] {
+        let _ = find(id, &h.cache, &probe).await;
+    }
+    assert_eq!(
+        probe.runs(),
+        4,
+        "neither Err nor Ok(None) is cached by default"
+    );
+    assert_eq!(find(5, &h.cache, &probe).await, Ok(Some(5)));
+    assert_eq!(find(5, &h.cache, &probe).await, Ok(Some(5)));
+    assert_eq!(probe.runs(), 5, "Ok(Some) is cached");
+
+    let probe = Probe::default();
+    assert_eq!(find_cache_none(1, &h.cache, &probe).await, Ok(None));
+    assert_eq!(find_cache_none(1, &h.cache, &probe).await, Ok(None));
+    assert_eq!(probe.runs(), 1, "with cache_none, Ok(None) is cached");
+}
+
 pub async fn foreign_bytes_are_a_counted_miss_and_are_replaced(h: Harness) {
     let probe = Probe::default();
     let key = plain_cache_key(9);
@@ -322,31 +366,23 @@ async fn first_run_hangs(
 pub async fn a_cancelled_leader_hands_the_work_to_a_waiter(h: Harness) {
     let probe = Arc::new(Probe::default());
     let started = Arc::new(Notify::new());
-    // Local tasks on this thread: each waiter joins the flight on its first poll, which the
-    // yields below guarantee before the leader is cancelled.
+    let signal = WaiterSignal::default();
+    // Local tasks on this thread, where the signal's subscriber is installed.
+    let _subscriber = signal.install();
     let local = tokio::task::LocalSet::new();
     local
         .run_until(async {
-            let leader = {
+            let spawn = || {
                 let (cache, probe, started) =
                     (h.cache.clone(), Arc::clone(&probe), Arc::clone(&started));
                 tokio::task::spawn_local(async move {
                     first_run_hangs(3, &cache, &probe, &started).await
                 })
             };
+            let leader = spawn();
             started.notified().await;
-            let waiters: Vec<_> = (0..199)
-                .map(|_| {
-                    let (cache, probe, started) =
-                        (h.cache.clone(), Arc::clone(&probe), Arc::clone(&started));
-                    tokio::task::spawn_local(async move {
-                        first_run_hangs(3, &cache, &probe, &started).await
-                    })
-                })
-                .collect();
-            for _ in 0..20 {
-                tokio::task::yield_now().await;
-            }
+            let waiters: Vec<_> = (0..199).map(|_| spawn()).collect();
+            signal.waiting(199).await;
             leader.abort();
             assert!(leader.await.unwrap_err().is_cancelled());
             for waiter in waiters {
@@ -369,6 +405,53 @@ pub async fn a_cancelled_leader_hands_the_work_to_a_waiter(h: Harness) {
         198,
         "the others took the new leader's value"
     );
+}
+
+/// Panics on its first run only.
+#[redis_cached(ttl = "1m", key = "panics:<id>", cache = cache)]
+async fn panics_once(
+    id: u64,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] probe: &Probe,
+    #[cache(skip)] started: &Notify,
+) -> u64 {
+    if probe.ran() == 1 {
+        started.notify_one();
+        tokio::task::yield_now().await;
+        panic!("the loader failed");
+    }
+    id
+}
+
+pub async fn a_panic_reaches_its_caller_and_the_waiters_go_on(h: Harness) {
+    let probe = Arc::new(Probe::default());
+    let started = Arc::new(Notify::new());
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async {
+            let spawn = || {
+                let (cache, probe, started) =
+                    (h.cache.clone(), Arc::clone(&probe), Arc::clone(&started));
+                tokio::task::spawn_local(
+                    async move { panics_once(4, &cache, &probe, &started).await },
+                )
+            };
+            let leader = spawn();
+            started.notified().await;
+            let waiters: Vec<_> = (0..10).map(|_| spawn()).collect();
+            assert!(
+                leader.await.unwrap_err().is_panic(),
+                "the panic propagates to its caller"
+            );
+            for waiter in waiters {
+                let value = tokio::time::timeout(Duration::from_secs(10), waiter)
+                    .await
+                    .expect("a waiter hung after its leader panicked");
+                assert_eq!(value.unwrap(), 4);
+            }
+        })
+        .await;
+    assert_eq!(probe.runs(), 2);
 }
 
 struct TenantService {

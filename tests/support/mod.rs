@@ -5,7 +5,7 @@
 
 use redis_memo::{Cache, MemoryStore};
 use redis_memo_testkit::RedisServer;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Which backend a test runs on.
@@ -115,5 +115,47 @@ impl Probe {
 
     pub fn runs(&self) -> u32 {
         self.runs.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts callers that started waiting for an in-process leader (the runtime's trace event),
+/// so a test can act once they are all waiting instead of guessing with sleeps.
+#[derive(Clone, Default)]
+pub struct WaiterSignal {
+    waiting: std::sync::Arc<AtomicUsize>,
+    changed: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl WaiterSignal {
+    /// Installs the signal for this thread's tracing events until the guard is dropped.
+    pub fn install(&self) -> tracing::subscriber::DefaultGuard {
+        use tracing_subscriber::layer::SubscriberExt;
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(self.clone()))
+    }
+
+    /// Returns once `count` callers have started waiting.
+    pub async fn waiting(&self, count: usize) {
+        while self.waiting.load(Ordering::SeqCst) < count {
+            self.changed.notified().await;
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for WaiterSignal {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct IsWaiting(bool);
+        impl tracing::field::Visit for IsWaiting {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" && format!("{value:?}").contains("in-process leader") {
+                    self.0 = true;
+                }
+            }
+        }
+        let mut visit = IsWaiting(false);
+        event.record(&mut visit);
+        if visit.0 {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            self.changed.notify_one();
+        }
     }
 }
