@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use support::{Backend, Harness, Probe};
 use tokio::sync::Notify;
 
-const OP_TIMEOUT: Duration = Duration::from_millis(200);
+const OP_TIMEOUT: Duration = Duration::from_millis(500);
 /// Scheduling slack on a loaded 2-core machine; the bound under test is op timeout + body.
-const SLACK: Duration = Duration::from_millis(500);
+/// Well under the timeout, so a call that waited for Redis twice would fail the bound.
+const SLACK: Duration = Duration::from_millis(200);
 
 #[derive(Debug, PartialEq)]
 struct LoadError;
@@ -222,4 +223,67 @@ async fn an_outage_is_logged_once_and_the_recovery_once() {
         "one line when caching resumes"
     );
     assert_eq!(counter.warnings.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_paused_during_the_body_costs_at_most_the_op_timeout() {
+    let mut h = Harness::with_timeout(Backend::Redis, OP_TIMEOUT);
+    let (entered, paused) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let cache = h.cache.clone();
+    let started = Instant::now();
+    let call = tokio::spawn({
+        let (entered, paused) = (Arc::clone(&entered), Arc::clone(&paused));
+        async move { pause_in_body(9, &cache, &entered, &paused).await }
+    });
+    // The read is done once the body runs; the write will meet a frozen server.
+    entered.notified().await;
+    h.server().pause().unwrap();
+    paused.notify_one();
+    assert_eq!(call.await.unwrap(), 90);
+    let elapsed = started.elapsed();
+    assert!(elapsed < OP_TIMEOUT + SLACK, "took {elapsed:?}");
+    h.server().resume().unwrap();
+}
+
+#[redis_cached(ttl = "1m", key = "paused_body:<id>", cache = cache)]
+async fn pause_in_body(
+    id: u64,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] entered: &Notify,
+    #[cache(skip)] paused: &Notify,
+) -> u64 {
+    entered.notify_one();
+    paused.notified().await;
+    id * 10
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_writes_do_not_stop_caching() {
+    let h = Harness::with_timeout(Backend::Redis, OP_TIMEOUT);
+    let server = h.server.as_ref().unwrap();
+    let config = |name: &str, value: &str| {
+        let () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query(&mut server.connection())
+            .unwrap();
+    };
+    config("maxmemory-policy", "noeviction");
+    config("maxmemory", "1");
+    let probe = Probe::default();
+    for _ in 0..5 {
+        assert_eq!(
+            lookup(5, &h.cache, &probe).await,
+            Ok(50),
+            "OOM on SET fails no call"
+        );
+    }
+    assert_eq!(probe.runs(), 5, "nothing could be stored");
+    config("maxmemory", "0");
+    // An OOM reply is not an outage: the breaker stayed closed, so this is stored and then hit
+    // at once, with no cooldown to wait out.
+    assert_eq!(lookup(5, &h.cache, &probe).await, Ok(50));
+    assert_eq!(lookup(5, &h.cache, &probe).await, Ok(50));
+    assert_eq!(probe.runs(), 6);
 }

@@ -33,7 +33,8 @@ pub(crate) struct CachedArgs {
     pub(crate) key: Template,
     /// `cache = <expr>`: where the `&Cache` comes from; the installed global one otherwise.
     pub(crate) cache: Option<Expr>,
-    pub(crate) cache_none: bool,
+    /// `cache_none`, where it was written.
+    pub(crate) cache_none: Option<Span>,
     pub(crate) version: u32,
     /// `crate = "path"`: the facade's path when the dependency is renamed.
     pub(crate) krate: Path,
@@ -75,7 +76,7 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
     let mut ttl = None;
     let mut key = None;
     let mut cache = None;
-    let mut cache_none = false;
+    let mut cache_none = None;
     let mut version = 0;
     let mut krate: Option<Path> = None;
 
@@ -108,7 +109,7 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
                 None => errors.spanned(&name, "`cache` needs a value: `cache = <expression giving a &Cache>`"),
             },
             "cache_none" => match value {
-                None => cache_none = true,
+                None => cache_none = Some(name.span()),
                 Some(value) => errors.spanned(value, "`cache_none` takes no value: write `cache_none`"),
             },
             "version" => {
@@ -224,7 +225,7 @@ mod tests {
         let args = args.unwrap();
         assert_eq!(args.ttl, Duration::from_secs(5400));
         assert_eq!(args.key.source, "u:<id>");
-        assert!(args.cache.is_some() && args.cache_none);
+        assert!(args.cache.is_some() && args.cache_none.is_some());
         assert_eq!(args.version, 4);
         let krate = &args.krate;
         assert_eq!(

@@ -9,12 +9,15 @@
 
 use crate::args::CachedArgs;
 use crate::errors::Errors;
-use crate::signature::FnModel;
+use crate::signature::{FnModel, ReturnKind};
 use proc_macro2::{TokenStream, TokenTree};
 use std::collections::BTreeSet;
 
 /// What the template and the `cache` expression use.
 pub(crate) struct Usage {
+    /// The `cache` expression reads a parameter (or `self`) taken by value, which the body
+    /// moves: the wrapper then clones the `Cache` handle out first.
+    pub(crate) cache_reads_owned: bool,
     /// What `<fn>_cache_key` takes: the parameters in the key.
     pub(crate) key: HelperInputs,
     /// What `invalidate_<fn>` takes: those in the key and those the `cache` expression reads.
@@ -97,11 +100,21 @@ pub(crate) fn check(args: &CachedArgs, model: &FnModel, errors: &mut Errors) -> 
         .cache
         .as_ref()
         .map_or_else(Default::default, |expr| free_idents(quote::quote!(#expr)));
+    if let Some(span) = args.cache_none
+        && !matches!(
+            model.kind,
+            ReturnKind::Optional | ReturnKind::FallibleOptional
+        )
+    {
+        errors.at(span, "`cache_none` applies to functions returning `Option<T>` or `Result<Option<T>, E>`; remove it");
+    }
+    let mut cache_reads_owned = cache_uses_self && model.receiver_by_value;
     let mut helper = in_key.clone();
     for (index, param) in model.params.iter().enumerate() {
         let read_by_cache = cache_idents.contains(&param.ident.to_string());
         if read_by_cache {
             helper.insert(index);
+            cache_reads_owned |= !matches!(param.ty, syn::Type::Reference(_));
         }
         // After an unresolved placeholder (likely a typo of this very parameter), a "not in the
         // key" error would only repeat it.
@@ -118,6 +131,7 @@ pub(crate) fn check(args: &CachedArgs, model: &FnModel, errors: &mut Errors) -> 
         }
     }
     Usage {
+        cache_reads_owned,
         key: HelperInputs {
             params: in_key.into_iter().collect(),
             takes_self: key_uses_self,

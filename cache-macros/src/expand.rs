@@ -80,18 +80,20 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
     let template_text = &options.key.source;
     let ttl_ms = u64::try_from(options.ttl.as_millis()).unwrap_or(u64::MAX);
     let version = options.version;
-    let cache_none = options.cache_none;
+    let cache_none = options.cache_none.is_some();
     let kind = model.kind.runtime_name();
     let output = &model.output;
     let stored = &model.stored;
 
-    let select_cache = select_cache(options, &private);
-    let render = render_key(options, model, quote!(#private::KeyWriter::new()));
+    let select_cache = select_cache(options, &private, usage.cache_reads_owned);
+    let render = render_key(options, model, quote!(#private::KeyWriter::new()), &private);
     let render_entry_key = render_key(
         options,
         model,
         quote!(#private::entry_key_writer(__redis_memo_cache)),
+        &private,
     );
+    let instance = instance_name(&function.sig.generics, model);
     let body = &function.block;
     // Every token of the callee carries the stored type's span, so a value type that is not
     // serializable is reported on the user's type rather than on the whole attribute.
@@ -99,9 +101,10 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
         quote!(#private::memoize::<#private::#kind, _, _>),
         stored.span(),
     );
-    let new_body = quote! {{
+    let new_body = quote! {
         static __REDIS_MEMO_SPEC: #private::FnSpec = #private::FnSpec::new(
             #name_text,
+            ::core::concat!(::core::module_path!(), "::", #name_text),
             #template_text,
             #private::Duration::from_millis(#ttl_ms),
         )
@@ -109,7 +112,7 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
         .cache_none(#cache_none);
         #select_cache
         let __redis_memo_key: ::std::string::String = #render_entry_key;
-        #memoize_call(__redis_memo_cache, &__REDIS_MEMO_SPEC, __redis_memo_key, async move {
+        #memoize_call(__redis_memo_cache, &__REDIS_MEMO_SPEC, __redis_memo_key, #instance, async move {
             // Pins the block's output type for `?` and `return` in the body (as in
             // tracing-attributes).
             #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::let_unit_value)]
@@ -120,8 +123,12 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
             #body
         })
         .await
-    }};
-    function.block = Box::new(syn::parse2(new_body).expect("generated block parses"));
+    };
+    // Kept as tokens (not re-parsed): the body is the user's, already parsed once.
+    function.block = Box::new(syn::Block {
+        brace_token: function.block.brace_token,
+        stmts: vec![syn::Stmt::Expr(syn::Expr::Verbatim(new_body), None)],
+    });
 
     let helpers = helpers(
         options,
@@ -136,17 +143,30 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
 }
 
 /// Binds `__redis_memo_cache: Option<&Cache>`: from `cache = <expr>` (anything that borrows
-/// as a `Cache`: `&Cache`, `Cache`, `Arc<Cache>`) or the installed global cache.
-fn select_cache(options: &CachedArgs, private: &TokenStream) -> TokenStream {
+/// as a `Cache`: `&Cache`, `Cache`, `Arc<Cache>`) or the installed global cache. When the
+/// expression reads a parameter the body takes by value, the handle is cloned out first (a
+/// reference count), so the body can still move that parameter.
+fn select_cache(options: &CachedArgs, private: &TokenStream, clone_out: bool) -> TokenStream {
     match &options.cache {
         Some(expr) => {
             let borrow = quote_spanned! {expr.span()=>
-                <_ as #private::Borrow<#private::Cache>>::borrow(__redis_memo_cache_ref)
+                <_ as #private::Borrow<#private::Cache>>::borrow(&(#expr))
             };
-            quote! {
-                let __redis_memo_cache_ref = &(#expr);
-                let __redis_memo_cache: ::core::option::Option<&#private::Cache> =
-                    ::core::option::Option::Some(#borrow);
+            if clone_out {
+                quote! {
+                    let __redis_memo_cache_owned: #private::Cache = ::core::clone::Clone::clone(#borrow);
+                    let __redis_memo_cache: ::core::option::Option<&#private::Cache> =
+                        ::core::option::Option::Some(&__redis_memo_cache_owned);
+                }
+            } else {
+                let borrow = quote_spanned! {expr.span()=>
+                    <_ as #private::Borrow<#private::Cache>>::borrow(__redis_memo_cache_ref)
+                };
+                quote! {
+                    let __redis_memo_cache_ref = &(#expr);
+                    let __redis_memo_cache: ::core::option::Option<&#private::Cache> =
+                        ::core::option::Option::Some(#borrow);
+                }
             }
         }
         None => quote! {
@@ -155,22 +175,48 @@ fn select_cache(options: &CachedArgs, private: &TokenStream) -> TokenStream {
     }
 }
 
+/// `type_name::<(Self, T, ..)>()` for methods and generic functions, whose instances must not
+/// share entries; `""` otherwise.
+fn instance_name(generics: &syn::Generics, model: &FnModel) -> TokenStream {
+    let mut parts: Vec<TokenStream> = Vec::new();
+    if model.receiver.is_some() {
+        parts.push(quote!(Self));
+    }
+    parts.extend(generics.type_params().map(|param| {
+        let ident = &param.ident;
+        quote!(#ident)
+    }));
+    if parts.is_empty() {
+        quote!("")
+    } else {
+        quote!(::core::any::type_name::<(#(#parts,)*)>())
+    }
+}
+
 /// An expression rendering the key from the parameters in scope, into the `KeyWriter` that
 /// `writer_init` creates.
-fn render_key(options: &CachedArgs, model: &FnModel, writer_init: TokenStream) -> TokenStream {
+fn render_key(
+    options: &CachedArgs,
+    model: &FnModel,
+    writer_init: TokenStream,
+    private: &TokenStream,
+) -> TokenStream {
     let writer = quote!(__redis_memo_writer);
     let mut steps = Vec::new();
     for segment in &options.key.segments {
         match segment {
-            Segment::Literal(text) => steps.push(quote!(#writer.literal(#text);)),
+            Segment::Literal(text) => {
+                steps.push(quote!(#private::write_literal(&mut #writer, #text);));
+            }
             Segment::Placeholder(placeholder) => {
                 let root = if placeholder.root == "self" {
                     let self_token = model.receiver.unwrap_or_default();
                     quote!(#self_token)
                 } else {
-                    let param = model
-                        .param(&placeholder.root)
-                        .expect("checked: placeholder names a parameter");
+                    // `check` refused placeholders that name no parameter.
+                    let Some(param) = model.param(&placeholder.root) else {
+                        continue;
+                    };
                     let ident = &param.ident;
                     if placeholder.fields.is_empty() && !contains_impl_trait(&param.ty) {
                         // With the parameter's type spelled out, a missing `KeyPart` impl is
@@ -231,15 +277,11 @@ fn helpers(
     let name = &function.sig.ident;
     let key_fn = format_ident!("{}_cache_key", name);
     let invalidate_fn = format_ident!("invalidate_{}", name);
-    let generics_params = &function.sig.generics.params;
-    let generics = if generics_params.is_empty() {
-        quote!()
-    } else {
-        quote!(<#generics_params>)
-    };
-    let where_clause = &function.sig.generics.where_clause;
+    let generics = &function.sig.generics;
     let key_params = helper_inputs(model, &usage.key);
     let invalidate_params = helper_inputs(model, &usage.invalidate);
+    let (key_generics, key_where) = helper_generics(generics, &key_params);
+    let (invalidate_generics, invalidate_where) = helper_generics(generics, &invalidate_params);
     let key_doc = format!(
         " The rendered cache key of [`{name}`] for these arguments (template `{}`); the Redis key is \
          `<namespace>:{{<this>}}`, see `Cache::full_key`.",
@@ -251,7 +293,7 @@ fn helpers(
     quote! {
         #[doc = #key_doc]
         #[allow(dead_code, clippy::needless_pass_by_value, clippy::ptr_arg)]
-        #vis fn #key_fn #generics (#key_params) -> ::std::string::String #where_clause {
+        #vis fn #key_fn #key_generics (#key_params) -> ::std::string::String #key_where {
             #render
         }
 
@@ -260,7 +302,7 @@ fn helpers(
         #[doc = " # Errors"]
         #[doc = " When Redis fails or times out (a lost invalidation must not pass silently), or no cache is installed."]
         #[allow(dead_code, clippy::needless_pass_by_value, clippy::ptr_arg)]
-        #vis async fn #invalidate_fn #generics (#invalidate_params) -> ::core::result::Result<bool, #private::CacheError> #where_clause {
+        #vis async fn #invalidate_fn #invalidate_generics (#invalidate_params) -> ::core::result::Result<bool, #private::CacheError> #invalidate_where {
             #select_cache
             let __redis_memo_key: ::std::string::String = #render;
             #private::invalidate(__redis_memo_cache, __redis_memo_key).await
@@ -295,6 +337,75 @@ fn respan(tokens: TokenStream, span: Span) -> TokenStream {
             token
         })
         .collect()
+}
+
+/// The function's generic parameters that a helper's parameters mention, and the where
+/// predicates that only involve those: a helper that took them all could not infer the ones
+/// its arguments do not determine (`invalidate_get::<D>(7)` for a skipped `db: &D`).
+fn helper_generics(generics: &syn::Generics, params: &TokenStream) -> (TokenStream, TokenStream) {
+    let mentioned = names_in(params.clone());
+    let is_kept = |param: &syn::GenericParam| match param {
+        syn::GenericParam::Type(t) => mentioned.contains(&t.ident.to_string()),
+        syn::GenericParam::Const(c) => mentioned.contains(&c.ident.to_string()),
+        syn::GenericParam::Lifetime(l) => mentioned.contains(&l.lifetime.to_string()),
+    };
+    let dropped: Vec<String> = generics
+        .params
+        .iter()
+        .filter(|p| !is_kept(p))
+        .map(|p| match p {
+            syn::GenericParam::Type(t) => t.ident.to_string(),
+            syn::GenericParam::Const(c) => c.ident.to_string(),
+            syn::GenericParam::Lifetime(l) => l.lifetime.to_string(),
+        })
+        .collect();
+    let kept: Vec<_> = generics.params.iter().filter(|p| is_kept(p)).collect();
+    let predicates: Vec<_> = generics
+        .where_clause
+        .iter()
+        .flat_map(|w| w.predicates.iter())
+        .filter(|predicate| {
+            let names = names_in(quote!(#predicate));
+            !dropped.iter().any(|d| names.contains(d))
+        })
+        .collect();
+    let generics = if kept.is_empty() {
+        quote!()
+    } else {
+        quote!(<#(#kept),*>)
+    };
+    let where_clause = if predicates.is_empty() {
+        quote!()
+    } else {
+        quote!(where #(#predicates),*)
+    };
+    (generics, where_clause)
+}
+
+/// Identifiers and lifetimes (`'a`) in `tokens`.
+fn names_in(tokens: TokenStream) -> std::collections::HashSet<String> {
+    let mut names = std::collections::HashSet::new();
+    let mut lifetime_tick = false;
+    for token in tokens {
+        match token {
+            proc_macro2::TokenTree::Ident(ident) => {
+                let name = ident.to_string();
+                names.insert(if lifetime_tick {
+                    format!("'{name}")
+                } else {
+                    name
+                });
+                lifetime_tick = false;
+            }
+            proc_macro2::TokenTree::Punct(punct) => lifetime_tick = punct.as_char() == '\'',
+            proc_macro2::TokenTree::Group(group) => {
+                names.extend(names_in(group.stream()));
+                lifetime_tick = false;
+            }
+            proc_macro2::TokenTree::Literal(_) => lifetime_tick = false,
+        }
+    }
+    names
 }
 
 #[cfg(test)]

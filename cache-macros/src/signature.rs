@@ -30,6 +30,8 @@ pub(crate) struct FnModel {
     pub(crate) params: Vec<Param>,
     /// The `self` token, for methods.
     pub(crate) receiver: Option<syn::Token![self]>,
+    /// The method takes `self` by value (not `&self`).
+    pub(crate) receiver_by_value: bool,
     pub(crate) output: Type,
     pub(crate) kind: ReturnKind,
     /// The type that is serialized into the cache, for type-check messages.
@@ -48,6 +50,7 @@ pub(crate) fn analyze(sig: &mut Signature, errors: &mut Errors) -> Option<FnMode
     }
     let mut params = Vec::new();
     let mut receiver = None;
+    let mut receiver_by_value = false;
     let mut params_ok = true;
     for input in &mut sig.inputs {
         match input {
@@ -62,6 +65,7 @@ pub(crate) fn analyze(sig: &mut Signature, errors: &mut Errors) -> Option<FnMode
                     errors.spanned(&*recv, "memoized methods take `&self` or `self`: a call that mutates its receiver cannot be answered from a cache");
                 }
                 receiver = Some(recv.self_token);
+                receiver_by_value = !matches!(recv.kind, syn::ReceiverKind::Reference(..));
             }
             FnArg::Typed(typed) => {
                 let skip = take_cache_attrs(&mut typed.attrs, errors);
@@ -110,6 +114,7 @@ pub(crate) fn analyze(sig: &mut Signature, errors: &mut Errors) -> Option<FnMode
     params_ok.then_some(FnModel {
         params,
         receiver,
+        receiver_by_value,
         output,
         kind,
         stored,

@@ -157,10 +157,20 @@ fn parse_placeholder(body: &str, offset: usize) -> Result<Placeholder, (usize, S
     let mut parts = body.split('.');
     let root = parts.next().unwrap_or_default().to_owned();
     let fields: Vec<String> = parts.map(str::to_owned).collect();
+    if let Some(keyword) = std::iter::once(&root)
+        .filter(|r| *r != "self")
+        .chain(&fields)
+        .find(|part| is_keyword(part))
+    {
+        return Err((
+            offset,
+            format!(
+                "`{keyword}` in `<{body}>` is a Rust keyword; a placeholder names a parameter or a field, like `<req.kind>`"
+            ),
+        ));
+    }
     let root_ok = is_identifier(&root);
-    let fields_ok = fields
-        .iter()
-        .all(|f| is_identifier(f) || (!f.is_empty() && f.bytes().all(|b| b.is_ascii_digit())));
+    let fields_ok = fields.iter().all(|f| is_field_name(f) || is_tuple_index(f));
     if !root_ok || !fields_ok {
         return Err((
             offset,
@@ -174,6 +184,28 @@ fn parse_placeholder(body: &str, offset: usize) -> Result<Placeholder, (usize, S
         fields,
         offset,
     })
+}
+
+/// A named field: an identifier that is not a keyword (`<req.type>` cannot be written in Rust
+/// either).
+fn is_field_name(text: &str) -> bool {
+    is_identifier(text) && !is_keyword(text)
+}
+
+/// A tuple index such as `0`, within `u32`.
+fn is_tuple_index(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) && text.parse::<u32>().is_ok()
+}
+
+fn is_keyword(text: &str) -> bool {
+    const KEYWORDS: &[&str] = &[
+        "Self", "abstract", "as", "async", "await", "become", "box", "break", "const", "continue",
+        "crate", "do", "dyn", "else", "enum", "extern", "false", "final", "fn", "for", "gen", "if",
+        "impl", "in", "let", "loop", "macro", "match", "mod", "move", "mut", "override", "priv",
+        "pub", "ref", "return", "self", "static", "struct", "super", "trait", "true", "try",
+        "type", "typeof", "unsafe", "unsized", "use", "virtual", "where", "while", "yield",
+    ];
+    KEYWORDS.contains(&text)
 }
 
 fn is_identifier(text: &str) -> bool {
@@ -236,6 +268,13 @@ mod tests {
         assert!(parse("user <a>").unwrap_err().contains("whitespace"));
         assert!(parse("").unwrap_err().contains("empty"));
         assert!(parse("a:<1x>").unwrap_err().contains("not a placeholder"));
+        assert!(parse("a:<req.type>").unwrap_err().contains("keyword"));
+        assert!(parse("a:<match>").unwrap_err().contains("keyword"));
+        assert!(
+            parse("a:<p.99999999999>")
+                .unwrap_err()
+                .contains("not a placeholder")
+        );
         assert!(parse("<a>:<b>").is_ok());
         assert!(parse("user:<p.0>").is_ok());
     }

@@ -33,6 +33,7 @@ pub struct Cache {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) backend: Backend,
+    pub(crate) op_timeout: Duration,
     pub(crate) namespace: String,
     pub(crate) health: Health,
     pub(crate) counters: Counters,
@@ -164,6 +165,7 @@ impl CacheBuilder {
         Ok(Cache {
             inner: Arc::new(Inner {
                 backend,
+                op_timeout: self.op_timeout,
                 namespace: self.namespace,
                 health: Health::new(self.breaker_threshold, self.breaker_cooldown),
                 counters: Counters::default(),
@@ -232,11 +234,9 @@ impl Cache {
     /// # Errors
     /// When Redis fails or does not answer within the operation timeout.
     pub async fn ping(&self) -> Result<(), CacheError> {
-        self.inner
-            .backend
-            .get(&self.full_key("redis-memo:ping"))
-            .await
-            .map(drop)
+        let deadline = tokio::time::Instant::now() + self.inner.op_timeout;
+        let key = self.full_key("redis-memo:ping");
+        self.inner.backend.get(&key, deadline).await.map(drop)
     }
 
     /// The counters since this cache was built.

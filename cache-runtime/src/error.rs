@@ -43,6 +43,32 @@ impl CacheError {
         }
     }
 
+    /// True when Redis is unreachable, slow or not serving (as opposed to a server that
+    /// answered with an error reply such as `WRONGTYPE`, `OOM` or `READONLY`). Only these
+    /// feed the circuit breaker.
+    pub fn is_outage(&self) -> bool {
+        use redis::{ErrorKind, ServerErrorKind};
+        match self {
+            CacheError::Timeout(_) => true,
+            CacheError::Redis(e) => {
+                e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || matches!(
+                        e.kind(),
+                        ErrorKind::Server(
+                            ServerErrorKind::BusyLoading
+                                | ServerErrorKind::ClusterDown
+                                | ServerErrorKind::MasterDown
+                                | ServerErrorKind::TryAgain
+                        )
+                    )
+            }
+            _ => false,
+        }
+    }
+
     /// True when the connection to Redis was refused or dropped.
     pub fn is_connection_error(&self) -> bool {
         matches!(self, CacheError::Redis(e) if e.is_connection_dropped() || e.is_connection_refusal() || e.is_io_error())

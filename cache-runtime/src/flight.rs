@@ -36,13 +36,18 @@ pub(crate) struct Slot {
     changed: Notify,
 }
 
+/// Full key -> (fingerprint, flight) pairs.
+type FlightMap = HashMap<String, Vec<(u64, Arc<Slot>)>>;
+
 /// Number of completion counters; keys share one only by hash collision, which costs at most
 /// a redundant read.
 const STRIPES: usize = 256;
 
 #[derive(Debug)]
 pub(crate) struct Flights {
-    in_flight: Mutex<HashMap<String, Arc<Slot>>>,
+    /// Per key, the flights in progress, one per fingerprint: two functions (or
+    /// instantiations) sharing a key template never wait on each other.
+    in_flight: Mutex<FlightMap>,
     completed: [AtomicU64; STRIPES],
 }
 
@@ -77,6 +82,7 @@ pub(crate) enum Role<'a> {
 pub(crate) struct LeaderGuard<'a> {
     flights: &'a Flights,
     key: &'a str,
+    fingerprint: u64,
     stripe: usize,
     slot: Arc<Slot>,
 }
@@ -89,7 +95,7 @@ pub(crate) enum WaitOutcome {
 }
 
 impl Flights {
-    fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<Slot>>> {
+    fn map(&self) -> MutexGuard<'_, FlightMap> {
         // The map is consistent after every statement, so a panic elsewhere while the lock was
         // held leaves nothing half-done.
         self.in_flight
@@ -106,19 +112,21 @@ impl Flights {
         }
     }
 
-    /// Leads the flight of `key`, or joins the one in progress.
-    pub(crate) fn join<'a>(&'a self, key: &'a str, ticket: Ticket) -> Role<'a> {
+    /// Leads the flight of `key` for entries with `fingerprint`, or joins the one in progress.
+    pub(crate) fn join<'a>(&'a self, key: &'a str, fingerprint: u64, ticket: Ticket) -> Role<'a> {
         let mut map = self.map();
-        if let Some(slot) = map.get(key) {
+        let flights = map.entry(key.to_owned()).or_default();
+        if let Some((_, slot)) = flights.iter().find(|(f, _)| *f == fingerprint) {
             return Role::Waiter(Arc::clone(slot));
         }
         let slot = Arc::new(Slot::default());
-        map.insert(key.to_owned(), Arc::clone(&slot));
+        flights.push((fingerprint, Arc::clone(&slot)));
         let read_is_stale = self.completed[ticket.stripe].load(SeqCst) != ticket.completed;
         Role::Leader {
             guard: LeaderGuard {
                 flights: self,
                 key,
+                fingerprint,
                 stripe: ticket.stripe,
                 slot,
             },
@@ -150,11 +158,13 @@ impl Drop for LeaderGuard<'_> {
             // Bumped before the flight leaves the map (under its lock): a caller that finds no
             // flight afterwards also sees the bump, and reads again.
             self.flights.completed[self.stripe].fetch_add(1, SeqCst);
-            if map
-                .get(self.key)
-                .is_some_and(|slot| Arc::ptr_eq(slot, &self.slot))
-            {
-                map.remove(self.key);
+            if let Some(flights) = map.get_mut(self.key) {
+                flights.retain(|(fingerprint, slot)| {
+                    *fingerprint != self.fingerprint || !Arc::ptr_eq(slot, &self.slot)
+                });
+                if flights.is_empty() {
+                    map.remove(self.key);
+                }
             }
         }
         // Not published (cancelled or panicked): release the waiters so they start over.
@@ -201,11 +211,11 @@ mod tests {
         let Role::Leader {
             guard,
             read_is_stale: false,
-        } = flights.join("k", ticket)
+        } = flights.join("k", 1, ticket)
         else {
             panic!("first caller leads")
         };
-        let Role::Waiter(slot) = flights.join("k", ticket) else {
+        let Role::Waiter(slot) = flights.join("k", 1, ticket) else {
             panic!("second caller waits")
         };
         let waiting = tokio::spawn(wait(slot));
@@ -218,7 +228,7 @@ mod tests {
         assert_eq!(flights.len(), 0);
         assert!(
             matches!(
-                flights.join("k", ticket),
+                flights.join("k", 1, ticket),
                 Role::Leader {
                     read_is_stale: true,
                     ..
@@ -228,20 +238,30 @@ mod tests {
         );
     }
 
+    #[test]
+    fn other_fingerprints_fly_separately() {
+        let flights = Flights::default();
+        let ticket = flights.ticket("k");
+        let first = flights.join("k", 1, ticket);
+        assert!(matches!(flights.join("k", 2, ticket), Role::Leader { .. }));
+        assert!(matches!(flights.join("k", 1, ticket), Role::Waiter(_)));
+        drop(first);
+    }
+
     #[tokio::test]
     async fn a_dropped_leader_abandons_and_the_next_caller_leads() {
         let flights = Flights::default();
         let ticket = flights.ticket("k");
-        let Role::Leader { guard, .. } = flights.join("k", ticket) else {
+        let Role::Leader { guard, .. } = flights.join("k", 1, ticket) else {
             panic!("first caller leads")
         };
-        let Role::Waiter(slot) = flights.join("k", ticket) else {
+        let Role::Waiter(slot) = flights.join("k", 1, ticket) else {
             panic!("second caller waits")
         };
         drop(guard);
         assert!(matches!(wait(slot).await, WaitOutcome::Abandoned));
         assert!(matches!(
-            flights.join("k", flights.ticket("k")),
+            flights.join("k", 1, flights.ticket("k")),
             Role::Leader {
                 read_is_stale: false,
                 ..

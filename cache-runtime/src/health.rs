@@ -44,7 +44,9 @@ impl Health {
     }
 
     pub(crate) fn record_success(&self) {
-        if self.consecutive_failures.load(Relaxed) == 0 {
+        // Both checked: a failure racing with a success may have opened the breaker after the
+        // counter was reset.
+        if self.consecutive_failures.load(Relaxed) == 0 && self.open_until_ms.load(Relaxed) == 0 {
             return;
         }
         let failed = self.consecutive_failures.swap(0, Relaxed);

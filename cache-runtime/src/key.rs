@@ -34,9 +34,8 @@ const HASHED_PREFIX_LEN: usize = 64;
 /// }
 ///
 /// let mut w = KeyWriter::new();
-/// w.literal("tenant:");
 /// w.placeholder(&TenantId { region: "eu west".into(), number: 7 });
-/// assert_eq!(w.finish(), "tenant:eu%20west,7");
+/// assert_eq!(w.finish(), "eu%20west,7");
 /// ```
 ///
 /// A type whose number of parts varies (a list) must write its length first, so that two
@@ -85,9 +84,10 @@ impl KeyWriter {
         }
     }
 
-    /// Appends literal template text. The macro only passes text it has validated; the text is
-    /// not escaped.
-    pub fn literal(&mut self, text: &str) -> &mut Self {
+    /// Appends literal template text, unescaped. Only generated code calls it (through
+    /// `__private::write_literal`), with text the macro validated: a `KeyPart` impl that
+    /// could write raw text could break injectivity.
+    pub(crate) fn literal(&mut self, text: &str) -> &mut Self {
         self.buf.push_str(text);
         self
     }
@@ -134,7 +134,11 @@ impl KeyWriter {
     /// [`MAX_RENDERED_LEN`].
     pub fn finish(mut self) -> String {
         let rendered_len = self.buf.len() - self.rendered_from;
-        if rendered_len > MAX_RENDERED_LEN {
+        if rendered_len == 0 {
+            // A lone `%` never appears otherwise (escapes are `%XX`), and an empty Cluster hash
+            // tag `{}` would not pin the entry's slot.
+            self.buf.push('%');
+        } else if rendered_len > MAX_RENDERED_LEN {
             let digest = Sha256::digest(&self.buf.as_bytes()[self.rendered_from..]);
             // The rendering is ASCII (escaped values and validated literals), so any byte
             // index is a character boundary.
@@ -294,6 +298,13 @@ mod tests {
         assert!(key.starts_with("t:xxxx"));
         assert!(key.contains('#'));
         assert_ne!(key, render2(&long, "z"));
+    }
+
+    #[test]
+    fn an_empty_rendering_is_marked() {
+        let mut w = KeyWriter::entry_key("ns");
+        w.placeholder("");
+        assert_eq!(w.finish(), "ns:{%}");
     }
 
     #[cfg(feature = "uuid")]

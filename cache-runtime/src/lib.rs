@@ -53,12 +53,19 @@ pub mod __private {
         cache.map_or_else(KeyWriter::new, Cache::entry_key_writer)
     }
 
+    /// Appends validated literal template text to a key.
+    pub fn write_literal(writer: &mut KeyWriter, text: &'static str) {
+        writer.literal(text);
+    }
+
     /// Runs a memoized call: from the cache when possible, else `compute`. `entry_key` comes
-    /// from [`entry_key_writer`].
+    /// from [`entry_key_writer`]; `instance` names the generic parameters and `Self` of the
+    /// call (`type_name::<(Self, T)>()`), or is empty.
     pub async fn memoize<K, R, F>(
         cache: Option<&Cache>,
         spec: &'static FnSpec,
         entry_key: String,
+        instance: &'static str,
         compute: F,
     ) -> R
     where
@@ -66,7 +73,11 @@ pub mod __private {
         F: Future<Output = R>,
     {
         match cache {
-            Some(cache) => cache.memoize::<K, R, F>(spec, &entry_key, compute).await,
+            Some(cache) => {
+                cache
+                    .memoize::<K, R, F>(spec, &entry_key, instance, compute)
+                    .await
+            }
             None => compute.await,
         }
     }

@@ -2,11 +2,17 @@
 //!
 //! 1. Read the entry. A usable entry is a hit: done, in one round trip.
 //! 2. Otherwise join the key's flight: one caller per key and process leads, the others wait
-//!    for it. A leader whose read may predate another flight's fill reads again.
+//!    for it. A leader whose read may predate another flight's fill reads again, within the
+//!    same deadline as its first read.
 //! 3. The leader runs the function (no entry, an entry that does not decode, Redis
 //!    unavailable), hands the encoded result to the waiters, and stores it with `SET … PX`
 //!    when the kind allows it and Redis answered the read.
+//!
+//! Time spent on Redis is bounded: at most the operation timeout before the function runs
+//! (first read and re-read share one deadline; after an outage there is no re-read and no
+//! write), and at most the operation timeout storing the result.
 
+use crate::CacheError;
 use crate::cache::Cache;
 use crate::codec::Bincode;
 use crate::envelope::{self, DecodeError, EntryTimes};
@@ -16,26 +22,38 @@ use crate::spec::FnSpec;
 use crate::stats::Event;
 use bytes::Bytes;
 use std::future::Future;
+use tokio::time::Instant;
 
-/// What a leader's read found.
+/// What a read found.
 enum Read {
     Entry(Bytes),
     Missing,
+    /// Redis answered, but not with a usable entry (bytes that do not decode, or an error
+    /// reply such as `WRONGTYPE`): a miss whose key the fill overwrites.
+    Unusable,
     /// Redis failed, timed out, or the breaker is open: run the function, store nothing.
     Unavailable,
 }
 
 impl Cache {
-    /// `key` is the entry's full key (see [`Cache::entry_key_writer`]).
-    pub(crate) async fn memoize<K, R, F>(&self, spec: &'static FnSpec, key: &str, compute: F) -> R
+    /// `key` is the entry's full key (see [`Cache::entry_key_writer`]); `instance` is passed to
+    /// [`FnSpec::fingerprint`].
+    pub(crate) async fn memoize<K, R, F>(
+        &self,
+        spec: &'static FnSpec,
+        key: &str,
+        instance: &'static str,
+        compute: F,
+    ) -> R
     where
         K: ReturnKind<R>,
         F: Future<Output = R>,
     {
-        let fingerprint = spec.fingerprint::<K::Stored>();
+        let fingerprint = spec.fingerprint::<K::Stored>(instance);
         let flights = &self.inner.flights;
         let ticket = flights.ticket(key);
-        let mut read = match self.read(spec, key).await {
+        let read_deadline = Instant::now() + self.inner.op_timeout;
+        let mut read = match self.read(spec, key, read_deadline).await {
             Read::Entry(bytes) => match envelope::decode::<Bincode, K::Stored>(&bytes, fingerprint)
             {
                 Ok((value, _)) => {
@@ -44,19 +62,20 @@ impl Cache {
                 }
                 Err(error) => {
                     self.report_decode_failure(spec, key, &error);
-                    Read::Missing
+                    Read::Unusable
                 }
             },
             other => other,
         };
         loop {
-            match flights.join(key, ticket) {
+            match flights.join(key, fingerprint, ticket) {
                 Role::Leader {
                     guard,
                     read_is_stale,
                 } => {
-                    if read_is_stale {
-                        read = self.read(spec, key).await;
+                    // After an outage the first read said all there is to say.
+                    if read_is_stale && !matches!(read, Read::Unavailable) {
+                        read = self.read(spec, key, read_deadline).await;
                     }
                     return self
                         .lead::<K, R, F>(spec, key, fingerprint, guard, read, compute)
@@ -70,8 +89,8 @@ impl Cache {
                     );
                     match flight::wait(slot).await {
                         WaitOutcome::Shared(Shared::Entry(bytes)) => {
-                            // The leader encoded these bytes with the same fingerprint, so they
-                            // decode; if they somehow did not, computing is still correct.
+                            // The leader encoded these bytes with the same fingerprint, so
+                            // they decode; if they somehow did not, computing is still right.
                             match envelope::decode::<Bincode, K::Stored>(&bytes, fingerprint) {
                                 Ok((value, _)) => {
                                     self.record(Event::Coalesced, spec);
@@ -80,13 +99,13 @@ impl Cache {
                                 Err(_) => return compute.await,
                             }
                         }
-                        // The leader's result was an error: each waiter runs the function itself
-                        // rather than queueing behind one another's failures.
-                        WaitOutcome::Shared(Shared::NotShareable) => return compute.await,
-                        // The leader was cancelled or panicked: start over, maybe as the leader.
-                        // The ticket is kept: the abandoned flight counts as completed, so a new
-                        // leader reads again rather than trust a read from before it.
-                        WaitOutcome::Abandoned => continue,
+                        // The leader failed (an `Err`), was cancelled or panicked: start over,
+                        // one caller leading at a time, so a failing source is not hit by all
+                        // waiters at once. The ticket is kept: the ended flight counts as
+                        // completed, so a new leader reads again rather than trust an old read.
+                        WaitOutcome::Shared(Shared::NotShareable) | WaitOutcome::Abandoned => {
+                            continue;
+                        }
                     }
                 }
             }
@@ -106,7 +125,7 @@ impl Cache {
         K: ReturnKind<R>,
         F: Future<Output = R>,
     {
-        let redis_answered = match read {
+        let (redis_answered, unusable) = match read {
             Read::Entry(bytes) => match envelope::decode::<Bincode, K::Stored>(&bytes, fingerprint)
             {
                 Ok((value, _)) => {
@@ -116,39 +135,38 @@ impl Cache {
                 }
                 Err(error) => {
                     self.report_decode_failure(spec, key, &error);
-                    true
+                    (true, true)
                 }
             },
-            Read::Missing => true,
-            Read::Unavailable => false,
+            Read::Unusable => (true, true),
+            Read::Missing => (true, false),
+            Read::Unavailable => (false, false),
         };
         self.record(Event::Miss, spec);
 
         let result = compute.await;
 
-        let Some(value) = K::shareable(&result) else {
-            guard.publish(Shared::NotShareable);
-            return result;
-        };
-        let now = crate::clock::now_unix_ms();
-        let times = EntryTimes {
-            written_at_ms: now,
-            fresh_until_ms: now
-                .saturating_add(u64::try_from(spec.ttl.as_millis()).unwrap_or(u64::MAX)),
-        };
-        match envelope::encode::<Bincode, _>(value, fingerprint, times) {
-            Ok(bytes) => {
-                let bytes = Bytes::from(bytes);
-                guard.publish(Shared::Entry(bytes.clone()));
-                if redis_answered && K::storable(&result, spec.cache_none) {
-                    self.write(spec, key, bytes).await;
-                }
+        let stored = match K::shareable(&result) {
+            Some(value) => {
+                self.share_and_store::<K, R>(
+                    spec,
+                    key,
+                    fingerprint,
+                    &guard,
+                    &result,
+                    value,
+                    redis_answered,
+                )
+                .await
             }
-            Err(error) => {
-                self.record(Event::EncodeFailure, spec);
-                tracing::warn!(function = spec.name, %error, "redis-memo: return value does not serialize; not cached");
+            None => {
                 guard.publish(Shared::NotShareable);
+                false
             }
+        };
+        if unusable && !stored {
+            // Nothing replaced the unusable entry: remove it, or every call would trip on it.
+            self.remove_unusable(spec, key).await;
         }
         // Dropping the guard ends the flight only now, after the write: a caller that arrives
         // later reads the stored entry instead of computing again.
@@ -156,41 +174,109 @@ impl Cache {
         result
     }
 
-    async fn read(&self, spec: &'static FnSpec, key: &str) -> Read {
-        let health = &self.inner.health;
-        if !health.allows_request() {
+    /// Encodes `value`, hands it to the waiters, and stores it when allowed; true if stored.
+    #[allow(clippy::too_many_arguments)]
+    async fn share_and_store<K, R>(
+        &self,
+        spec: &'static FnSpec,
+        key: &str,
+        fingerprint: u64,
+        guard: &LeaderGuard<'_>,
+        result: &R,
+        value: &K::Stored,
+        redis_answered: bool,
+    ) -> bool
+    where
+        K: ReturnKind<R>,
+    {
+        let now = crate::clock::now_unix_ms();
+        let ttl_ms = u64::try_from(spec.ttl.as_millis()).unwrap_or(u64::MAX);
+        let times = EntryTimes {
+            written_at_ms: now,
+            fresh_until_ms: now.saturating_add(ttl_ms),
+        };
+        match envelope::encode::<Bincode, _>(value, fingerprint, times) {
+            Ok(bytes) => {
+                let bytes = Bytes::from(bytes);
+                guard.publish(Shared::Entry(bytes.clone()));
+                redis_answered
+                    && K::storable(result, spec.cache_none)
+                    && self.write(spec, key, bytes).await
+            }
+            Err(error) => {
+                self.record(Event::EncodeFailure, spec);
+                tracing::warn!(function = spec.name, %error, "redis-memo: return value does not serialize; not cached");
+                guard.publish(Shared::NotShareable);
+                false
+            }
+        }
+    }
+
+    async fn read(&self, spec: &'static FnSpec, key: &str, deadline: Instant) -> Read {
+        if !self.inner.health.allows_request() {
             self.record(Event::FailOpen, spec);
             return Read::Unavailable;
         }
-        match self.inner.backend.get(key).await {
+        match self.inner.backend.get(key, deadline).await {
             Ok(found) => {
-                health.record_success();
+                self.inner.health.record_success();
                 found.map_or(Read::Missing, Read::Entry)
             }
+            Err(error) if !error.is_outage() => {
+                // A live server's error reply (`WRONGTYPE`: someone else's data under the key).
+                self.inner.health.record_success();
+                self.record(Event::DecodeFailure, spec);
+                tracing::warn!(function = spec.name, key, %error, "redis-memo: reading the entry failed; recomputing and overwriting");
+                Read::Unusable
+            }
             Err(error) => {
-                health.record_failure("GET", &error);
-                self.record(Event::FailOpen, spec);
+                self.report_outage("GET", spec, &error);
                 Read::Unavailable
             }
         }
     }
 
-    async fn write(&self, spec: &'static FnSpec, key: &str, bytes: Bytes) {
-        let health = &self.inner.health;
-        if !health.allows_request() {
+    /// Stores `bytes`; true if stored.
+    async fn write(&self, spec: &'static FnSpec, key: &str, bytes: Bytes) -> bool {
+        if !self.inner.health.allows_request() {
             self.record(Event::FailOpen, spec);
-            return;
+            return false;
         }
         match self.inner.backend.set(key, bytes, spec.ttl).await {
             Ok(()) => {
-                health.record_success();
+                self.inner.health.record_success();
                 self.record(Event::Fill, spec);
+                true
+            }
+            Err(error) if !error.is_outage() => {
+                // `OOM` under `noeviction`, `READONLY` on a replica: Redis is there but does
+                // not take the value. Not an outage: reads go on.
+                self.inner.health.record_success();
+                self.record(Event::FailOpen, spec);
+                tracing::warn!(function = spec.name, key, %error, "redis-memo: redis refused to store the entry");
+                false
             }
             Err(error) => {
-                health.record_failure("SET", &error);
-                self.record(Event::FailOpen, spec);
+                self.report_outage("SET", spec, &error);
+                false
             }
         }
+    }
+
+    async fn remove_unusable(&self, spec: &'static FnSpec, key: &str) {
+        if !self.inner.health.allows_request() {
+            return;
+        }
+        if let Err(error) = self.inner.backend.delete(key).await
+            && error.is_outage()
+        {
+            self.report_outage("DEL", spec, &error);
+        }
+    }
+
+    fn report_outage(&self, operation: &'static str, spec: &'static FnSpec, error: &CacheError) {
+        self.inner.health.record_failure(operation, error);
+        self.record(Event::FailOpen, spec);
     }
 
     fn report_decode_failure(&self, spec: &'static FnSpec, key: &str, error: &DecodeError) {

@@ -11,23 +11,38 @@ use std::time::Duration;
 #[derive(Debug)]
 pub struct FnSpec {
     pub(crate) name: &'static str,
+    /// `module::path::name`: entries and flights of two functions that share a key template
+    /// never mix.
+    identity: &'static str,
     pub(crate) template: &'static str,
     pub(crate) ttl: Duration,
     pub(crate) version: u32,
     pub(crate) cache_none: bool,
     metrics: OnceLock<FnMetrics>,
+    /// The first fingerprint computed, with the addresses of the type names it was computed
+    /// for (`type_name` strings are static): most functions have one instantiation, so most
+    /// calls reuse it; other instantiations compute theirs.
+    first_fingerprint: OnceLock<([usize; 2], u64)>,
 }
 
 impl FnSpec {
-    /// A function named `name` whose key template is `template`, cached for `ttl`.
-    pub const fn new(name: &'static str, template: &'static str, ttl: Duration) -> Self {
+    /// A function named `name`, at `identity` (`module_path!()` and the name), whose key
+    /// template is `template`, cached for `ttl`.
+    pub const fn new(
+        name: &'static str,
+        identity: &'static str,
+        template: &'static str,
+        ttl: Duration,
+    ) -> Self {
         FnSpec {
             name,
+            identity,
             template,
             ttl,
             version: 0,
             cache_none: false,
             metrics: OnceLock::new(),
+            first_fingerprint: OnceLock::new(),
         }
     }
 
@@ -53,15 +68,26 @@ impl FnSpec {
         self.metrics.get_or_init(|| FnMetrics::register(self.name))
     }
 
-    /// Identifies what an entry of this function holds: the stored type's name, the key
-    /// template and the `version`. An entry with another fingerprint is a miss.
-    pub(crate) fn fingerprint<V: ?Sized>(&self) -> u64 {
+    /// Identifies what an entry of this function holds: the function, the stored type's
+    /// name, the key template, the `version`, and `instance`: for generic functions and
+    /// methods, the type names of the generic parameters and `Self` (generated code passes
+    /// `type_name::<(Self, T, ..)>()`, or `""`), since their entries would otherwise share a
+    /// fingerprint. An entry with another fingerprint is a miss.
+    pub(crate) fn fingerprint<V: ?Sized>(&self, instance: &'static str) -> u64 {
+        let stored = std::any::type_name::<V>();
+        let names = [stored.as_ptr() as usize, instance.as_ptr() as usize];
+        if let Some((first_names, fingerprint)) = self.first_fingerprint.get()
+            && *first_names == names
+        {
+            return *fingerprint;
+        }
         let mut hash = Fnv1a::new();
-        hash.write(std::any::type_name::<V>().as_bytes());
-        hash.write(&[0xff]);
-        hash.write(self.template.as_bytes());
-        hash.write(&[0xff]);
+        for part in [self.identity, stored, instance, self.template] {
+            hash.write(part.as_bytes());
+            hash.write(&[0xff]);
+        }
         hash.write(&self.version.to_le_bytes());
+        let _ = self.first_fingerprint.set((names, hash.0));
         hash.0
     }
 }
@@ -88,16 +114,29 @@ mod tests {
     use super::*;
 
     fn spec() -> FnSpec {
-        FnSpec::new("f", "user:<id>", Duration::from_secs(1))
+        FnSpec::new("f", "m::f", "user:<id>", Duration::from_secs(1))
     }
 
     #[test]
-    fn fingerprint_covers_type_template_and_version() {
-        let base = spec().fingerprint::<u32>();
-        assert_eq!(base, spec().fingerprint::<u32>());
-        assert_ne!(base, spec().fingerprint::<u64>());
-        assert_ne!(base, spec().version(1).fingerprint::<u32>());
-        let other = FnSpec::new("f", "user:<name>", Duration::from_secs(1));
-        assert_ne!(base, other.fingerprint::<u32>());
+    fn fingerprint_covers_function_type_instance_template_and_version() {
+        let base = spec().fingerprint::<u32>("");
+        assert_eq!(base, spec().fingerprint::<u32>(""));
+        assert_ne!(base, spec().fingerprint::<u64>(""));
+        assert_ne!(base, spec().fingerprint::<u32>("(u8,)"));
+        assert_ne!(base, spec().version(1).fingerprint::<u32>(""));
+        let other_template = FnSpec::new("f", "m::f", "user:<name>", Duration::from_secs(1));
+        assert_ne!(base, other_template.fingerprint::<u32>(""));
+        let other_function = FnSpec::new("g", "m::g", "user:<id>", Duration::from_secs(1));
+        assert_ne!(base, other_function.fingerprint::<u32>(""));
+    }
+
+    #[test]
+    fn a_second_instantiation_does_not_reuse_the_first_fingerprint() {
+        let spec = spec();
+        let first = spec.fingerprint::<u32>("");
+        let second = spec.fingerprint::<String>("");
+        assert_ne!(first, second);
+        assert_eq!(spec.fingerprint::<u32>(""), first);
+        assert_eq!(spec.fingerprint::<String>(""), second);
     }
 }

@@ -121,13 +121,18 @@ impl RedisServer {
     fn wait_ready(&mut self, log: &Path) -> Result<(), TestkitError> {
         let deadline = Instant::now() + READY_TIMEOUT;
         while Instant::now() < deadline {
-            if ping(self.port) {
-                return Ok(());
-            }
+            // Exit first: if another process took the port, ours dies on bind while the
+            // other one would answer the ping.
             if let Some(child) = &mut self.child
                 && child.try_wait()?.is_some()
             {
                 break;
+            }
+            if ping(self.port) {
+                if self.answering_pid() == self.child.as_ref().map(Child::id) {
+                    return Ok(());
+                }
+                break; // Someone else's server on this port.
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -138,6 +143,18 @@ impl RedisServer {
             port: self.port,
             log: tail,
         })
+    }
+
+    /// The process id of the server answering on this port (`INFO server`).
+    fn answering_pid(&self) -> Option<u32> {
+        let mut connection = self.client().get_connection().ok()?;
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query(&mut connection)
+            .ok()?;
+        info.lines()
+            .find_map(|line| line.strip_prefix("process_id:"))
+            .and_then(|pid| pid.trim().parse().ok())
     }
 
     /// The port the server listens on.

@@ -35,6 +35,8 @@ conformance!(
     result_of_option_caches_like_both,
     foreign_bytes_are_a_counted_miss_and_are_replaced,
     an_entry_of_another_version_is_a_miss,
+    data_of_another_redis_type_is_a_miss_and_is_replaced,
+    functions_sharing_a_key_template_never_serve_each_other,
     concurrent_callers_of_a_cold_key_run_the_body_once,
     a_cancelled_leader_hands_the_work_to_a_waiter,
     a_panic_reaches_its_caller_and_the_waiters_go_on,

@@ -290,6 +290,63 @@ async fn versioned_v2(id: u32, #[cache(skip)] cache: &Cache, #[cache(skip)] prob
     id + 1000
 }
 
+pub async fn data_of_another_redis_type_is_a_miss_and_is_replaced(h: Harness) {
+    let Some(server) = &h.server else {
+        return; // Only Redis has types other than strings.
+    };
+    let probe = Probe::default();
+    let key = h.cache.full_key(&plain_cache_key(11));
+    let _: i64 = redis::cmd("LPUSH")
+        .arg(&key)
+        .arg("someone else's list")
+        .query(&mut server.connection())
+        .unwrap();
+    assert_eq!(
+        plain(11, &h.cache, &probe).await,
+        "value 11",
+        "WRONGTYPE is a miss, not an error"
+    );
+    assert_eq!(h.cache.stats().decode_failures, 1, "and is counted");
+    for _ in 0..5 {
+        assert_eq!(plain(11, &h.cache, &probe).await, "value 11");
+    }
+    assert_eq!(
+        probe.runs(),
+        1,
+        "the list was overwritten by the entry, and Redis was not taken for down"
+    );
+}
+
+#[redis_cached(ttl = "1m", key = "shared:<id>", cache = cache)]
+async fn user_name(id: u64, #[cache(skip)] cache: &Cache) -> String {
+    format!("name of {id}")
+}
+
+#[redis_cached(ttl = "1m", key = "shared:<id>", cache = cache)]
+async fn user_email(id: u64, #[cache(skip)] cache: &Cache) -> String {
+    format!("{id}@example.com")
+}
+
+#[redis_cached(ttl = "1m", key = "generic:<id>", cache = cache)]
+async fn describe<T: redis_memo::KeyPart + std::fmt::Debug + Sync>(
+    id: T,
+    #[cache(skip)] cache: &Cache,
+) -> String {
+    format!("{id:?}")
+}
+
+pub async fn functions_sharing_a_key_template_never_serve_each_other(h: Harness) {
+    for _ in 0..3 {
+        assert_eq!(user_name(1, &h.cache).await, "name of 1");
+        assert_eq!(user_email(1, &h.cache).await, "1@example.com");
+        assert_eq!(describe(1u8, &h.cache).await, "1");
+        assert_eq!(describe("1", &h.cache).await, "\"1\"");
+    }
+    // Each call evicted the other's entry: wasteful (the templates should differ) but never
+    // a wrong value, and visible in the counters.
+    assert!(h.cache.stats().decode_failures >= 8);
+}
+
 pub async fn an_entry_of_another_version_is_a_miss(h: Harness) {
     let probe = Probe::default();
     assert_eq!(versioned_v1(1, &h.cache, &probe).await, 1);

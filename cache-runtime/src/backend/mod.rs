@@ -23,9 +23,14 @@ pub(crate) enum Backend {
 // The in-memory store's futures are boxed: moka's are several hundred bytes, and every
 // memoized call's future would otherwise carry (and move) that much for Redis too.
 impl Backend {
-    pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
+    /// Reads `key`, giving up at `deadline`.
+    pub(crate) async fn get(
+        &self,
+        key: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<Bytes>, CacheError> {
         match self {
-            Backend::Redis(redis) => redis.get(key).await,
+            Backend::Redis(redis) => redis.get(key, deadline).await,
             Backend::Memory(memory) => Ok(Box::pin(memory.get_raw(key)).await),
         }
     }

@@ -5,6 +5,7 @@ use crate::CacheError;
 use bytes::Bytes;
 use redis::aio::ConnectionManager;
 use std::time::Duration;
+use tokio::time::Instant;
 
 #[derive(Clone)]
 pub(crate) struct RedisBackend {
@@ -29,16 +30,29 @@ impl RedisBackend {
     }
 
     async fn run<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, CacheError> {
+        self.run_until(command, Instant::now() + self.op_timeout)
+            .await
+    }
+
+    async fn run_until<T: redis::FromRedisValue>(
+        &self,
+        command: &redis::Cmd,
+        deadline: Instant,
+    ) -> Result<T, CacheError> {
         // ConnectionManager is a cheap handle (an Arc); commands need it mutably.
         let mut connection = self.connection.clone();
-        match tokio::time::timeout(self.op_timeout, command.query_async(&mut connection)).await {
+        match tokio::time::timeout_at(deadline, command.query_async(&mut connection)).await {
             Ok(result) => Ok(result?),
             Err(_) => Err(CacheError::Timeout(self.op_timeout)),
         }
     }
 
-    pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
-        let value: Option<Vec<u8>> = self.run(redis::cmd("GET").arg(key)).await?;
+    pub(crate) async fn get(
+        &self,
+        key: &str,
+        deadline: Instant,
+    ) -> Result<Option<Bytes>, CacheError> {
+        let value: Option<Vec<u8>> = self.run_until(redis::cmd("GET").arg(key), deadline).await?;
         Ok(value.map(Bytes::from))
     }
 

@@ -1,0 +1,8 @@
+use redis_memo::redis_cached;
+
+#[redis_cached(ttl = "1m", key = "user:<id>", cache_none)]
+async fn get_user(id: u64) -> String {
+    id.to_string()
+}
+
+fn main() {}
