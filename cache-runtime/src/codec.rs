@@ -24,15 +24,18 @@ pub trait Codec {
 
 /// bincode 2 (standard configuration: little endian, variable-length integers).
 ///
-/// Decoding is bounded: a length prefix may claim at most [`Bincode::SMALL_LIMIT`] bytes for a
-/// payload up to 64 KiB and [`Bincode::LARGE_LIMIT`] otherwise, so a corrupt value cannot make
-/// the decoder allocate gigabytes.
+/// Decoding is bounded: what a value's length prefixes may claim grows with the payload's size
+/// in three steps ([`Bincode::SMALL_LIMIT`] up to 64 KiB, [`Bincode::MEDIUM_LIMIT`] up to
+/// 1 MiB, [`Bincode::LARGE_LIMIT`] beyond), so a corrupt length prefix in a small entry cannot
+/// make the decoder allocate more than 16 MiB, nor any entry gigabytes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Bincode;
 
 impl Bincode {
     /// Allocation bound while decoding payloads of up to 64 KiB.
     pub const SMALL_LIMIT: usize = 16 << 20;
+    /// Allocation bound while decoding payloads of up to 1 MiB.
+    pub const MEDIUM_LIMIT: usize = 256 << 20;
     /// Allocation bound while decoding larger payloads (Redis strings are at most 512 MiB).
     pub const LARGE_LIMIT: usize = 512 << 20;
 }
@@ -60,10 +63,10 @@ impl Codec for Bincode {
     }
 
     fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-        if bytes.len() <= 64 << 10 {
-            decode_limited::<T, { Bincode::SMALL_LIMIT }>(bytes)
-        } else {
-            decode_limited::<T, { Bincode::LARGE_LIMIT }>(bytes)
+        match bytes.len() {
+            len if len <= 64 << 10 => decode_limited::<T, { Bincode::SMALL_LIMIT }>(bytes),
+            len if len <= 1 << 20 => decode_limited::<T, { Bincode::MEDIUM_LIMIT }>(bytes),
+            _ => decode_limited::<T, { Bincode::LARGE_LIMIT }>(bytes),
         }
     }
 }
