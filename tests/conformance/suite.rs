@@ -420,37 +420,50 @@ async fn first_run_hangs(
     id
 }
 
+/// Starts one call (the leader) and, once its body runs, `waiters` more, on local tasks of
+/// this thread; when all of them wait for the leader, hands the leader's task to `end_leader`
+/// (which cancels or releases it) and returns the waiters' results, each bounded in time.
+async fn leader_and_waiters<T: 'static>(
+    waiters: usize,
+    started: &Notify,
+    spawn_call: impl Fn() -> tokio::task::JoinHandle<T>,
+    end_leader: impl AsyncFnOnce(tokio::task::JoinHandle<T>),
+) -> Vec<T> {
+    let signal = WaiterSignal::default();
+    // The signal's subscriber is installed for this thread, where the local tasks run.
+    let _subscriber = signal.install();
+    tokio::task::LocalSet::new()
+        .run_until(async {
+            let leader = spawn_call();
+            started.notified().await;
+            let waiting: Vec<_> = (0..waiters).map(|_| spawn_call()).collect();
+            signal.waiting(waiters).await;
+            end_leader(leader).await;
+            let mut results = Vec::new();
+            for waiter in waiting {
+                let result = tokio::time::timeout(Duration::from_secs(10), waiter)
+                    .await
+                    .expect("a waiter hung after its leader went away");
+                results.push(result.unwrap());
+            }
+            results
+        })
+        .await
+}
+
 pub async fn a_cancelled_leader_hands_the_work_to_a_waiter(h: Harness) {
     let probe = Arc::new(Probe::default());
     let started = Arc::new(Notify::new());
-    let signal = WaiterSignal::default();
-    // Local tasks on this thread, where the signal's subscriber is installed.
-    let _subscriber = signal.install();
-    let local = tokio::task::LocalSet::new();
-    local
-        .run_until(async {
-            let spawn = || {
-                let (cache, probe, started) =
-                    (h.cache.clone(), Arc::clone(&probe), Arc::clone(&started));
-                tokio::task::spawn_local(async move {
-                    first_run_hangs(3, &cache, &probe, &started).await
-                })
-            };
-            let leader = spawn();
-            started.notified().await;
-            let waiters: Vec<_> = (0..199).map(|_| spawn()).collect();
-            signal.waiting(199).await;
-            leader.abort();
-            assert!(leader.await.unwrap_err().is_cancelled());
-            for waiter in waiters {
-                let value = tokio::time::timeout(Duration::from_secs(10), waiter)
-                    .await
-                    .expect("a waiter hung after its leader was cancelled")
-                    .unwrap();
-                assert_eq!(value, 3);
-            }
-        })
-        .await;
+    let spawn_call = || {
+        let (cache, probe, started) = (h.cache.clone(), Arc::clone(&probe), Arc::clone(&started));
+        tokio::task::spawn_local(async move { first_run_hangs(3, &cache, &probe, &started).await })
+    };
+    let results = leader_and_waiters(199, &started, spawn_call, async |leader| {
+        leader.abort();
+        assert!(leader.await.unwrap_err().is_cancelled());
+    })
+    .await;
+    assert!(results.iter().all(|value| *value == 3));
     assert_eq!(
         probe.runs(),
         2,
@@ -464,51 +477,47 @@ pub async fn a_cancelled_leader_hands_the_work_to_a_waiter(h: Harness) {
     );
 }
 
-/// Panics on its first run only.
+/// Panics on its first run only, once released.
 #[redis_cached(ttl = "1m", key = "panics:<id>", cache = cache)]
 async fn panics_once(
     id: u64,
     #[cache(skip)] cache: &Cache,
     #[cache(skip)] probe: &Probe,
     #[cache(skip)] started: &Notify,
+    #[cache(skip)] release: &Notify,
 ) -> u64 {
     if probe.ran() == 1 {
         started.notify_one();
-        tokio::task::yield_now().await;
-        panic!("the loader failed");
+        release.notified().await;
+        panic!("the loader failed (this panic is part of the test)");
     }
     id
 }
 
 pub async fn a_panic_reaches_its_caller_and_the_waiters_go_on(h: Harness) {
     let probe = Arc::new(Probe::default());
-    let started = Arc::new(Notify::new());
-    let local = tokio::task::LocalSet::new();
-    local
-        .run_until(async {
-            let spawn = || {
-                let (cache, probe, started) =
-                    (h.cache.clone(), Arc::clone(&probe), Arc::clone(&started));
-                tokio::task::spawn_local(
-                    async move { panics_once(4, &cache, &probe, &started).await },
-                )
-            };
-            let leader = spawn();
-            started.notified().await;
-            let waiters: Vec<_> = (0..10).map(|_| spawn()).collect();
-            assert!(
-                leader.await.unwrap_err().is_panic(),
-                "the panic propagates to its caller"
-            );
-            for waiter in waiters {
-                let value = tokio::time::timeout(Duration::from_secs(10), waiter)
-                    .await
-                    .expect("a waiter hung after its leader panicked");
-                assert_eq!(value.unwrap(), 4);
-            }
-        })
-        .await;
-    assert_eq!(probe.runs(), 2);
+    let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let spawn_call = || {
+        let (cache, probe) = (h.cache.clone(), Arc::clone(&probe));
+        let (started, release) = (Arc::clone(&started), Arc::clone(&release));
+        tokio::task::spawn_local(
+            async move { panics_once(4, &cache, &probe, &started, &release).await },
+        )
+    };
+    let results = leader_and_waiters(10, &started, spawn_call, async |leader| {
+        release.notify_one();
+        assert!(
+            leader.await.unwrap_err().is_panic(),
+            "the panic propagates to its caller"
+        );
+    })
+    .await;
+    assert!(results.iter().all(|value| *value == 4));
+    assert_eq!(
+        probe.runs(),
+        2,
+        "the panicking run, then one run for the 10 waiters"
+    );
 }
 
 struct TenantService {
