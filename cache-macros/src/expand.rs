@@ -93,7 +93,6 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
         quote!(#private::entry_key_writer(__redis_memo_cache)),
         &private,
     );
-    let instance = instance_name(&function.sig.generics, model);
     let body = &function.block;
     // Every token of the callee carries the stored type's span, so a value type that is not
     // serializable is reported on the user's type rather than on the whole attribute.
@@ -112,7 +111,7 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
         .cache_none(#cache_none);
         #select_cache
         let __redis_memo_key: ::std::string::String = #render_entry_key;
-        #memoize_call(__redis_memo_cache, &__REDIS_MEMO_SPEC, __redis_memo_key, #instance, async move {
+        let __redis_memo_body = async move {
             // Pins the block's output type for `?` and `return` in the body (as in
             // tracing-attributes).
             #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::let_unit_value)]
@@ -121,8 +120,12 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
                 return __redis_memo_fake_return;
             }
             #body
-        })
-        .await
+        };
+        // The body's type names the function with its `Self` and generic arguments, so
+        // instantiations and same-named methods of different types never share entries.
+        let __redis_memo_instance: &'static str = ::core::any::type_name_of_val(&__redis_memo_body);
+        #memoize_call(__redis_memo_cache, &__REDIS_MEMO_SPEC, __redis_memo_key, __redis_memo_instance, __redis_memo_body)
+            .await
     };
     // Kept as tokens (not re-parsed): the body is the user's, already parsed once.
     function.block = Box::new(syn::Block {
@@ -172,24 +175,6 @@ fn select_cache(options: &CachedArgs, private: &TokenStream, clone_out: bool) ->
         None => quote! {
             let __redis_memo_cache: ::core::option::Option<&#private::Cache> = #private::global();
         },
-    }
-}
-
-/// `type_name::<(Self, T, ..)>()` for methods and generic functions, whose instances must not
-/// share entries; `""` otherwise.
-fn instance_name(generics: &syn::Generics, model: &FnModel) -> TokenStream {
-    let mut parts: Vec<TokenStream> = Vec::new();
-    if model.receiver.is_some() {
-        parts.push(quote!(Self));
-    }
-    parts.extend(generics.type_params().map(|param| {
-        let ident = &param.ident;
-        quote!(#ident)
-    }));
-    if parts.is_empty() {
-        quote!("")
-    } else {
-        quote!(::core::any::type_name::<(#(#parts,)*)>())
     }
 }
 
@@ -280,8 +265,14 @@ fn helpers(
     let generics = &function.sig.generics;
     let key_params = helper_inputs(model, &usage.key);
     let invalidate_params = helper_inputs(model, &usage.invalidate);
-    let (key_generics, key_where) = helper_generics(generics, &key_params);
-    let (invalidate_generics, invalidate_where) = helper_generics(generics, &invalidate_params);
+    let cache_expr = options
+        .cache
+        .as_ref()
+        .map(|expr| quote!(#expr))
+        .unwrap_or_default();
+    let (key_generics, key_where) = helper_generics(generics, &key_params, TokenStream::new());
+    let (invalidate_generics, invalidate_where) =
+        helper_generics(generics, &invalidate_params, cache_expr);
     let key_doc = format!(
         " The rendered cache key of [`{name}`] for these arguments (template `{}`); the Redis key is \
          `<namespace>:{{<this>}}`, see `Cache::full_key`.",
@@ -339,34 +330,61 @@ fn respan(tokens: TokenStream, span: Span) -> TokenStream {
         .collect()
 }
 
-/// The function's generic parameters that a helper's parameters mention, and the where
-/// predicates that only involve those: a helper that took them all could not infer the ones
-/// its arguments do not determine (`invalidate_get::<D>(7)` for a skipped `db: &D`).
-fn helper_generics(generics: &syn::Generics, params: &TokenStream) -> (TokenStream, TokenStream) {
-    let mentioned = names_in(params.clone());
-    let is_kept = |param: &syn::GenericParam| match param {
-        syn::GenericParam::Type(t) => mentioned.contains(&t.ident.to_string()),
-        syn::GenericParam::Const(c) => mentioned.contains(&c.ident.to_string()),
-        syn::GenericParam::Lifetime(l) => mentioned.contains(&l.lifetime.to_string()),
+/// The function's generic parameters that a helper needs, and the where predicates on them:
+/// those its parameters (or `also_used`, the `cache` expression) mention, and, transitively,
+/// those the bounds of these mention. A helper that took them all could not infer the ones its
+/// arguments do not determine (`invalidate_get::<D>(7)` for a skipped `db: &D`).
+fn helper_generics(
+    generics: &syn::Generics,
+    params: &TokenStream,
+    also_used: TokenStream,
+) -> (TokenStream, TokenStream) {
+    let name_of = |param: &syn::GenericParam| match param {
+        syn::GenericParam::Type(t) => t.ident.to_string(),
+        syn::GenericParam::Const(c) => c.ident.to_string(),
+        syn::GenericParam::Lifetime(l) => l.lifetime.to_string(),
     };
-    let dropped: Vec<String> = generics
-        .params
-        .iter()
-        .filter(|p| !is_kept(p))
-        .map(|p| match p {
-            syn::GenericParam::Type(t) => t.ident.to_string(),
-            syn::GenericParam::Const(c) => c.ident.to_string(),
-            syn::GenericParam::Lifetime(l) => l.lifetime.to_string(),
-        })
-        .collect();
-    let kept: Vec<_> = generics.params.iter().filter(|p| is_kept(p)).collect();
-    let predicates: Vec<_> = generics
+    let predicates: Vec<&syn::WherePredicate> = generics
         .where_clause
         .iter()
         .flat_map(|w| w.predicates.iter())
+        .collect();
+    let mut mentioned = names_in(params.clone());
+    mentioned.extend(names_in(also_used));
+    loop {
+        let before = mentioned.len();
+        for param in &generics.params {
+            if mentioned.contains(&name_of(param)) {
+                mentioned.extend(names_in(quote!(#param)));
+            }
+        }
+        for predicate in &predicates {
+            let names = names_in(quote!(#predicate));
+            if generics
+                .params
+                .iter()
+                .any(|p| mentioned.contains(&name_of(p)) && names.contains(&name_of(p)))
+            {
+                mentioned.extend(names);
+            }
+        }
+        if mentioned.len() == before {
+            break;
+        }
+    }
+    let kept: Vec<_> = generics
+        .params
+        .iter()
+        .filter(|p| mentioned.contains(&name_of(p)))
+        .collect();
+    let kept_predicates: Vec<_> = predicates
+        .iter()
         .filter(|predicate| {
             let names = names_in(quote!(#predicate));
-            !dropped.iter().any(|d| names.contains(d))
+            generics
+                .params
+                .iter()
+                .any(|p| mentioned.contains(&name_of(p)) && names.contains(&name_of(p)))
         })
         .collect();
     let generics = if kept.is_empty() {
@@ -374,10 +392,10 @@ fn helper_generics(generics: &syn::Generics, params: &TokenStream) -> (TokenStre
     } else {
         quote!(<#(#kept),*>)
     };
-    let where_clause = if predicates.is_empty() {
+    let where_clause = if kept_predicates.is_empty() {
         quote!()
     } else {
-        quote!(where #(#predicates),*)
+        quote!(where #(#kept_predicates),*)
     };
     (generics, where_clause)
 }

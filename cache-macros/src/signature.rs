@@ -59,13 +59,20 @@ pub(crate) fn analyze(sig: &mut Signature, errors: &mut Errors) -> Option<FnMode
                 if let Some(span) = skip {
                     errors.at(span, "`self` is never part of the key; name its fields in the key instead, like `<self.tenant>`");
                 }
+                let typed_mut = matches!(&recv.kind, syn::ReceiverKind::Typed(_, ty)
+                    if matches!(&**ty, Type::Reference(r) if r.mutability.is_some()));
                 if recv.mutability.is_some()
+                    || typed_mut
                     || matches!(recv.kind, syn::ReceiverKind::Reference(_, _, Some(_)))
                 {
                     errors.spanned(&*recv, "memoized methods take `&self` or `self`: a call that mutates its receiver cannot be answered from a cache");
                 }
                 receiver = Some(recv.self_token);
-                receiver_by_value = !matches!(recv.kind, syn::ReceiverKind::Reference(..));
+                receiver_by_value = match &recv.kind {
+                    syn::ReceiverKind::Reference(..) => false,
+                    syn::ReceiverKind::Typed(_, ty) => !matches!(&**ty, Type::Reference(_)),
+                    _ => true,
+                };
             }
             FnArg::Typed(typed) => {
                 let skip = take_cache_attrs(&mut typed.attrs, errors);

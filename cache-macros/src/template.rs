@@ -200,7 +200,7 @@ fn is_tuple_index(text: &str) -> bool {
 fn is_keyword(text: &str) -> bool {
     const KEYWORDS: &[&str] = &[
         "Self", "abstract", "as", "async", "await", "become", "box", "break", "const", "continue",
-        "crate", "do", "dyn", "else", "enum", "extern", "false", "final", "fn", "for", "gen", "if",
+        "crate", "do", "dyn", "else", "enum", "extern", "false", "final", "fn", "for", "if",
         "impl", "in", "let", "loop", "macro", "match", "mod", "move", "mut", "override", "priv",
         "pub", "ref", "return", "self", "static", "struct", "super", "trait", "true", "try",
         "type", "typeof", "unsafe", "unsized", "use", "virtual", "where", "while", "yield",

@@ -226,7 +226,13 @@ impl Cache {
     /// # Errors
     /// When Redis fails or times out: a lost invalidation must not pass silently.
     pub async fn invalidate(&self, rendered: &str) -> Result<bool, CacheError> {
-        self.inner.backend.delete(&self.full_key(rendered)).await
+        // Entry and lease together: a computation that began before this cannot store its
+        // (possibly stale) result after it.
+        let entry = self.full_key(rendered);
+        let lease = crate::lease::lease_key(&entry);
+        let removed = self.inner.backend.invalidate(&entry, &lease).await;
+        self.inner.flights.detach(&entry);
+        removed
     }
 
     /// Checks that the backend answers (a `GET` of a key nobody writes).

@@ -47,24 +47,17 @@ impl CacheError {
     /// answered with an error reply such as `WRONGTYPE`, `OOM` or `READONLY`). Only these
     /// feed the circuit breaker.
     pub fn is_outage(&self) -> bool {
-        use redis::{ErrorKind, ServerErrorKind};
         match self {
             CacheError::Timeout(_) => true,
-            CacheError::Redis(e) => {
-                e.is_io_error()
-                    || e.is_timeout()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || matches!(
-                        e.kind(),
-                        ErrorKind::Server(
-                            ServerErrorKind::BusyLoading
-                                | ServerErrorKind::ClusterDown
-                                | ServerErrorKind::MasterDown
-                                | ServerErrorKind::TryAgain
-                        )
-                    )
-            }
+            // Replies that say something about this key or command, from a server that is
+            // otherwise serving; anything else (I/O, LOADING, BUSY, NOAUTH, CLUSTERDOWN, ..)
+            // means it is not.
+            CacheError::Redis(e) => !matches!(
+                e.code(),
+                Some(
+                    "WRONGTYPE" | "OOM" | "READONLY" | "NOPERM" | "ERR" | "NOSCRIPT" | "EXECABORT"
+                )
+            ),
             _ => false,
         }
     }

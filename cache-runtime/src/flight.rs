@@ -12,6 +12,7 @@
 //! lead a second computation; [`Ticket`]s close that gap. Each completed flight bumps a
 //! counter of its key's stripe; a new leader whose read predates such a bump reads again.
 
+use crate::lease::HeldLease;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
@@ -45,6 +46,8 @@ const STRIPES: usize = 256;
 
 #[derive(Debug)]
 pub(crate) struct Flights {
+    /// Leases of leaders that went away, for the next leader of the same key and fingerprint.
+    orphaned_leases: Mutex<HashMap<(String, u64), HeldLease>>,
     /// Per key, the flights in progress, one per fingerprint: two functions (or
     /// instantiations) sharing a key template never wait on each other.
     in_flight: Mutex<FlightMap>,
@@ -54,6 +57,7 @@ pub(crate) struct Flights {
 impl Default for Flights {
     fn default() -> Self {
         Flights {
+            orphaned_leases: Mutex::default(),
             in_flight: Mutex::default(),
             completed: std::array::from_fn(|_| AtomicU64::new(0)),
         }
@@ -85,6 +89,9 @@ pub(crate) struct LeaderGuard<'a> {
     fingerprint: u64,
     stripe: usize,
     slot: Arc<Slot>,
+    /// The entry's lease while the leader computes: if the leader goes away, it passes to the
+    /// next leader of this process rather than block it until released or expired.
+    lease: Option<HeldLease>,
 }
 
 /// How waiting on a leader ended.
@@ -101,6 +108,27 @@ impl Flights {
         self.in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn orphaned_leases(&self) -> MutexGuard<'_, HashMap<(String, u64), HeldLease>> {
+        self.orphaned_leases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The lease a previous leader of this key and fingerprint left behind, if any.
+    pub(crate) fn adopt_lease(&self, key: &str, fingerprint: u64) -> Option<HeldLease> {
+        let mut orphans = self.orphaned_leases();
+        if orphans.is_empty() {
+            return None;
+        }
+        orphans.remove(&(key.to_owned(), fingerprint))
+    }
+
+    /// Detaches the flights of `key` (an invalidation): callers that come later start a new
+    /// computation instead of joining one that began before the invalidation.
+    pub(crate) fn detach(&self, key: &str) {
+        self.map().remove(key);
     }
 
     /// Take before reading `key`.
@@ -129,6 +157,7 @@ impl Flights {
                 fingerprint,
                 stripe: ticket.stripe,
                 slot,
+                lease: None,
             },
             read_is_stale,
         }
@@ -141,6 +170,16 @@ impl Flights {
 }
 
 impl LeaderGuard<'_> {
+    /// Keeps `lease` until [`LeaderGuard::take_lease`]; see the field.
+    pub(crate) fn hold_lease(&mut self, lease: HeldLease) {
+        self.lease = Some(lease);
+    }
+
+    /// The lease given to [`LeaderGuard::hold_lease`], back for filling or releasing.
+    pub(crate) fn take_lease(&mut self) -> Option<HeldLease> {
+        self.lease.take()
+    }
+
     /// Gives `shared` to every current and later waiter of this flight. The flight stays open
     /// (new callers join it and get `shared` at once) until the guard is dropped, which the
     /// leader does once the entry is stored.
@@ -167,8 +206,15 @@ impl Drop for LeaderGuard<'_> {
                 }
             }
         }
-        // Not published (cancelled or panicked): release the waiters so they start over.
+        // Not published (cancelled or panicked): release the waiters so they start over, and
+        // leave them the lease if any of them is there to take it (else it is released).
         if self.slot.outcome.set(None).is_ok() {
+            if let Some(lease) = self.lease.take()
+                && Arc::strong_count(&self.slot) > 1
+            {
+                let key = (self.key.to_owned(), self.fingerprint);
+                self.flights.orphaned_leases().insert(key, lease);
+            }
             self.slot.changed.notify_waiters();
         }
     }

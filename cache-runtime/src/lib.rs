@@ -17,6 +17,7 @@ mod flight;
 mod global;
 mod health;
 mod key;
+mod lease;
 mod memoize;
 mod returns;
 mod spec;

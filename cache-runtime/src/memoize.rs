@@ -17,6 +17,7 @@ use crate::cache::Cache;
 use crate::codec::Bincode;
 use crate::envelope::{self, DecodeError, EntryTimes};
 use crate::flight::{self, LeaderGuard, Role, Shared, WaitOutcome};
+use crate::lease::{self, HeldLease};
 use crate::returns::ReturnKind;
 use crate::spec::FnSpec;
 use crate::stats::Event;
@@ -52,7 +53,7 @@ impl Cache {
         let fingerprint = spec.fingerprint::<K::Stored>(instance);
         let flights = &self.inner.flights;
         let ticket = flights.ticket(key);
-        let read_deadline = Instant::now() + self.inner.op_timeout;
+        let mut read_deadline = Instant::now() + self.inner.op_timeout;
         let mut read = match self.read(spec, key, read_deadline).await {
             Read::Entry(bytes) => match envelope::decode::<Bincode, K::Stored>(&bytes, fingerprint)
             {
@@ -99,12 +100,15 @@ impl Cache {
                                 Err(_) => return compute.await,
                             }
                         }
-                        // The leader failed (an `Err`), was cancelled or panicked: start over,
-                        // one caller leading at a time, so a failing source is not hit by all
-                        // waiters at once. The ticket is kept: the ended flight counts as
-                        // completed, so a new leader reads again rather than trust an old read.
-                        WaitOutcome::Shared(Shared::NotShareable) | WaitOutcome::Abandoned => {
-                            continue;
+                        // The leader's result was an `Err`: run the function now rather than
+                        // queue behind other callers' failures (each caller's wait stays
+                        // bounded by its own call).
+                        WaitOutcome::Shared(Shared::NotShareable) => return compute.await,
+                        // The leader was cancelled or panicked: start over, maybe as the leader.
+                        // The ticket is kept: the ended flight counts as completed, so a new
+                        // leader reads again (with a fresh deadline: the wait used the first).
+                        WaitOutcome::Abandoned => {
+                            read_deadline = Instant::now() + self.inner.op_timeout;
                         }
                     }
                 }
@@ -117,7 +121,7 @@ impl Cache {
         spec: &'static FnSpec,
         key: &str,
         fingerprint: u64,
-        guard: LeaderGuard<'_>,
+        mut guard: LeaderGuard<'_>,
         read: Read,
         compute: F,
     ) -> R
@@ -143,52 +147,44 @@ impl Cache {
             Read::Unavailable => (false, false),
         };
         self.record(Event::Miss, spec);
+        // Only a lease holder may fill: another holder (another process) fills this entry.
+        // A lease left by a leader of this process that went away is taken over as is.
+        let lease = match self.inner.flights.adopt_lease(key, fingerprint) {
+            Some(lease) => Some(lease),
+            None if redis_answered => self.take_lease(spec, key).await,
+            None => None,
+        };
+        if let Some(lease) = lease {
+            guard.hold_lease(lease);
+        }
 
         let result = compute.await;
 
-        let stored = match K::shareable(&result) {
-            Some(value) => {
-                self.share_and_store::<K, R>(
-                    spec,
-                    key,
-                    fingerprint,
-                    &guard,
-                    &result,
-                    value,
-                    redis_answered,
-                )
-                .await
-            }
-            None => {
-                guard.publish(Shared::NotShareable);
-                false
-            }
-        };
-        if unusable && !stored {
-            // Nothing replaced the unusable entry: remove it, or every call would trip on it.
-            self.remove_unusable(spec, key).await;
+        let encoded = K::shareable(&result).and_then(|value| self.encode(spec, fingerprint, value));
+        match &encoded {
+            Some(bytes) => guard.publish(Shared::Entry(bytes.clone())),
+            None => guard.publish(Shared::NotShareable),
         }
-        // Dropping the guard ends the flight only now, after the write: a caller that arrives
+        if let Some(lease) = guard.take_lease() {
+            match encoded.filter(|_| K::storable(&result, spec.cache_none)) {
+                Some(bytes) => self.fill(spec, key, lease, bytes).await,
+                // Nothing to store: give the lease up now rather than make others wait for it,
+                // and remove an unusable entry that nothing replaced.
+                None => self.release(spec, lease, unusable.then_some(key)).await,
+            }
+        }
+        // Dropping the guard ends the flight only now, after the fill: a caller that arrives
         // later reads the stored entry instead of computing again.
         drop(guard);
         result
     }
 
-    /// Encodes `value`, hands it to the waiters, and stores it when allowed; true if stored.
-    #[allow(clippy::too_many_arguments)]
-    async fn share_and_store<K, R>(
+    fn encode<V: crate::CacheValue>(
         &self,
         spec: &'static FnSpec,
-        key: &str,
         fingerprint: u64,
-        guard: &LeaderGuard<'_>,
-        result: &R,
-        value: &K::Stored,
-        redis_answered: bool,
-    ) -> bool
-    where
-        K: ReturnKind<R>,
-    {
+        value: &V,
+    ) -> Option<Bytes> {
         let now = crate::clock::now_unix_ms();
         let ttl_ms = u64::try_from(spec.ttl.as_millis()).unwrap_or(u64::MAX);
         let times = EntryTimes {
@@ -196,18 +192,76 @@ impl Cache {
             fresh_until_ms: now.saturating_add(ttl_ms),
         };
         match envelope::encode::<Bincode, _>(value, fingerprint, times) {
-            Ok(bytes) => {
-                let bytes = Bytes::from(bytes);
-                guard.publish(Shared::Entry(bytes.clone()));
-                redis_answered
-                    && K::storable(result, spec.cache_none)
-                    && self.write(spec, key, bytes).await
-            }
+            Ok(bytes) => Some(Bytes::from(bytes)),
             Err(error) => {
                 self.record(Event::EncodeFailure, spec);
                 tracing::warn!(function = spec.name, %error, "redis-memo: return value does not serialize; not cached");
-                guard.publish(Shared::NotShareable);
-                false
+                None
+            }
+        }
+    }
+
+    /// Takes the entry's lease for this call; `None` if another caller holds it or Redis
+    /// failed.
+    async fn take_lease(&self, spec: &'static FnSpec, key: &str) -> Option<HeldLease> {
+        if !self.inner.health.allows_request() {
+            self.record(Event::FailOpen, spec);
+            return None;
+        }
+        let (lease_key, token) = (lease::lease_key(key), lease::new_token());
+        let acquired = self
+            .inner
+            .backend
+            .acquire_lease(&lease_key, &token, spec.lease)
+            .await;
+        self.observe("SET NX", spec, acquired)
+            .unwrap_or(false)
+            .then(|| HeldLease::new(self.inner.backend.clone(), lease_key, token))
+    }
+
+    async fn fill(&self, spec: &'static FnSpec, key: &str, lease: HeldLease, bytes: Bytes) {
+        match self.observe("fill", spec, lease.fill(key, bytes, spec.ttl).await) {
+            Some(true) => self.record(Event::Fill, spec),
+            Some(false) => {
+                // The lease was lost: an invalidation (or a write) came after this computation
+                // began, so its value may be stale.
+                self.record(Event::RejectedFill, spec);
+                tracing::debug!(
+                    function = spec.name,
+                    key,
+                    "redis-memo: fill rejected, the entry changed while it was computed"
+                );
+            }
+            None => {}
+        }
+    }
+
+    async fn release(&self, spec: &'static FnSpec, lease: HeldLease, clear_entry: Option<&str>) {
+        let _ = self.observe("release", spec, lease.release(clear_entry).await);
+    }
+
+    /// Health bookkeeping for one backend result: `None` when it failed. An outage feeds the
+    /// breaker; an error reply from a live server (`OOM`, `READONLY`) does not.
+    fn observe<T>(
+        &self,
+        operation: &'static str,
+        spec: &'static FnSpec,
+        result: Result<T, CacheError>,
+    ) -> Option<T> {
+        match result {
+            Ok(value) => {
+                self.inner.health.record_success();
+                Some(value)
+            }
+            Err(error) if !error.is_outage() => {
+                self.inner.health.record_success();
+                self.record(Event::FailOpen, spec);
+                tracing::warn!(function = spec.name, operation, %error, "redis-memo: redis refused the operation");
+                None
+            }
+            Err(error) => {
+                self.report_outage(operation, spec, &error);
+                None
             }
         }
     }
@@ -233,44 +287,6 @@ impl Cache {
                 self.report_outage("GET", spec, &error);
                 Read::Unavailable
             }
-        }
-    }
-
-    /// Stores `bytes`; true if stored.
-    async fn write(&self, spec: &'static FnSpec, key: &str, bytes: Bytes) -> bool {
-        if !self.inner.health.allows_request() {
-            self.record(Event::FailOpen, spec);
-            return false;
-        }
-        match self.inner.backend.set(key, bytes, spec.ttl).await {
-            Ok(()) => {
-                self.inner.health.record_success();
-                self.record(Event::Fill, spec);
-                true
-            }
-            Err(error) if !error.is_outage() => {
-                // `OOM` under `noeviction`, `READONLY` on a replica: Redis is there but does
-                // not take the value. Not an outage: reads go on.
-                self.inner.health.record_success();
-                self.record(Event::FailOpen, spec);
-                tracing::warn!(function = spec.name, key, %error, "redis-memo: redis refused to store the entry");
-                false
-            }
-            Err(error) => {
-                self.report_outage("SET", spec, &error);
-                false
-            }
-        }
-    }
-
-    async fn remove_unusable(&self, spec: &'static FnSpec, key: &str) {
-        if !self.inner.health.allows_request() {
-            return;
-        }
-        if let Err(error) = self.inner.backend.delete(key).await
-            && error.is_outage()
-        {
-            self.report_outage("DEL", spec, &error);
         }
     }
 

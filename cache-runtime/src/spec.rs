@@ -16,13 +16,15 @@ pub struct FnSpec {
     identity: &'static str,
     pub(crate) template: &'static str,
     pub(crate) ttl: Duration,
+    /// How long a miss's lease holds the entry for its computation.
+    pub(crate) lease: Duration,
     pub(crate) version: u32,
     pub(crate) cache_none: bool,
     metrics: OnceLock<FnMetrics>,
     /// The first fingerprint computed, with the addresses of the type names it was computed
     /// for (`type_name` strings are static): most functions have one instantiation, so most
     /// calls reuse it; other instantiations compute theirs.
-    first_fingerprint: OnceLock<([usize; 2], u64)>,
+    first_fingerprint: OnceLock<([(usize, usize); 2], u64)>,
 }
 
 impl FnSpec {
@@ -39,6 +41,7 @@ impl FnSpec {
             identity,
             template,
             ttl,
+            lease: crate::lease::default_lease(ttl),
             version: 0,
             cache_none: false,
             metrics: OnceLock::new(),
@@ -49,6 +52,12 @@ impl FnSpec {
     /// The function's `version` option.
     pub const fn version(mut self, version: u32) -> Self {
         self.version = version;
+        self
+    }
+
+    /// The function's lease (`lock(lease = ..)`); by default its ttl within 1 s and 30 s.
+    pub const fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
         self
     }
 
@@ -75,7 +84,10 @@ impl FnSpec {
     /// fingerprint. An entry with another fingerprint is a miss.
     pub(crate) fn fingerprint<V: ?Sized>(&self, instance: &'static str) -> u64 {
         let stored = std::any::type_name::<V>();
-        let names = [stored.as_ptr() as usize, instance.as_ptr() as usize];
+        let names = [
+            (stored.as_ptr() as usize, stored.len()),
+            (instance.as_ptr() as usize, instance.len()),
+        ];
         if let Some((first_names, fingerprint)) = self.first_fingerprint.get()
             && *first_names == names
         {

@@ -20,6 +20,9 @@ pub struct Stats {
     pub coalesced: u64,
     /// Values written to the cache.
     pub fills: u64,
+    /// Values not written because their lease was lost before the fill: an invalidation (or
+    /// a write-through) happened while they were computed, so they may be stale.
+    pub rejected_fills: u64,
     /// Stored bytes that were not a usable entry (foreign bytes, another version, corrupt):
     /// each was treated as a miss and overwritten.
     pub decode_failures: u64,
@@ -36,6 +39,7 @@ pub(crate) struct Counters {
     misses: AtomicU64,
     coalesced: AtomicU64,
     fills: AtomicU64,
+    rejected_fills: AtomicU64,
     decode_failures: AtomicU64,
     encode_failures: AtomicU64,
     fail_open: AtomicU64,
@@ -49,17 +53,19 @@ pub(crate) enum Event {
     Miss,
     Coalesced,
     Fill,
+    RejectedFill,
     DecodeFailure,
     EncodeFailure,
     FailOpen,
 }
 
 impl Event {
-    const ALL: [Event; 7] = [
+    const ALL: [Event; 8] = [
         Event::Hit,
         Event::Miss,
         Event::Coalesced,
         Event::Fill,
+        Event::RejectedFill,
         Event::DecodeFailure,
         Event::EncodeFailure,
         Event::FailOpen,
@@ -71,6 +77,7 @@ impl Event {
             Event::Miss => "redis_memo_misses_total",
             Event::Coalesced => "redis_memo_coalesced_total",
             Event::Fill => "redis_memo_fills_total",
+            Event::RejectedFill => "redis_memo_rejected_fills_total",
             Event::DecodeFailure => "redis_memo_decode_failures_total",
             Event::EncodeFailure => "redis_memo_encode_failures_total",
             Event::FailOpen => "redis_memo_fail_open_total",
@@ -101,6 +108,7 @@ impl Counters {
             Event::Miss => &self.misses,
             Event::Coalesced => &self.coalesced,
             Event::Fill => &self.fills,
+            Event::RejectedFill => &self.rejected_fills,
             Event::DecodeFailure => &self.decode_failures,
             Event::EncodeFailure => &self.encode_failures,
             Event::FailOpen => &self.fail_open,
@@ -115,6 +123,7 @@ impl Counters {
             misses: self.misses.load(Relaxed),
             coalesced: self.coalesced.load(Relaxed),
             fills: self.fills.load(Relaxed),
+            rejected_fills: self.rejected_fills.load(Relaxed),
             decode_failures: self.decode_failures.load(Relaxed),
             encode_failures: self.encode_failures.load(Relaxed),
             fail_open: self.fail_open.load(Relaxed),

@@ -147,7 +147,16 @@ impl RedisServer {
 
     /// The process id of the server answering on this port (`INFO server`).
     fn answering_pid(&self) -> Option<u32> {
-        let mut connection = self.client().get_connection().ok()?;
+        let mut connection = self
+            .client()
+            .get_connection_with_timeout(Duration::from_secs(1))
+            .ok()?;
+        connection
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .ok()?;
+        connection
+            .set_write_timeout(Some(Duration::from_secs(1)))
+            .ok()?;
         let info: String = redis::cmd("INFO")
             .arg("server")
             .query(&mut connection)

@@ -1,12 +1,15 @@
-//! The in-memory backend: a moka cache of envelope bytes with per-entry expiry.
+//! The in-memory backend: a moka cache of envelope bytes with per-entry expiry, and leases in
+//! a map beside it, with the same semantics as Redis and its scripts.
 
 use bytes::Bytes;
 use moka::Expiry;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 /// An in-process store for [`Cache`](crate::Cache), with the same semantics as Redis (ttl,
-/// invalidation, coalescing, the same value envelope). For unit tests of code that uses
-/// memoized functions, and for single-process programs.
+/// leases, invalidation, coalescing, the same value envelope). For unit tests of code that
+/// uses memoized functions, and for single-process programs.
 ///
 /// It is a cheap handle: clones share the entries, so a test can keep one to look inside.
 ///
@@ -21,7 +24,10 @@ use std::time::{Duration, Instant};
 /// ```
 #[derive(Clone)]
 pub struct MemoryStore {
-    entries: moka::future::Cache<String, StoredEntry>,
+    entries: moka::sync::Cache<String, StoredEntry>,
+    /// Lease key -> (token, expiry). Also serializes fills and invalidations, as Redis's
+    /// single thread does.
+    leases: Arc<Mutex<HashMap<String, (String, Instant)>>>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -80,39 +86,107 @@ impl MemoryStore {
     /// A store holding at most `max_entries` entries.
     pub fn with_max_entries(max_entries: u64) -> Self {
         MemoryStore {
-            entries: moka::future::Cache::builder()
+            entries: moka::sync::Cache::builder()
                 .max_capacity(max_entries)
                 .expire_after(PerEntryTtl)
                 .build(),
+            leases: Arc::default(),
         }
+    }
+
+    fn leases(&self) -> MutexGuard<'_, HashMap<String, (String, Instant)>> {
+        self.leases.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The bytes stored under a full key (`<namespace>:{<rendered key>}`), if present and not
     /// expired.
     pub async fn get_raw(&self, key: &str) -> Option<Bytes> {
-        let entry = self.entries.get(key).await?;
+        self.get(key)
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<Bytes> {
+        let entry = self.entries.get(key)?;
         (entry.expires_at > Instant::now()).then_some(entry.bytes)
     }
 
     /// Stores raw bytes under a full key for `ttl`, as `SET key value PX ttl` would.
     pub async fn insert_raw(&self, key: &str, bytes: Bytes, ttl: Duration) {
+        self.insert(key, bytes, ttl);
+    }
+
+    pub(crate) fn insert(&self, key: &str, bytes: Bytes, ttl: Duration) {
         let expires_at = Instant::now() + ttl;
         self.entries
-            .insert(key.to_owned(), StoredEntry { bytes, expires_at })
-            .await;
+            .insert(key.to_owned(), StoredEntry { bytes, expires_at });
     }
 
     /// Removes a full key; true if a live entry was there.
     pub async fn remove_raw(&self, key: &str) -> bool {
+        self.remove(key)
+    }
+
+    fn remove(&self, key: &str) -> bool {
         self.entries
             .remove(key)
-            .await
             .is_some_and(|entry| entry.expires_at > Instant::now())
     }
 
     /// The number of entries, including expired ones not yet evicted.
     pub async fn entry_count(&self) -> u64 {
-        self.entries.run_pending_tasks().await;
+        self.entries.run_pending_tasks();
         self.entries.entry_count()
     }
+
+    /// `SET lease token NX PX ttl`.
+    pub(crate) fn acquire_lease(&self, lease: &str, token: &str, ttl: Duration) -> bool {
+        let mut leases = self.leases();
+        let now = Instant::now();
+        if leases.get(lease).is_some_and(|(_, expiry)| *expiry > now) {
+            return false;
+        }
+        leases.insert(lease.to_owned(), (token.to_owned(), now + ttl));
+        true
+    }
+
+    /// The fill script: stores and releases if `token` holds the lease.
+    pub(crate) fn fill(
+        &self,
+        entry: &str,
+        lease: &str,
+        token: &str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> bool {
+        let mut leases = self.leases();
+        if !holds(&leases, lease, token) {
+            return false;
+        }
+        leases.remove(lease);
+        self.insert(entry, value, ttl);
+        true
+    }
+
+    /// The release script.
+    pub(crate) fn release(&self, lease: &str, token: &str, clear_entry: Option<&str>) {
+        let mut leases = self.leases();
+        if holds(&leases, lease, token) {
+            leases.remove(lease);
+            if let Some(entry) = clear_entry {
+                self.remove(entry);
+            }
+        }
+    }
+
+    /// `DEL entry lease`; true if the entry was there.
+    pub(crate) fn invalidate(&self, entry: &str, lease: &str) -> bool {
+        let mut leases = self.leases();
+        leases.remove(lease);
+        self.remove(entry)
+    }
+}
+
+fn holds(leases: &HashMap<String, (String, Instant)>, lease: &str, token: &str) -> bool {
+    leases
+        .get(lease)
+        .is_some_and(|(holder, expiry)| holder == token && *expiry > Instant::now())
 }

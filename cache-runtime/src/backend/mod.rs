@@ -1,8 +1,8 @@
 //! Where entries are stored: Redis, or an in-process store with the same semantics.
 //!
-//! Both are byte stores of envelope-encoded entries with a per-entry ttl; everything above
-//! them (keys, envelope, coalescing, fail-open) is shared, so the in-memory backend behaves
-//! like Redis in users' tests.
+//! Both store envelope-encoded entries with a per-entry ttl and leases beside them;
+//! everything above (keys, envelope, coalescing, fail-open) is shared, so the in-memory
+//! backend behaves like Redis in users' tests.
 
 mod memory;
 mod redis;
@@ -13,6 +13,7 @@ pub(crate) use self::redis::RedisBackend;
 use crate::CacheError;
 use bytes::Bytes;
 use std::time::Duration;
+use tokio::time::Instant;
 
 #[derive(Clone, Debug)]
 pub(crate) enum Backend {
@@ -20,42 +21,69 @@ pub(crate) enum Backend {
     Memory(MemoryStore),
 }
 
-// The in-memory store's futures are boxed: moka's are several hundred bytes, and every
-// memoized call's future would otherwise carry (and move) that much for Redis too.
 impl Backend {
     /// Reads `key`, giving up at `deadline`.
     pub(crate) async fn get(
         &self,
         key: &str,
-        deadline: tokio::time::Instant,
+        deadline: Instant,
     ) -> Result<Option<Bytes>, CacheError> {
         match self {
             Backend::Redis(redis) => redis.get(key, deadline).await,
-            Backend::Memory(memory) => Ok(Box::pin(memory.get_raw(key)).await),
+            Backend::Memory(memory) => Ok(memory.get(key)),
         }
     }
 
-    /// Stores `value` under `key` for `ttl`, in one command.
-    pub(crate) async fn set(
+    /// Takes the lease `lease` for `token`, unless someone holds it.
+    pub(crate) async fn acquire_lease(
         &self,
-        key: &str,
+        lease: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, CacheError> {
+        match self {
+            Backend::Redis(redis) => redis.acquire_lease(lease, token, ttl).await,
+            Backend::Memory(memory) => Ok(memory.acquire_lease(lease, token, ttl)),
+        }
+    }
+
+    /// Stores `value` under `entry` for `ttl` and releases the lease, only if `token` still
+    /// holds it; true if stored.
+    pub(crate) async fn fill(
+        &self,
+        entry: &str,
+        lease: &str,
+        token: &str,
         value: Bytes,
         ttl: Duration,
+    ) -> Result<bool, CacheError> {
+        match self {
+            Backend::Redis(redis) => redis.fill(entry, lease, token, value, ttl).await,
+            Backend::Memory(memory) => Ok(memory.fill(entry, lease, token, value, ttl)),
+        }
+    }
+
+    /// Releases the lease if `token` still holds it, and then also removes `clear_entry`.
+    pub(crate) async fn release(
+        &self,
+        lease: &str,
+        token: &str,
+        clear_entry: Option<&str>,
     ) -> Result<(), CacheError> {
         match self {
-            Backend::Redis(redis) => redis.set(key, value, ttl).await,
+            Backend::Redis(redis) => redis.release(lease, token, clear_entry).await,
             Backend::Memory(memory) => {
-                Box::pin(memory.insert_raw(key, value, ttl)).await;
+                memory.release(lease, token, clear_entry);
                 Ok(())
             }
         }
     }
 
-    /// Removes `key`; true if it was there.
-    pub(crate) async fn delete(&self, key: &str) -> Result<bool, CacheError> {
+    /// Removes an entry and its lease together; true if the entry was there.
+    pub(crate) async fn invalidate(&self, entry: &str, lease: &str) -> Result<bool, CacheError> {
         match self {
-            Backend::Redis(redis) => redis.delete(key).await,
-            Backend::Memory(memory) => Ok(Box::pin(memory.remove_raw(key)).await),
+            Backend::Redis(redis) => redis.invalidate(entry, lease).await,
+            Backend::Memory(memory) => Ok(memory.invalidate(entry, lease)),
         }
     }
 }

@@ -2,8 +2,10 @@
 //! by the per-operation timeout.
 
 use crate::CacheError;
+use crate::lease;
 use bytes::Bytes;
 use redis::aio::ConnectionManager;
+use std::sync::LazyLock;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -56,25 +58,87 @@ impl RedisBackend {
         Ok(value.map(Bytes::from))
     }
 
-    pub(crate) async fn set(
+    pub(crate) async fn acquire_lease(
         &self,
-        key: &str,
-        value: Bytes,
+        lease: &str,
+        token: &str,
         ttl: Duration,
-    ) -> Result<(), CacheError> {
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        self.run::<()>(
-            redis::cmd("SET")
-                .arg(key)
-                .arg(value.as_ref())
-                .arg("PX")
-                .arg(ttl_ms),
-        )
-        .await
+    ) -> Result<bool, CacheError> {
+        let reply: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(lease)
+                    .arg(token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(ttl)),
+            )
+            .await?;
+        Ok(reply.is_some())
     }
 
-    pub(crate) async fn delete(&self, key: &str) -> Result<bool, CacheError> {
-        let removed: u64 = self.run(redis::cmd("DEL").arg(key)).await?;
+    pub(crate) async fn fill(
+        &self,
+        entry: &str,
+        lease: &str,
+        token: &str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> Result<bool, CacheError> {
+        static FILL: LazyLock<redis::Script> =
+            LazyLock::new(|| redis::Script::new(lease::FILL_SCRIPT));
+        let mut invocation = FILL.key(entry);
+        invocation
+            .key(lease)
+            .arg(token)
+            .arg(value.as_ref())
+            .arg(millis(ttl));
+        let stored: i64 = self.invoke(&invocation).await?;
+        Ok(stored == 1)
+    }
+
+    pub(crate) async fn release(
+        &self,
+        lease: &str,
+        token: &str,
+        clear_entry: Option<&str>,
+    ) -> Result<(), CacheError> {
+        static RELEASE: LazyLock<redis::Script> =
+            LazyLock::new(|| redis::Script::new(lease::RELEASE_SCRIPT));
+        let mut invocation = RELEASE.key(lease);
+        // Without an entry to clear, the lease is passed twice: KEYS[2] is then unused.
+        invocation
+            .key(clear_entry.unwrap_or(lease))
+            .arg(token)
+            .arg(if clear_entry.is_some() { "1" } else { "0" });
+        let _: i64 = self.invoke(&invocation).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn invalidate(&self, entry: &str, lease: &str) -> Result<bool, CacheError> {
+        static INVALIDATE: LazyLock<redis::Script> =
+            LazyLock::new(|| redis::Script::new(lease::INVALIDATE_SCRIPT));
+        let mut invocation = INVALIDATE.key(entry);
+        invocation.key(lease);
+        let removed: i64 = self.invoke(&invocation).await?;
         Ok(removed > 0)
     }
+
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, CacheError> {
+        let mut connection = self.connection.clone();
+        match tokio::time::timeout(self.op_timeout, invocation.invoke_async(&mut connection)).await
+        {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(CacheError::Timeout(self.op_timeout)),
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }

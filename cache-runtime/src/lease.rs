@@ -1,0 +1,166 @@
+//! Leases (after the leases of Facebook's memcache, NSDI 2013): a miss takes a lease on the
+//! entry, `SET <key>:lock <token> NX PX <lease>`, and the fill stores the value only while that
+//! token still holds the lease, in one server-side step that also releases it. Invalidation
+//! deletes entry and lease together, so a computation that began before an invalidation can
+//! never store its result after it.
+
+use crate::backend::Backend;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// The lease key of an entry: same hash tag, so same Redis Cluster slot.
+pub(crate) fn lease_key(entry_key: &str) -> String {
+    let mut key = String::with_capacity(entry_key.len() + 5);
+    key.push_str(entry_key);
+    key.push_str(":lock");
+    key
+}
+
+/// The default lease of a function: its ttl, within 1 s and 30 s. Long enough for most
+/// computations; short enough that a crashed holder blocks an entry only briefly.
+pub(crate) const fn default_lease(ttl: Duration) -> Duration {
+    const MIN: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(30);
+    if ttl.as_millis() < MIN.as_millis() {
+        MIN
+    } else if ttl.as_millis() > MAX.as_millis() {
+        MAX
+    } else {
+        ttl
+    }
+}
+
+/// A token no other lease holder has: a per-process random part and a counter.
+pub(crate) fn new_token() -> String {
+    static PROCESS: LazyLock<u64> =
+        LazyLock::new(|| RandomState::new().hash_one(std::process::id()));
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let count = NEXT.fetch_add(1, Relaxed);
+    let random = RandomState::new().hash_one(count);
+    format!("{:016x}{:016x}{count:x}", *PROCESS, random)
+}
+
+/// KEYS: entry, lease. ARGV: token, value, ttl in ms. Stores the value and releases the lease if
+/// the token still holds it; 1 if stored.
+pub(crate) const FILL_SCRIPT: &str = r"
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+return 0
+";
+
+/// KEYS: lease, entry. ARGV: token, "1" to delete the entry as well. Releases the lease if the
+/// token still holds it (and clears an unusable entry no fill replaced).
+pub(crate) const RELEASE_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  if ARGV[2] == '1' then
+    redis.call('DEL', KEYS[2])
+  end
+  return 1
+end
+return 0
+";
+
+/// KEYS: entry, lease (one hash tag, one slot). Deletes both; 1 if the entry was there.
+pub(crate) const INVALIDATE_SCRIPT: &str = r"
+local removed = redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[2])
+return removed
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_differ_and_leases_share_the_slot() {
+        assert_ne!(new_token(), new_token());
+        assert_eq!(lease_key("ns:{user:1}"), "ns:{user:1}:lock");
+    }
+
+    #[test]
+    fn default_lease_follows_the_ttl_within_bounds() {
+        assert_eq!(
+            default_lease(Duration::from_millis(300)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            default_lease(Duration::from_secs(5)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            default_lease(Duration::from_secs(3600)),
+            Duration::from_secs(30)
+        );
+    }
+}
+
+/// A lease this call holds. Filling or releasing consumes it; dropped otherwise (the caller
+/// was cancelled, or the function panicked), it is released in the background so others need
+/// not wait for it to expire.
+#[derive(Debug)]
+pub(crate) struct HeldLease {
+    backend: Backend,
+    key: String,
+    token: String,
+    armed: bool,
+}
+
+impl HeldLease {
+    pub(crate) fn new(backend: Backend, key: String, token: String) -> Self {
+        HeldLease {
+            backend,
+            key,
+            token,
+            armed: true,
+        }
+    }
+
+    /// Stores `value` under `entry` if the lease still holds; true if stored.
+    pub(crate) async fn fill(
+        mut self,
+        entry: &str,
+        value: bytes::Bytes,
+        ttl: Duration,
+    ) -> Result<bool, crate::CacheError> {
+        self.armed = false;
+        self.backend
+            .fill(entry, &self.key, &self.token, value, ttl)
+            .await
+    }
+
+    /// Gives the lease up, removing `clear_entry` too if given.
+    pub(crate) async fn release(
+        mut self,
+        clear_entry: Option<&str>,
+    ) -> Result<(), crate::CacheError> {
+        self.armed = false;
+        self.backend
+            .release(&self.key, &self.token, clear_entry)
+            .await
+    }
+}
+
+impl Drop for HeldLease {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (backend, key, token) = (
+                self.backend.clone(),
+                std::mem::take(&mut self.key),
+                std::mem::take(&mut self.token),
+            );
+            runtime.spawn(async move {
+                // Best effort: if it fails, the lease expires by itself.
+                let _ = backend.release(&key, &token, None).await;
+            });
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Leases: a computation that began before an invalidation never stores its result after it,
+//! on Redis and in memory, in a fixed interleaving and in interleavings proptest generates.
+//! Several `Cache`s on one backend stand for several processes.
+
+mod support;
+
+use proptest::prelude::*;
+use redis_memo::{Cache, MemoryStore, redis_cached};
+use redis_memo_testkit::RedisServer;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use support::Probe;
+use tokio::sync::Notify;
+
+/// The data behind the cached function: a version that writes bump.
+#[derive(Default)]
+struct Source {
+    version: AtomicU64,
+}
+
+/// Holds a computation between reading the source and returning.
+#[derive(Default)]
+struct Gate {
+    read: Notify,
+    release: Notify,
+    hold: std::sync::atomic::AtomicBool,
+}
+
+#[redis_cached(ttl = "1m", key = "doc:<id>", cache = cache)]
+async fn load(
+    id: u64,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] source: &Source,
+    #[cache(skip)] gate: &Gate,
+    #[cache(skip)] probe: &Probe,
+) -> u64 {
+    probe.ran();
+    let version = source.version.load(Ordering::SeqCst);
+    if gate.hold.load(Ordering::SeqCst) {
+        gate.read.notify_one();
+        gate.release.notified().await;
+    }
+    id * 1000 + version
+}
+
+enum Backend {
+    Redis(RedisServer),
+    Memory(MemoryStore),
+}
+
+impl Backend {
+    /// A cache on this backend, as another process would have it (same namespace).
+    fn cache(&self, namespace: &str) -> Cache {
+        let builder = Cache::builder().namespace(namespace);
+        match self {
+            Backend::Redis(server) => builder.redis_url(server.url()).build().unwrap(),
+            Backend::Memory(store) => builder.memory(store.clone()).build().unwrap(),
+        }
+    }
+}
+
+fn backends() -> Vec<Backend> {
+    vec![
+        Backend::Redis(RedisServer::start().expect("the test suite needs redis-server")),
+        Backend::Memory(MemoryStore::new()),
+    ]
+}
+
+fn open_gate() -> Gate {
+    Gate::default()
+}
+
+fn held_gate() -> Arc<Gate> {
+    let gate = Gate::default();
+    gate.hold.store(true, Ordering::SeqCst);
+    Arc::new(gate)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_computation_that_read_before_an_invalidation_does_not_store_its_value() {
+    for backend in backends() {
+        let cache = backend.cache("stale");
+        let source = Arc::new(Source::default());
+        source.version.store(1, Ordering::SeqCst);
+        let (gate, probe) = (held_gate(), Arc::new(Probe::default()));
+        let computation = tokio::spawn({
+            let (cache, source, gate, probe) =
+                (cache.clone(), source.clone(), gate.clone(), probe.clone());
+            async move { load(7, &cache, &source, &gate, &probe).await }
+        });
+        gate.read.notified().await; // it has read version 1 and holds the lease
+
+        source.version.store(2, Ordering::SeqCst); // a write, then its invalidation
+        invalidate_load(7, &cache).await.unwrap();
+
+        gate.release.notify_one();
+        assert_eq!(
+            computation.await.unwrap(),
+            7001,
+            "the caller gets what it computed"
+        );
+        assert_eq!(cache.stats().rejected_fills, 1, "but it is not stored");
+        assert_eq!(cache.stats().fills, 0);
+
+        let probe = Probe::default();
+        assert_eq!(
+            load(7, &cache, &source, &open_gate(), &probe).await,
+            7002,
+            "the next call runs the body"
+        );
+        assert_eq!(load(7, &cache, &source, &open_gate(), &probe).await, 7002);
+        assert_eq!(probe.runs(), 1, "and its value is cached");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_lease_a_computation_returns_its_value_but_does_not_store_it() {
+    for backend in backends() {
+        let (first, second) = (backend.cache("lease"), backend.cache("lease"));
+        let source = Arc::new(Source::default());
+        let (gate, probe) = (held_gate(), Arc::new(Probe::default()));
+        let holder = tokio::spawn({
+            let (cache, source, gate, probe) =
+                (first.clone(), source.clone(), gate.clone(), probe.clone());
+            async move { load(3, &cache, &source, &gate, &probe).await }
+        });
+        gate.read.notified().await;
+        // Another process misses while the first holds the lease: it computes, returns, and
+        // leaves the fill to the holder.
+        assert_eq!(load(3, &second, &source, &open_gate(), &probe).await, 3000);
+        assert_eq!(second.stats().fills, 0);
+        gate.release.notify_one();
+        assert_eq!(holder.await.unwrap(), 3000);
+        assert_eq!(first.stats().fills, 1);
+        assert_eq!(load(3, &second, &source, &open_gate(), &probe).await, 3000);
+        assert_eq!(
+            probe.runs(),
+            2,
+            "the holder's fill serves the other process"
+        );
+    }
+}
+
+/// One step of an interleaving of two processes' computations and writes.
+#[derive(Debug, Clone)]
+enum Step {
+    Start(usize),
+    Finish(usize),
+    Write,
+}
+
+fn steps() -> impl Strategy<Value = Vec<Step>> {
+    prop::collection::vec(
+        prop_oneof![
+            (0..2usize).prop_map(Step::Start),
+            (0..2usize).prop_map(Step::Finish),
+            Just(Step::Write)
+        ],
+        1..12,
+    )
+}
+
+/// Plays `steps` (skipping those that do not apply), finishes what is still running, and
+/// checks that a new call sees the latest version: no stale value was stored.
+async fn play(backend: &Backend, namespace: &str, steps: &[Step]) -> Result<(), TestCaseError> {
+    let caches = [backend.cache(namespace), backend.cache(namespace)];
+    let source = Arc::new(Source::default());
+    let probe = Arc::new(Probe::default());
+    let mut running: [Option<(Arc<Gate>, tokio::task::JoinHandle<u64>)>; 2] = [None, None];
+    for step in steps {
+        match *step {
+            Step::Start(i) if running[i].is_none() => {
+                let gate = held_gate();
+                let mut task = tokio::spawn({
+                    let (cache, source, gate, probe) = (
+                        caches[i].clone(),
+                        source.clone(),
+                        gate.clone(),
+                        probe.clone(),
+                    );
+                    async move { load(1, &cache, &source, &gate, &probe).await }
+                });
+                tokio::select! {
+                    _ = gate.read.notified() => running[i] = Some((gate, task)),
+                    // A hit: no computation to hold, and it must be of the latest version.
+                    hit = &mut task => {
+                        let latest = 1000 + source.version.load(Ordering::SeqCst);
+                        prop_assert_eq!(hit.unwrap(), latest, "a stale hit; steps {:?}", steps);
+                    }
+                }
+            }
+            Step::Finish(i) => {
+                if let Some((gate, task)) = running[i].take() {
+                    gate.release.notify_one();
+                    task.await.unwrap();
+                }
+            }
+            Step::Write => {
+                source.version.fetch_add(1, Ordering::SeqCst);
+                invalidate_load(1, &caches[0]).await.unwrap();
+            }
+            Step::Start(_) => {}
+        }
+    }
+    for (gate, task) in running.into_iter().flatten() {
+        gate.release.notify_one();
+        task.await.unwrap();
+    }
+    let latest = 1000 + source.version.load(Ordering::SeqCst);
+    for cache in &caches {
+        let seen = load(1, cache, &source, &open_gate(), &probe).await;
+        prop_assert_eq!(seen, latest, "a stale value was stored; steps {:?}", steps);
+    }
+    Ok(())
+}
+
+#[test]
+fn no_interleaving_of_computations_and_writes_stores_a_stale_value() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for backend in backends() {
+        let case = AtomicU64::new(0);
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(48));
+        runner
+            .run(&steps(), |steps| {
+                let namespace = format!("case{}", case.fetch_add(1, Ordering::SeqCst));
+                runtime.block_on(play(&backend, &namespace, &steps))
+            })
+            .unwrap();
+    }
+}
