@@ -17,6 +17,9 @@ pub(crate) struct Health {
     consecutive_failures: AtomicU64,
     /// Milliseconds since `epoch` until which the breaker is open.
     open_until_ms: AtomicU64,
+    /// Refused operations (OOM, READONLY) since the last warning, and when that was.
+    refusals: AtomicU64,
+    refusal_logged_at_ms: AtomicU64,
 }
 
 impl Health {
@@ -27,6 +30,8 @@ impl Health {
             cooldown,
             consecutive_failures: AtomicU64::new(0),
             open_until_ms: AtomicU64::new(0),
+            refusals: AtomicU64::new(0),
+            refusal_logged_at_ms: AtomicU64::new(0),
         }
     }
 
@@ -57,6 +62,22 @@ impl Health {
                 "redis-memo: redis answers again; caching resumed"
             );
         }
+    }
+
+    /// Counts an operation a live server refused; `Some(count since the last warning)` when
+    /// it is time to warn again (the first refusal, then at most once a minute).
+    pub(crate) fn record_refusal(&self) -> Option<u64> {
+        const EVERY_MS: u64 = 60_000;
+        self.refusals.fetch_add(1, Relaxed);
+        let now = self.now_ms().max(1);
+        let last = self.refusal_logged_at_ms.load(Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= EVERY_MS;
+        // One caller wins the exchange and reports the count so far.
+        (due && self
+            .refusal_logged_at_ms
+            .compare_exchange(last, now, Relaxed, Relaxed)
+            .is_ok())
+        .then(|| self.refusals.swap(0, Relaxed))
     }
 
     pub(crate) fn record_failure(&self, operation: &'static str, error: &dyn std::fmt::Display) {
@@ -92,5 +113,22 @@ mod tests {
             long.allows_request(),
             "an answer from Redis closes the breaker"
         );
+    }
+
+    #[test]
+    fn refusals_are_reported_once_a_minute_with_their_count() {
+        let health = Health::new(3, Duration::ZERO);
+        assert_eq!(
+            health.record_refusal(),
+            Some(1),
+            "the first one is reported"
+        );
+        for _ in 0..100 {
+            assert_eq!(
+                health.record_refusal(),
+                None,
+                "the next ones within a minute are not"
+            );
+        }
     }
 }

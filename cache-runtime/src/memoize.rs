@@ -256,7 +256,12 @@ impl Cache {
             Err(error) if !error.is_outage() => {
                 self.inner.health.record_success();
                 self.record(Event::FailOpen, spec);
-                tracing::warn!(function = spec.name, operation, %error, "redis-memo: redis refused the operation");
+                // Refusals (OOM under noeviction, READONLY after a failover) last; say so once
+                // a minute, with the count, rather than on every miss.
+                let refused = self.inner.health.record_refusal();
+                if let Some(since_last) = refused {
+                    tracing::warn!(function = spec.name, operation, %error, refusals = since_last, "redis-memo: redis refuses to store entries; calls run uncached");
+                }
                 None
             }
             Err(error) => {
