@@ -232,3 +232,136 @@ fn no_interleaving_of_computations_and_writes_stores_a_stale_value() {
             .unwrap();
     }
 }
+
+#[derive(Debug, PartialEq)]
+struct LoadError;
+
+/// Like `load`, with `lock`: callers wait for another process's computation. Fails when the
+/// gate says so.
+#[redis_cached(ttl = "1m", key = "locked:<id>", cache = cache, lock(wait = "20s", lease = "30s"))]
+async fn load_locked(
+    id: u64,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] gate: &Gate,
+    #[cache(skip)] fail: bool,
+    #[cache(skip)] probe: &Probe,
+) -> Result<u64, LoadError> {
+    probe.ran();
+    if gate.hold.load(Ordering::SeqCst) {
+        gate.read.notify_one();
+        gate.release.notified().await;
+    }
+    if fail { Err(LoadError) } else { Ok(id * 10) }
+}
+
+#[redis_cached(ttl = "1m", key = "short_wait:<id>", cache = cache, lock(wait = "300ms"))]
+async fn load_short_wait(
+    id: u64,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] gate: &Gate,
+    #[cache(skip)] probe: &Probe,
+) -> u64 {
+    probe.ran();
+    if gate.hold.load(Ordering::SeqCst) {
+        gate.read.notify_one();
+        gate.release.notified().await;
+    }
+    id * 10
+}
+
+/// Starts a held computation on `holder` and returns once it holds the lease.
+async fn hold_lease_on(
+    holder: &Cache,
+    id: u64,
+    fail: bool,
+    probe: &Arc<Probe>,
+) -> (Arc<Gate>, tokio::task::JoinHandle<Result<u64, LoadError>>) {
+    let gate = held_gate();
+    let task = tokio::spawn({
+        let (cache, gate, probe) = (holder.clone(), gate.clone(), probe.clone());
+        async move { load_locked(id, &cache, &gate, fail, &probe).await }
+    });
+    gate.read.notified().await;
+    (gate, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_lock_a_waiter_gets_the_holders_value_without_computing() {
+    for backend in backends() {
+        let (holder, waiter) = (backend.cache("lock"), backend.cache("lock"));
+        let probe = Arc::new(Probe::default());
+        let (gate, held) = hold_lease_on(&holder, 4, false, &probe).await;
+        let waiting = tokio::spawn({
+            let (cache, probe) = (waiter.clone(), probe.clone());
+            async move { load_locked(4, &cache, &open_gate(), false, &probe).await }
+        });
+        // The waiter is woken by the fill, not by a poll: it waits until the holder is done.
+        while waiter.stats().lock_waits == 0 {
+            tokio::task::yield_now().await;
+        }
+        gate.release.notify_one();
+        assert_eq!(held.await.unwrap(), Ok(40));
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("the waiter was not woken");
+        assert_eq!(got.unwrap(), Ok(40));
+        assert_eq!(probe.runs(), 1, "only the holder computed");
+        assert_eq!(waiter.stats().lock_timeouts, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_lock_a_holders_error_lets_a_waiter_take_over_at_once() {
+    for backend in backends() {
+        let (holder, waiter) = (backend.cache("lock_err"), backend.cache("lock_err"));
+        let probe = Arc::new(Probe::default());
+        let (gate, held) = hold_lease_on(&holder, 5, true, &probe).await;
+        let waiting = tokio::spawn({
+            let (cache, probe) = (waiter.clone(), probe.clone());
+            async move { load_locked(5, &cache, &open_gate(), false, &probe).await }
+        });
+        while waiter.stats().lock_waits == 0 {
+            tokio::task::yield_now().await;
+        }
+        gate.release.notify_one();
+        assert_eq!(held.await.unwrap(), Err(LoadError));
+        // Far sooner than the 20 s wait bound: the release is announced.
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("the waiter did not take over");
+        assert_eq!(got.unwrap(), Ok(50));
+        assert_eq!(probe.runs(), 2);
+        assert_eq!(
+            waiter.stats().fills,
+            1,
+            "the waiter took the lease and stored its value"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_lock_a_waiter_computes_itself_after_its_wait_bound() {
+    for backend in backends() {
+        let (holder, waiter) = (backend.cache("lock_bound"), backend.cache("lock_bound"));
+        let probe = Arc::new(Probe::default());
+        let gate = held_gate();
+        let held = tokio::spawn({
+            let (cache, gate, probe) = (holder.clone(), gate.clone(), probe.clone());
+            async move { load_short_wait(6, &cache, &gate, &probe).await }
+        });
+        gate.read.notified().await;
+        assert_eq!(load_short_wait(6, &waiter, &open_gate(), &probe).await, 60);
+        assert_eq!(
+            waiter.stats().lock_timeouts,
+            1,
+            "it waited its bound, then computed"
+        );
+        assert_eq!(
+            waiter.stats().fills,
+            0,
+            "without the lease it does not store"
+        );
+        gate.release.notify_one();
+        assert_eq!(held.await.unwrap(), 60);
+    }
+}

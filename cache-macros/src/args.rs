@@ -14,10 +14,9 @@ use syn::spanned::Spanned;
 use syn::{Expr, Ident, LitInt, LitStr, Path, Token};
 
 /// The options this version accepts, listed in error messages.
-const VALID: &str = "`ttl`, `key`, `cache`, `cache_none`, `version`, `crate`";
+const VALID: &str = "`ttl`, `key`, `cache`, `cache_none`, `lock`, `version`, `crate`";
 /// Options of the design that later versions add; refused with a clearer message.
 const PLANNED: &[&str] = &[
-    "lock",
     "tags",
     "stale",
     "fail_safe",
@@ -33,6 +32,8 @@ pub(crate) struct CachedArgs {
     pub(crate) key: Template,
     /// `cache = <expr>`: where the `&Cache` comes from; the installed global one otherwise.
     pub(crate) cache: Option<Expr>,
+    /// `lock`: wait for another process's value instead of computing it too.
+    pub(crate) lock: Option<Lock>,
     /// `cache_none`, where it was written.
     pub(crate) cache_none: Option<Span>,
     pub(crate) version: u32,
@@ -44,19 +45,29 @@ pub(crate) struct CachedArgs {
 struct RawOption {
     name: Ident,
     value: Option<Expr>,
+    /// `name(sub = value, ..)`, as in `lock(wait = "2s")`.
+    list: Option<Vec<RawOption>>,
 }
 
 impl Parse for RawOption {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         // `parse_any` so that the keyword `crate` is accepted as an option name.
         let name = Ident::parse_any(input)?;
+        let list = if input.peek(syn::token::Paren) {
+            let content;
+            syn::parenthesized!(content in input);
+            let items = content.parse_terminated(RawOption::parse, Token![,])?;
+            Some(items.into_iter().collect())
+        } else {
+            None
+        };
         let value = if input.peek(Token![=]) {
             input.parse::<Token![=]>()?;
             Some(input.parse::<Expr>()?)
         } else {
             None
         };
-        Ok(RawOption { name, value })
+        Ok(RawOption { name, value, list })
     }
 }
 
@@ -80,7 +91,8 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
     let mut version = 0;
     let mut krate: Option<Path> = None;
 
-    for RawOption { name, value } in raw.0 {
+    let mut lock = None;
+    for RawOption { name, value, list } in raw.0 {
         let name_text = name.to_string();
         if seen.contains(&name_text) {
             errors.spanned(&name, format!("`{name_text}` is given twice; keep one"));
@@ -125,6 +137,10 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
                     }
                 }
             }
+            "lock" => match value {
+                Some(value) => errors.spanned(value, "write `lock`, or `lock(wait = \"2s\", lease = \"10s\")`"),
+                None => lock = Some(lock_options(list.unwrap_or_default(), errors)),
+            },
             planned if PLANNED.contains(&planned) => errors.spanned(
                 &name,
                 format!("`{planned}` is not available in this version of redis-memo; the options are {VALID}"),
@@ -149,6 +165,7 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
         key: key?,
         cache,
         cache_none,
+        lock: lock.map(|lock| lock.resolve(ttl_or_default(ttl), errors)),
         version,
         krate: krate.unwrap_or_else(|| syn::parse_quote!(::redis_memo)),
     })
@@ -205,6 +222,96 @@ fn parse_u32(lit: &LitInt) -> Option<u32> {
     lit.base10_parse::<u32>().ok()
 }
 
+/// `lock` as resolved: how long a waiter waits, and the lease if given explicitly.
+pub(crate) struct Lock {
+    pub(crate) wait: Duration,
+    pub(crate) lease: Option<Duration>,
+}
+
+/// `lock(..)` as written.
+struct LockOptions {
+    wait: Option<(Duration, Span)>,
+    lease: Option<(Duration, Span)>,
+}
+
+/// A waiter waits this long by default, or less if the lease is shorter.
+const DEFAULT_WAIT: Duration = Duration::from_secs(2);
+
+fn lock_options(list: Vec<RawOption>, errors: &mut Errors) -> LockOptions {
+    let mut options = LockOptions {
+        wait: None,
+        lease: None,
+    };
+    for sub in list {
+        let sub_name = sub.name.to_string();
+        let slot = match sub_name.as_str() {
+            "wait" => &mut options.wait,
+            "lease" => &mut options.lease,
+            _ => {
+                errors.spanned(
+                    &sub.name,
+                    format!(
+                        "unknown `lock` option `{sub_name}`; the options are `wait` and `lease`"
+                    ),
+                );
+                continue;
+            }
+        };
+        if slot.is_some() {
+            errors.spanned(&sub.name, format!("`{sub_name}` is given twice; keep one"));
+            continue;
+        }
+        if let Some(lit) = string_value(&sub.name, sub.value.as_ref(), "\"2s\"", errors) {
+            match duration::parse(&lit, &format!("lock({sub_name})")) {
+                Ok(parsed) => *slot = Some((parsed, lit.span())),
+                Err(error) => errors.push(error),
+            }
+        }
+    }
+    options
+}
+
+impl LockOptions {
+    /// Checks the options against each other: a waiter that outlasted the lease would wait
+    /// for a holder that no longer holds anything.
+    fn resolve(self, ttl: Duration, errors: &mut Errors) -> Lock {
+        let lease = self
+            .lease
+            .map_or_else(|| default_lease(ttl), |(lease, _)| lease);
+        let wait = match self.wait {
+            Some((wait, span)) => {
+                if wait > lease {
+                    errors.at(
+                        span,
+                        format!(
+                            "`wait` ({}) is longer than the lease ({}): a waiter would outwait the holder; \
+                             shorten `wait` or give a longer `lease`",
+                            humantime::format_duration(wait),
+                            humantime::format_duration(lease)
+                        ),
+                    );
+                }
+                wait
+            }
+            None => DEFAULT_WAIT.min(lease),
+        };
+        Lock {
+            wait,
+            lease: self.lease.map(|(lease, _)| lease),
+        }
+    }
+}
+
+/// The runtime's default lease: the ttl within 1 s and 30 s (kept in step with
+/// `redis_memo_runtime::lease::default_lease`).
+fn default_lease(ttl: Duration) -> Duration {
+    ttl.clamp(Duration::from_secs(1), Duration::from_secs(30))
+}
+
+fn ttl_or_default(ttl: Option<Duration>) -> Duration {
+    ttl.unwrap_or(Duration::from_secs(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,8 +342,28 @@ mod tests {
     }
 
     #[test]
+    fn lock_defaults_follow_the_lease() {
+        let (args, errors) = check_str(r#"ttl = "1m", key = "k", lock"#);
+        assert!(errors.is_empty());
+        let lock = args.unwrap().lock.unwrap();
+        assert_eq!((lock.wait, lock.lease), (DEFAULT_WAIT, None));
+        let (args, _) = check_str(r#"ttl = "300ms", key = "k", lock"#);
+        assert_eq!(
+            args.unwrap().lock.unwrap().wait,
+            Duration::from_secs(1),
+            "the default lease is 1s here"
+        );
+        let (args, _) = check_str(r#"ttl = "1m", key = "k", lock(lease = "500ms")"#);
+        let lock = args.unwrap().lock.unwrap();
+        assert_eq!(
+            (lock.wait, lock.lease),
+            (Duration::from_millis(500), Some(Duration::from_millis(500)))
+        );
+    }
+
+    #[test]
     fn collects_every_error() {
-        let (_, errors) = check_str(r#"ttl = 5, ttl = "1m", lock, bogus, version = "1""#);
+        let (_, errors) = check_str(r#"ttl = 5, ttl = "1m", tags, bogus, version = "1""#);
         let message = errors.into_compile_errors().to_string();
         for expected in [
             "string literal",

@@ -18,9 +18,14 @@ pub(crate) fn parse(lit: &syn::LitStr, option: &str) -> syn::Result<Duration> {
         )
     })?;
     if duration < Duration::from_millis(1) {
+        let hint = if option == "ttl" {
+            "; to stop caching, remove the attribute"
+        } else {
+            ""
+        };
         return Err(syn::Error::new_spanned(
             lit,
-            format!("`{option}` must be at least 1ms; to stop caching, remove the attribute"),
+            format!("`{option}` must be at least 1ms{hint}"),
         ));
     }
     if duration > MAX {

@@ -81,6 +81,14 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
     let ttl_ms = u64::try_from(options.ttl.as_millis()).unwrap_or(u64::MAX);
     let version = options.version;
     let cache_none = options.cache_none.is_some();
+    let lock = options.lock.as_ref().map(|lock| {
+        let wait_ms = u64::try_from(lock.wait.as_millis()).unwrap_or(u64::MAX);
+        let lease = lock.lease.map(|lease| {
+            let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+            quote!(.lease(#private::Duration::from_millis(#lease_ms)))
+        });
+        quote!(.lock(#private::Duration::from_millis(#wait_ms)) #lease)
+    });
     let kind = model.kind.runtime_name();
     let output = &model.output;
     let stored = &model.stored;
@@ -108,7 +116,8 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
             #private::Duration::from_millis(#ttl_ms),
         )
         .version(#version)
-        .cache_none(#cache_none);
+        .cache_none(#cache_none)
+        #lock;
         #select_cache
         let __redis_memo_key: ::std::string::String = #render_entry_key;
         let __redis_memo_body = async move {

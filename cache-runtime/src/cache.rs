@@ -4,6 +4,7 @@ use crate::CacheError;
 use crate::backend::{Backend, MemoryStore, RedisBackend};
 use crate::flight::Flights;
 use crate::health::Health;
+use crate::notify::Notices;
 use crate::stats::{Counters, Stats};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::sync::Arc;
@@ -86,6 +87,8 @@ impl CacheBuilder {
 
     /// Stores entries through an existing connection manager (for TLS, auth or settings the URL
     /// cannot express). Its own timeouts still apply; the cache adds its per-operation one.
+    /// Its pushes do not reach the cache, so `lock` waiters wait out their bound instead of
+    /// being woken by the fill: prefer [`CacheBuilder::redis_url`] where it can do.
     pub fn redis_connection(mut self, connection: ConnectionManager) -> Self {
         self.source = Some(Source::Connection(connection));
         self
@@ -139,7 +142,7 @@ impl CacheBuilder {
             }
             Some(Source::Memory(store)) => Backend::Memory(store),
             Some(Source::Connection(connection)) => {
-                Backend::Redis(RedisBackend::new(connection, self.op_timeout))
+                Backend::Redis(RedisBackend::new(connection, self.op_timeout, None))
             }
             Some(Source::Url(url)) => {
                 if tokio::runtime::Handle::try_current().is_err() {
@@ -148,8 +151,22 @@ impl CacheBuilder {
                             .into(),
                     ));
                 }
-                let client = redis::Client::open(url.as_str())?;
+                // RESP3, so `lock` waiters get fill announcements pushed on this same
+                // connection (re-subscribed by itself after a reconnection).
+                let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())?;
+                let settings = info
+                    .redis_settings()
+                    .clone()
+                    .set_protocol(redis::ProtocolVersion::RESP3);
+                let client = redis::Client::open(info.set_redis_settings(settings))?;
+                let notices = Notices::default();
+                let pushes = notices.clone();
                 let config = ConnectionManagerConfig::new()
+                    .set_push_sender(move |push: redis::PushInfo| {
+                        pushes.deliver_push(push);
+                        Ok::<(), std::convert::Infallible>(())
+                    })
+                    .set_automatic_resubscription()
                     .set_connection_timeout(Some(self.op_timeout))
                     // The backend bounds every operation (including a wait for a reconnection)
                     // with its own timeout; a second timer per request would only cost time.
@@ -159,7 +176,11 @@ impl CacheBuilder {
                     .set_number_of_retries(1)
                     .set_max_delay(self.op_timeout);
                 let connection = ConnectionManager::new_lazy_with_config(client, config)?;
-                Backend::Redis(RedisBackend::new(connection, self.op_timeout))
+                Backend::Redis(RedisBackend::new(
+                    connection,
+                    self.op_timeout,
+                    Some(notices),
+                ))
             }
         };
         Ok(Cache {

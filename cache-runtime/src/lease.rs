@@ -42,25 +42,29 @@ pub(crate) fn new_token() -> String {
     format!("{:016x}{:016x}{count:x}", *PROCESS, random)
 }
 
-/// KEYS: entry, lease. ARGV: token, value, ttl in ms. Stores the value and releases the lease if
-/// the token still holds it; 1 if stored.
+/// KEYS: entry, lease. ARGV: token, value, ttl in ms, channel. Stores the value, releases the
+/// lease and announces the value on the channel, if the token still holds the lease; 1 if
+/// stored.
 pub(crate) const FILL_SCRIPT: &str = r"
 if redis.call('GET', KEYS[2]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   redis.call('DEL', KEYS[2])
+  redis.call('PUBLISH', ARGV[4], ARGV[2])
   return 1
 end
 return 0
 ";
 
-/// KEYS: lease, entry. ARGV: token, "1" to delete the entry as well. Releases the lease if the
-/// token still holds it (and clears an unusable entry no fill replaced).
+/// KEYS: lease, entry. ARGV: token, "1" to delete the entry as well, channel. Releases the
+/// lease if the token still holds it (clearing an unusable entry no fill replaced), and says so
+/// on the channel with an empty message.
 pub(crate) const RELEASE_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
   if ARGV[2] == '1' then
     redis.call('DEL', KEYS[2])
   end
+  redis.call('PUBLISH', ARGV[3], '')
   return 1
 end
 return 0
@@ -106,42 +110,40 @@ mod tests {
 #[derive(Debug)]
 pub(crate) struct HeldLease {
     backend: Backend,
+    entry: String,
     key: String,
     token: String,
     armed: bool,
 }
 
 impl HeldLease {
-    pub(crate) fn new(backend: Backend, key: String, token: String) -> Self {
+    pub(crate) fn new(backend: Backend, entry: &str, key: String, token: String) -> Self {
         HeldLease {
             backend,
+            entry: entry.to_owned(),
             key,
             token,
             armed: true,
         }
     }
 
-    /// Stores `value` under `entry` if the lease still holds; true if stored.
+    /// Stores `value` in the entry if the lease still holds; true if stored.
     pub(crate) async fn fill(
         mut self,
-        entry: &str,
         value: bytes::Bytes,
         ttl: Duration,
     ) -> Result<bool, crate::CacheError> {
         self.armed = false;
         self.backend
-            .fill(entry, &self.key, &self.token, value, ttl)
+            .fill(&self.entry, &self.key, &self.token, value, ttl)
             .await
     }
 
-    /// Gives the lease up, removing `clear_entry` too if given.
-    pub(crate) async fn release(
-        mut self,
-        clear_entry: Option<&str>,
-    ) -> Result<(), crate::CacheError> {
+    /// Gives the lease up, removing the (unusable) entry too with `clear_entry`.
+    pub(crate) async fn release(mut self, clear_entry: bool) -> Result<(), crate::CacheError> {
         self.armed = false;
         self.backend
-            .release(&self.key, &self.token, clear_entry)
+            .release(&self.entry, &self.key, &self.token, clear_entry)
             .await
     }
 }
@@ -152,14 +154,15 @@ impl Drop for HeldLease {
             return;
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (backend, key, token) = (
-                self.backend.clone(),
+            let backend = self.backend.clone();
+            let (entry, key, token) = (
+                std::mem::take(&mut self.entry),
                 std::mem::take(&mut self.key),
                 std::mem::take(&mut self.token),
             );
             runtime.spawn(async move {
                 // Best effort: if it fails, the lease expires by itself.
-                let _ = backend.release(&key, &token, None).await;
+                let _ = backend.release(&entry, &key, &token, false).await;
             });
         }
     }

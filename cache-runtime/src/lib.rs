@@ -19,6 +19,7 @@ mod health;
 mod key;
 mod lease;
 mod memoize;
+mod notify;
 mod returns;
 mod spec;
 mod stats;

@@ -18,12 +18,31 @@ use crate::codec::Bincode;
 use crate::envelope::{self, DecodeError, EntryTimes};
 use crate::flight::{self, LeaderGuard, Role, Shared, WaitOutcome};
 use crate::lease::{self, HeldLease};
+use crate::notify::Notice;
 use crate::returns::ReturnKind;
 use crate::spec::FnSpec;
 use crate::stats::Event;
 use bytes::Bytes;
 use std::future::Future;
+use std::time::Duration;
 use tokio::time::Instant;
+
+/// What taking an entry's lease gave.
+enum LeaseOutcome {
+    Held(HeldLease),
+    /// Another caller holds it.
+    Busy,
+    /// Redis failed or is unavailable.
+    Failed,
+}
+
+/// How waiting on another process's lease ended.
+enum Waited<V> {
+    /// Its value, as stored.
+    Filled(Bytes, V),
+    /// Compute after all: with the lease if it could be taken.
+    Compute(LeaseOutcome),
+}
 
 /// What a read found.
 enum Read {
@@ -149,12 +168,24 @@ impl Cache {
         self.record(Event::Miss, spec);
         // Only a lease holder may fill: another holder (another process) fills this entry.
         // A lease left by a leader of this process that went away is taken over as is.
-        let lease = match self.inner.flights.adopt_lease(key, fingerprint) {
-            Some(lease) => Some(lease),
+        let mut lease = match self.inner.flights.adopt_lease(key, fingerprint) {
+            Some(lease) => LeaseOutcome::Held(lease),
             None if redis_answered => self.take_lease(spec, key).await,
-            None => None,
+            None => LeaseOutcome::Failed,
         };
-        if let Some(lease) = lease {
+        if let (LeaseOutcome::Busy, Some(wait)) = (&lease, spec.lock_wait) {
+            match self
+                .wait_for_holder::<K::Stored>(spec, key, fingerprint, wait)
+                .await
+            {
+                Waited::Filled(bytes, value) => {
+                    guard.publish(Shared::Entry(bytes));
+                    return K::from_stored(value);
+                }
+                Waited::Compute(outcome) => lease = outcome,
+            }
+        }
+        if let LeaseOutcome::Held(lease) = lease {
             guard.hold_lease(lease);
         }
 
@@ -170,7 +201,7 @@ impl Cache {
                 Some(bytes) => self.fill(spec, key, lease, bytes).await,
                 // Nothing to store: give the lease up now rather than make others wait for it,
                 // and remove an unusable entry that nothing replaced.
-                None => self.release(spec, lease, unusable.then_some(key)).await,
+                None => self.release(spec, lease, unusable).await,
             }
         }
         // Dropping the guard ends the flight only now, after the fill: a caller that arrives
@@ -201,12 +232,11 @@ impl Cache {
         }
     }
 
-    /// Takes the entry's lease for this call; `None` if another caller holds it or Redis
-    /// failed.
-    async fn take_lease(&self, spec: &'static FnSpec, key: &str) -> Option<HeldLease> {
+    /// Takes the entry's lease for this call.
+    async fn take_lease(&self, spec: &'static FnSpec, key: &str) -> LeaseOutcome {
         if !self.inner.health.allows_request() {
             self.record(Event::FailOpen, spec);
-            return None;
+            return LeaseOutcome::Failed;
         }
         let (lease_key, token) = (lease::lease_key(key), lease::new_token());
         let acquired = self
@@ -214,13 +244,76 @@ impl Cache {
             .backend
             .acquire_lease(&lease_key, &token, spec.lease)
             .await;
-        self.observe("SET NX", spec, acquired)
-            .unwrap_or(false)
-            .then(|| HeldLease::new(self.inner.backend.clone(), lease_key, token))
+        match self.observe("SET NX", spec, acquired) {
+            Some(true) => LeaseOutcome::Held(HeldLease::new(
+                self.inner.backend.clone(),
+                key,
+                lease_key,
+                token,
+            )),
+            Some(false) => LeaseOutcome::Busy,
+            None => LeaseOutcome::Failed,
+        }
+    }
+
+    /// `lock`: another process holds the lease; wait up to `wait` for its value instead of
+    /// computing too. Woken by the fill's announcement (not by polling): the Redis commands per
+    /// waiting process are a subscription, a read and a lease attempt, whatever the wait.
+    async fn wait_for_holder<V: crate::CacheValue>(
+        &self,
+        spec: &'static FnSpec,
+        key: &str,
+        fingerprint: u64,
+        wait: Duration,
+    ) -> Waited<V> {
+        self.record(Event::LockWait, spec);
+        let deadline = Instant::now() + wait;
+        let mut listener = match self.inner.backend.listen(key).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                let _ = self.observe::<()>("SUBSCRIBE", spec, Err(error));
+                None
+            }
+        };
+        loop {
+            // The fill may have come before the subscription did.
+            if let Read::Entry(bytes) = self
+                .read(spec, key, Instant::now() + self.inner.op_timeout)
+                .await
+                && let Ok((value, _)) = envelope::decode::<Bincode, V>(&bytes, fingerprint)
+            {
+                return Waited::Filled(bytes, value);
+            }
+            // The holder may be gone (released, or expired after a crash).
+            match self.take_lease(spec, key).await {
+                LeaseOutcome::Busy => {}
+                other => return Waited::Compute(other),
+            }
+            let notice = match &mut listener {
+                Some(listener) => listener.next(deadline).await,
+                // No notifications on this connection: wait out the bound, look once more.
+                None => {
+                    tokio::time::sleep_until(deadline).await;
+                    None
+                }
+            };
+            match notice {
+                Some(Notice::Filled(bytes)) => {
+                    if let Ok((value, _)) = envelope::decode::<Bincode, V>(&bytes, fingerprint) {
+                        return Waited::Filled(bytes, value);
+                    }
+                }
+                Some(Notice::Released) => {}
+                None => {
+                    self.record(Event::LockTimeout, spec);
+                    return Waited::Compute(LeaseOutcome::Busy);
+                }
+            }
+        }
     }
 
     async fn fill(&self, spec: &'static FnSpec, key: &str, lease: HeldLease, bytes: Bytes) {
-        match self.observe("fill", spec, lease.fill(key, bytes, spec.ttl).await) {
+        match self.observe("fill", spec, lease.fill(bytes, spec.ttl).await) {
             Some(true) => self.record(Event::Fill, spec),
             Some(false) => {
                 // The lease was lost: an invalidation (or a write) came after this computation
@@ -236,7 +329,7 @@ impl Cache {
         }
     }
 
-    async fn release(&self, spec: &'static FnSpec, lease: HeldLease, clear_entry: Option<&str>) {
+    async fn release(&self, spec: &'static FnSpec, lease: HeldLease, clear_entry: bool) {
         let _ = self.observe("release", spec, lease.release(clear_entry).await);
     }
 

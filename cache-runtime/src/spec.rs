@@ -18,6 +18,8 @@ pub struct FnSpec {
     pub(crate) ttl: Duration,
     /// How long a miss's lease holds the entry for its computation.
     pub(crate) lease: Duration,
+    /// `lock`: how long a caller waits for another process's value before computing.
+    pub(crate) lock_wait: Option<Duration>,
     pub(crate) version: u32,
     pub(crate) cache_none: bool,
     metrics: OnceLock<FnMetrics>,
@@ -42,6 +44,7 @@ impl FnSpec {
             template,
             ttl,
             lease: crate::lease::default_lease(ttl),
+            lock_wait: None,
             version: 0,
             cache_none: false,
             metrics: OnceLock::new(),
@@ -58,6 +61,12 @@ impl FnSpec {
     /// The function's lease (`lock(lease = ..)`); by default its ttl within 1 s and 30 s.
     pub const fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
+        self
+    }
+
+    /// The function's `lock` option: wait up to `wait` for another process's value.
+    pub const fn lock(mut self, wait: Duration) -> Self {
+        self.lock_wait = Some(wait);
         self
     }
 

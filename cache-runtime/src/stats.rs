@@ -20,6 +20,10 @@ pub struct Stats {
     pub coalesced: u64,
     /// Values written to the cache.
     pub fills: u64,
+    /// Calls (one per key and process) that waited for another process's value (`lock`).
+    pub lock_waits: u64,
+    /// Waits that reached their bound, after which the caller computed the value itself.
+    pub lock_timeouts: u64,
     /// Values not written because their lease was lost before the fill: an invalidation (or
     /// a write-through) happened while they were computed, so they may be stale.
     pub rejected_fills: u64,
@@ -40,6 +44,8 @@ pub(crate) struct Counters {
     coalesced: AtomicU64,
     fills: AtomicU64,
     rejected_fills: AtomicU64,
+    lock_waits: AtomicU64,
+    lock_timeouts: AtomicU64,
     decode_failures: AtomicU64,
     encode_failures: AtomicU64,
     fail_open: AtomicU64,
@@ -54,18 +60,22 @@ pub(crate) enum Event {
     Coalesced,
     Fill,
     RejectedFill,
+    LockWait,
+    LockTimeout,
     DecodeFailure,
     EncodeFailure,
     FailOpen,
 }
 
 impl Event {
-    const ALL: [Event; 8] = [
+    const ALL: [Event; 10] = [
         Event::Hit,
         Event::Miss,
         Event::Coalesced,
         Event::Fill,
         Event::RejectedFill,
+        Event::LockWait,
+        Event::LockTimeout,
         Event::DecodeFailure,
         Event::EncodeFailure,
         Event::FailOpen,
@@ -78,6 +88,8 @@ impl Event {
             Event::Coalesced => "redis_memo_coalesced_total",
             Event::Fill => "redis_memo_fills_total",
             Event::RejectedFill => "redis_memo_rejected_fills_total",
+            Event::LockWait => "redis_memo_lock_waits_total",
+            Event::LockTimeout => "redis_memo_lock_timeouts_total",
             Event::DecodeFailure => "redis_memo_decode_failures_total",
             Event::EncodeFailure => "redis_memo_encode_failures_total",
             Event::FailOpen => "redis_memo_fail_open_total",
@@ -109,6 +121,8 @@ impl Counters {
             Event::Coalesced => &self.coalesced,
             Event::Fill => &self.fills,
             Event::RejectedFill => &self.rejected_fills,
+            Event::LockWait => &self.lock_waits,
+            Event::LockTimeout => &self.lock_timeouts,
             Event::DecodeFailure => &self.decode_failures,
             Event::EncodeFailure => &self.encode_failures,
             Event::FailOpen => &self.fail_open,
@@ -124,6 +138,8 @@ impl Counters {
             coalesced: self.coalesced.load(Relaxed),
             fills: self.fills.load(Relaxed),
             rejected_fills: self.rejected_fills.load(Relaxed),
+            lock_waits: self.lock_waits.load(Relaxed),
+            lock_timeouts: self.lock_timeouts.load(Relaxed),
             decode_failures: self.decode_failures.load(Relaxed),
             encode_failures: self.encode_failures.load(Relaxed),
             fail_open: self.fail_open.load(Relaxed),

@@ -1,6 +1,7 @@
 //! The in-memory backend: a moka cache of envelope bytes with per-entry expiry, and leases in
 //! a map beside it, with the same semantics as Redis and its scripts.
 
+use crate::notify::{self, Listener, Notice, Notices};
 use bytes::Bytes;
 use moka::Expiry;
 use std::collections::HashMap;
@@ -28,6 +29,8 @@ pub struct MemoryStore {
     /// Lease key -> (token, expiry). Also serializes fills and invalidations, as Redis's
     /// single thread does.
     leases: Arc<Mutex<HashMap<String, (String, Instant)>>>,
+    /// Fill announcements, as Redis pub/sub makes them.
+    notices: Notices,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -91,6 +94,7 @@ impl MemoryStore {
                 .expire_after(PerEntryTtl)
                 .build(),
             leases: Arc::default(),
+            notices: Notices::default(),
         }
     }
 
@@ -162,19 +166,30 @@ impl MemoryStore {
             return false;
         }
         leases.remove(lease);
-        self.insert(entry, value, ttl);
+        self.insert(entry, value.clone(), ttl);
+        self.notices
+            .deliver(&notify::channel(entry), Notice::Filled(value));
         true
     }
 
     /// The release script.
-    pub(crate) fn release(&self, lease: &str, token: &str, clear_entry: Option<&str>) {
+    pub(crate) fn release(&self, entry: &str, lease: &str, token: &str, clear_entry: bool) {
         let mut leases = self.leases();
         if holds(&leases, lease, token) {
             leases.remove(lease);
-            if let Some(entry) = clear_entry {
+            if clear_entry {
                 self.remove(entry);
             }
+            self.notices
+                .deliver(&notify::channel(entry), Notice::Released);
         }
+    }
+
+    /// Listens for the fill of `entry`.
+    pub(crate) fn listen(&self, entry: &str) -> Listener {
+        let channel = notify::channel(entry);
+        let (receiver, _) = self.notices.listen(&channel);
+        Listener::new(self.notices.clone(), channel, receiver, None)
     }
 
     /// `DEL entry lease`; true if the entry was there.

@@ -11,6 +11,7 @@ pub use self::memory::MemoryStore;
 pub(crate) use self::redis::RedisBackend;
 
 use crate::CacheError;
+use crate::notify::Listener;
 use bytes::Bytes;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -63,19 +64,30 @@ impl Backend {
         }
     }
 
-    /// Releases the lease if `token` still holds it, and then also removes `clear_entry`.
+    /// Releases the lease of `entry` if `token` still holds it, removing the entry too with
+    /// `clear_entry`, and announces the release.
     pub(crate) async fn release(
         &self,
+        entry: &str,
         lease: &str,
         token: &str,
-        clear_entry: Option<&str>,
+        clear_entry: bool,
     ) -> Result<(), CacheError> {
         match self {
-            Backend::Redis(redis) => redis.release(lease, token, clear_entry).await,
+            Backend::Redis(redis) => redis.release(entry, lease, token, clear_entry).await,
             Backend::Memory(memory) => {
-                memory.release(lease, token, clear_entry);
+                memory.release(entry, lease, token, clear_entry);
                 Ok(())
             }
+        }
+    }
+
+    /// Listens for the fill (or release) of `entry`'s lease; `None` when this backend cannot
+    /// be notified (a user-built Redis connection).
+    pub(crate) async fn listen(&self, entry: &str) -> Result<Option<Listener>, CacheError> {
+        match self {
+            Backend::Redis(redis) => redis.listen(entry).await,
+            Backend::Memory(memory) => Ok(Some(memory.listen(entry))),
         }
     }
 

@@ -3,6 +3,7 @@
 
 use crate::CacheError;
 use crate::lease;
+use crate::notify::{self, Listener, Notices};
 use bytes::Bytes;
 use redis::aio::ConnectionManager;
 use std::sync::LazyLock;
@@ -13,6 +14,9 @@ use tokio::time::Instant;
 pub(crate) struct RedisBackend {
     connection: ConnectionManager,
     op_timeout: Duration,
+    /// Where pushed pub/sub messages go; `None` for a connection built by the user, whose
+    /// pushes do not reach us.
+    notices: Option<Notices>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -24,11 +28,52 @@ impl std::fmt::Debug for RedisBackend {
 }
 
 impl RedisBackend {
-    pub(crate) fn new(connection: ConnectionManager, op_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        connection: ConnectionManager,
+        op_timeout: Duration,
+        notices: Option<Notices>,
+    ) -> Self {
         RedisBackend {
             connection,
             op_timeout,
+            notices,
         }
+    }
+
+    /// Listens for the fill of `entry`: subscribes to its channel unless this process already
+    /// does. `None` when this connection cannot receive pushes.
+    pub(crate) async fn listen(&self, entry: &str) -> Result<Option<Listener>, CacheError> {
+        let Some(notices) = &self.notices else {
+            return Ok(None);
+        };
+        let channel = notify::channel(entry);
+        let (receiver, first) = notices.listen(&channel);
+        let unsubscribe: Box<dyn FnOnce(String) + Send> = {
+            let connection = self.connection.clone();
+            Box::new(move |channel: String| {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let mut connection = connection;
+                    runtime.spawn(async move {
+                        let _ = connection.unsubscribe(channel).await;
+                    });
+                }
+            })
+        };
+        let listener = Listener::new(
+            notices.clone(),
+            channel.clone(),
+            receiver,
+            Some(unsubscribe),
+        );
+        if first {
+            let mut connection = self.connection.clone();
+            match tokio::time::timeout(self.op_timeout, connection.subscribe(&channel)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Err(error.into()),
+                Err(_) => return Err(CacheError::Timeout(self.op_timeout)),
+            }
+        }
+        Ok(Some(listener))
     }
 
     async fn run<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, CacheError> {
@@ -92,25 +137,27 @@ impl RedisBackend {
             .key(lease)
             .arg(token)
             .arg(value.as_ref())
-            .arg(millis(ttl));
+            .arg(millis(ttl))
+            .arg(notify::channel(entry));
         let stored: i64 = self.invoke(&invocation).await?;
         Ok(stored == 1)
     }
 
     pub(crate) async fn release(
         &self,
+        entry: &str,
         lease: &str,
         token: &str,
-        clear_entry: Option<&str>,
+        clear_entry: bool,
     ) -> Result<(), CacheError> {
         static RELEASE: LazyLock<redis::Script> =
             LazyLock::new(|| redis::Script::new(lease::RELEASE_SCRIPT));
         let mut invocation = RELEASE.key(lease);
-        // Without an entry to clear, the lease is passed twice: KEYS[2] is then unused.
         invocation
-            .key(clear_entry.unwrap_or(lease))
+            .key(entry)
             .arg(token)
-            .arg(if clear_entry.is_some() { "1" } else { "0" });
+            .arg(if clear_entry { "1" } else { "0" })
+            .arg(notify::channel(entry));
         let _: i64 = self.invoke(&invocation).await?;
         Ok(())
     }
