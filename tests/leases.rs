@@ -296,9 +296,7 @@ async fn with_lock_a_waiter_gets_the_holders_value_without_computing() {
             async move { load_locked(4, &cache, &open_gate(), false, &probe).await }
         });
         // The waiter is woken by the fill, not by a poll: it waits until the holder is done.
-        while waiter.stats().lock_waits == 0 {
-            tokio::task::yield_now().await;
-        }
+        waiting_for_lease(&waiter).await;
         gate.release.notify_one();
         assert_eq!(held.await.unwrap(), Ok(40));
         let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
@@ -320,9 +318,7 @@ async fn with_lock_a_holders_error_lets_a_waiter_take_over_at_once() {
             let (cache, probe) = (waiter.clone(), probe.clone());
             async move { load_locked(5, &cache, &open_gate(), false, &probe).await }
         });
-        while waiter.stats().lock_waits == 0 {
-            tokio::task::yield_now().await;
-        }
+        waiting_for_lease(&waiter).await;
         gate.release.notify_one();
         assert_eq!(held.await.unwrap(), Err(LoadError));
         // Far sooner than the 20 s wait bound: the release is announced.
@@ -363,5 +359,18 @@ async fn with_lock_a_waiter_computes_itself_after_its_wait_bound() {
         );
         gate.release.notify_one();
         assert_eq!(held.await.unwrap(), 60);
+    }
+}
+
+/// Returns once `cache` has a call waiting on another process's lease. The count is the only
+/// outside view of it, so it is checked every millisecond, for at most 10 s.
+async fn waiting_for_lease(cache: &Cache) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while cache.stats().lock_waits == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no call started waiting for the lease"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
 }

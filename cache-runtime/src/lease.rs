@@ -42,6 +42,31 @@ pub(crate) fn new_token() -> String {
     format!("{:016x}{:016x}{count:x}", *PROCESS, random)
 }
 
+/// KEYS: entry, lease. ARGV: token, lease in ms. Takes the lease if free and then returns the
+/// entry as it is now (`{1, value}`, or `{1, nil}`), so a fill that landed since the caller's
+/// read is seen without another round trip; `{0, nil}` if the lease is held. (`false` becomes
+/// a nil reply; a Lua table cannot hold nil.) `pcall`: an entry of another Redis type is
+/// simply not returned (the fill overwrites it).
+pub(crate) const ACQUIRE_SCRIPT: &str = r"
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local value = redis.pcall('GET', KEYS[1])
+  if type(value) == 'string' then
+    return {1, value}
+  end
+  return {1, false}
+end
+return {0, false}
+";
+
+/// What taking a lease found.
+#[derive(Debug)]
+pub(crate) enum Acquired {
+    /// The lease is this caller's; the entry as it was at that moment, if any.
+    Held(Option<bytes::Bytes>),
+    /// Another caller holds it.
+    Busy,
+}
+
 /// KEYS: entry, lease. ARGV: token, value, ttl in ms, channel. Stores the value, releases the
 /// lease and announces the value on the channel, if the token still holds the lease; 1 if
 /// stored.

@@ -17,7 +17,7 @@ use crate::cache::Cache;
 use crate::codec::Bincode;
 use crate::envelope::{self, DecodeError, EntryTimes};
 use crate::flight::{self, LeaderGuard, Role, Shared, WaitOutcome};
-use crate::lease::{self, HeldLease};
+use crate::lease::{self, Acquired, HeldLease};
 use crate::notify::Notice;
 use crate::returns::ReturnKind;
 use crate::spec::FnSpec;
@@ -28,20 +28,14 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// What taking an entry's lease gave.
-enum LeaseOutcome {
+enum LeaseOutcome<V> {
     Held(HeldLease),
+    /// Someone filled the entry since this call's read: its value (the lease was given back).
+    Filled(Bytes, V),
     /// Another caller holds it.
     Busy,
     /// Redis failed or is unavailable.
     Failed,
-}
-
-/// How waiting on another process's lease ended.
-enum Waited<V> {
-    /// Its value, as stored.
-    Filled(Bytes, V),
-    /// Compute after all: with the lease if it could be taken.
-    Compute(LeaseOutcome),
 }
 
 /// What a read found.
@@ -170,23 +164,22 @@ impl Cache {
         // A lease left by a leader of this process that went away is taken over as is.
         let mut lease = match self.inner.flights.adopt_lease(key, fingerprint) {
             Some(lease) => LeaseOutcome::Held(lease),
-            None if redis_answered => self.take_lease(spec, key).await,
+            None if redis_answered => self.take_lease::<K::Stored>(spec, key, fingerprint).await,
             None => LeaseOutcome::Failed,
         };
         if let (LeaseOutcome::Busy, Some(wait)) = (&lease, spec.lock_wait) {
-            match self
+            lease = self
                 .wait_for_holder::<K::Stored>(spec, key, fingerprint, wait)
-                .await
-            {
-                Waited::Filled(bytes, value) => {
-                    guard.publish(Shared::Entry(bytes));
-                    return K::from_stored(value);
-                }
-                Waited::Compute(outcome) => lease = outcome,
-            }
+                .await;
         }
-        if let LeaseOutcome::Held(lease) = lease {
-            guard.hold_lease(lease);
+        match lease {
+            // Another caller's value after all (filled since the read, or waited for).
+            LeaseOutcome::Filled(bytes, value) => {
+                guard.publish(Shared::Entry(bytes));
+                return K::from_stored(value);
+            }
+            LeaseOutcome::Held(lease) => guard.hold_lease(lease),
+            LeaseOutcome::Busy | LeaseOutcome::Failed => {}
         }
 
         let result = compute.await;
@@ -232,8 +225,14 @@ impl Cache {
         }
     }
 
-    /// Takes the entry's lease for this call.
-    async fn take_lease(&self, spec: &'static FnSpec, key: &str) -> LeaseOutcome {
+    /// Takes the entry's lease for this call. If the entry was filled since this call's read
+    /// (the acquire script returns it), the lease goes back and the value is used.
+    async fn take_lease<V: crate::CacheValue>(
+        &self,
+        spec: &'static FnSpec,
+        key: &str,
+        fingerprint: u64,
+    ) -> LeaseOutcome<V> {
         if !self.inner.health.allows_request() {
             self.record(Event::FailOpen, spec);
             return LeaseOutcome::Failed;
@@ -242,16 +241,23 @@ impl Cache {
         let acquired = self
             .inner
             .backend
-            .acquire_lease(&lease_key, &token, spec.lease)
+            .acquire_lease(key, &lease_key, &token, spec.lease)
             .await;
-        match self.observe("SET NX", spec, acquired) {
-            Some(true) => LeaseOutcome::Held(HeldLease::new(
-                self.inner.backend.clone(),
-                key,
-                lease_key,
-                token,
-            )),
-            Some(false) => LeaseOutcome::Busy,
+        let held =
+            |lease_key, token| HeldLease::new(self.inner.backend.clone(), key, lease_key, token);
+        match self.observe("acquire", spec, acquired) {
+            Some(Acquired::Held(Some(bytes))) => {
+                match envelope::decode::<Bincode, V>(&bytes, fingerprint) {
+                    Ok((value, _)) => {
+                        self.release(spec, held(lease_key, token), false).await;
+                        LeaseOutcome::Filled(bytes, value)
+                    }
+                    // Unusable bytes: keep the lease, the fill overwrites them.
+                    Err(_) => LeaseOutcome::Held(held(lease_key, token)),
+                }
+            }
+            Some(Acquired::Held(None)) => LeaseOutcome::Held(held(lease_key, token)),
+            Some(Acquired::Busy) => LeaseOutcome::Busy,
             None => LeaseOutcome::Failed,
         }
     }
@@ -265,7 +271,7 @@ impl Cache {
         key: &str,
         fingerprint: u64,
         wait: Duration,
-    ) -> Waited<V> {
+    ) -> LeaseOutcome<V> {
         self.record(Event::LockWait, spec);
         let deadline = Instant::now() + wait;
         let mut listener = match self.inner.backend.listen(key).await {
@@ -282,12 +288,12 @@ impl Cache {
                 .await
                 && let Ok((value, _)) = envelope::decode::<Bincode, V>(&bytes, fingerprint)
             {
-                return Waited::Filled(bytes, value);
+                return LeaseOutcome::Filled(bytes, value);
             }
             // The holder may be gone (released, or expired after a crash).
-            match self.take_lease(spec, key).await {
+            match self.take_lease(spec, key, fingerprint).await {
                 LeaseOutcome::Busy => {}
-                other => return Waited::Compute(other),
+                other => return other,
             }
             let notice = match &mut listener {
                 Some(listener) => listener.next(deadline).await,
@@ -300,13 +306,15 @@ impl Cache {
             match notice {
                 Some(Notice::Filled(bytes)) => {
                     if let Ok((value, _)) = envelope::decode::<Bincode, V>(&bytes, fingerprint) {
-                        return Waited::Filled(bytes, value);
+                        return LeaseOutcome::Filled(bytes, value);
                     }
                 }
                 Some(Notice::Released) => {}
                 None => {
+                    // The bound is reached. A crashed holder's lease has expired by now if
+                    // `wait` is no shorter than it: take it, and this computation is stored.
                     self.record(Event::LockTimeout, spec);
-                    return Waited::Compute(LeaseOutcome::Busy);
+                    return self.take_lease(spec, key, fingerprint).await;
                 }
             }
         }

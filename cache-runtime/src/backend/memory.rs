@@ -1,6 +1,7 @@
 //! The in-memory backend: a moka cache of envelope bytes with per-entry expiry, and leases in
 //! a map beside it, with the same semantics as Redis and its scripts.
 
+use crate::lease::Acquired;
 use crate::notify::{self, Listener, Notice, Notices};
 use bytes::Bytes;
 use moka::Expiry;
@@ -141,15 +142,21 @@ impl MemoryStore {
         self.entries.entry_count()
     }
 
-    /// `SET lease token NX PX ttl`.
-    pub(crate) fn acquire_lease(&self, lease: &str, token: &str, ttl: Duration) -> bool {
+    /// The acquire script: takes the lease if free, and returns the entry as it is then.
+    pub(crate) fn acquire_lease(
+        &self,
+        entry: &str,
+        lease: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Acquired {
         let mut leases = self.leases();
         let now = Instant::now();
         if leases.get(lease).is_some_and(|(_, expiry)| *expiry > now) {
-            return false;
+            return Acquired::Busy;
         }
         leases.insert(lease.to_owned(), (token.to_owned(), now + ttl));
-        true
+        Acquired::Held(self.get(entry))
     }
 
     /// The fill script: stores and releases if `token` holds the lease.

@@ -11,6 +11,7 @@ pub use self::memory::MemoryStore;
 pub(crate) use self::redis::RedisBackend;
 
 use crate::CacheError;
+use crate::lease::Acquired;
 use crate::notify::Listener;
 use bytes::Bytes;
 use std::time::Duration;
@@ -35,16 +36,18 @@ impl Backend {
         }
     }
 
-    /// Takes the lease `lease` for `token`, unless someone holds it.
+    /// Takes the lease `lease` of `entry` for `token`, unless someone holds it; with it, the
+    /// entry as it is at that moment.
     pub(crate) async fn acquire_lease(
         &self,
+        entry: &str,
         lease: &str,
         token: &str,
         ttl: Duration,
-    ) -> Result<bool, CacheError> {
+    ) -> Result<Acquired, CacheError> {
         match self {
-            Backend::Redis(redis) => redis.acquire_lease(lease, token, ttl).await,
-            Backend::Memory(memory) => Ok(memory.acquire_lease(lease, token, ttl)),
+            Backend::Redis(redis) => redis.acquire_lease(entry, lease, token, ttl).await,
+            Backend::Memory(memory) => Ok(memory.acquire_lease(entry, lease, token, ttl)),
         }
     }
 

@@ -2,7 +2,7 @@
 //! by the per-operation timeout.
 
 use crate::CacheError;
-use crate::lease;
+use crate::lease::{self, Acquired};
 use crate::notify::{self, Listener, Notices};
 use bytes::Bytes;
 use redis::aio::ConnectionManager;
@@ -76,11 +76,6 @@ impl RedisBackend {
         Ok(Some(listener))
     }
 
-    async fn run<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, CacheError> {
-        self.run_until(command, Instant::now() + self.op_timeout)
-            .await
-    }
-
     async fn run_until<T: redis::FromRedisValue>(
         &self,
         command: &redis::Cmd,
@@ -105,21 +100,21 @@ impl RedisBackend {
 
     pub(crate) async fn acquire_lease(
         &self,
+        entry: &str,
         lease: &str,
         token: &str,
         ttl: Duration,
-    ) -> Result<bool, CacheError> {
-        let reply: Option<String> = self
-            .run(
-                redis::cmd("SET")
-                    .arg(lease)
-                    .arg(token)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(millis(ttl)),
-            )
-            .await?;
-        Ok(reply.is_some())
+    ) -> Result<Acquired, CacheError> {
+        static ACQUIRE: LazyLock<redis::Script> =
+            LazyLock::new(|| redis::Script::new(lease::ACQUIRE_SCRIPT));
+        let mut invocation = ACQUIRE.key(entry);
+        invocation.key(lease).arg(token).arg(millis(ttl));
+        let (acquired, value): (i64, Option<Vec<u8>>) = self.invoke(&invocation).await?;
+        Ok(if acquired == 1 {
+            Acquired::Held(value.map(Bytes::from))
+        } else {
+            Acquired::Busy
+        })
     }
 
     pub(crate) async fn fill(
