@@ -374,3 +374,49 @@ async fn waiting_for_lease(cache: &Cache) {
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
 }
+
+#[redis_cached(ttl = "1m", key = "panicking:<id>", cache = cache, lock(wait = "20s", lease = "30s"))]
+async fn load_or_panic(
+    id: u64,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] gate: &Gate,
+    #[cache(skip)] probe: &Probe,
+) -> u64 {
+    probe.ran();
+    if gate.hold.load(Ordering::SeqCst) {
+        gate.read.notify_one();
+        gate.release.notified().await;
+        panic!("the loader panicked (this panic is part of the test)");
+    }
+    id * 10
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_lock_a_holders_panic_releases_the_lease_and_a_waiter_takes_over() {
+    for backend in backends() {
+        let (holder, waiter) = (backend.cache("lock_panic"), backend.cache("lock_panic"));
+        let probe = Arc::new(Probe::default());
+        let gate = held_gate();
+        let held = tokio::spawn({
+            let (cache, gate, probe) = (holder.clone(), gate.clone(), probe.clone());
+            async move { load_or_panic(8, &cache, &gate, &probe).await }
+        });
+        gate.read.notified().await;
+        let waiting = tokio::spawn({
+            let (cache, probe) = (waiter.clone(), probe.clone());
+            async move { load_or_panic(8, &cache, &open_gate(), &probe).await }
+        });
+        waiting_for_lease(&waiter).await;
+        gate.release.notify_one();
+        assert!(
+            held.await.unwrap_err().is_panic(),
+            "the panic reaches its caller"
+        );
+        // Far sooner than the 20 s wait and the 30 s lease: the lease is released on panic.
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("the waiter did not take over");
+        assert_eq!(got.unwrap(), 80);
+        assert_eq!(probe.runs(), 2);
+    }
+}

@@ -40,6 +40,7 @@ conformance!(
     concurrent_callers_of_a_cold_key_run_the_body_once,
     a_cancelled_leader_hands_the_work_to_a_waiter,
     a_panic_reaches_its_caller_and_the_waiters_go_on,
+    an_invalidation_during_a_computation_rejects_its_fill,
     methods_key_on_named_fields_of_self,
     field_paths_and_helpers_agree_with_the_stored_key,
 );

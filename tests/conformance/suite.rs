@@ -534,6 +534,54 @@ pub async fn a_panic_reaches_its_caller_and_the_waiters_go_on(h: Harness) {
     );
 }
 
+/// Holds after reading `version` until released.
+#[redis_cached(ttl = "1m", key = "versioned_read:<id>", cache = cache)]
+async fn read_version(
+    id: u64,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] version: &std::sync::atomic::AtomicU64,
+    #[cache(skip)] hold: Option<(&Notify, &Notify)>,
+) -> u64 {
+    let seen = version.load(std::sync::atomic::Ordering::SeqCst);
+    if let Some((read, release)) = hold {
+        read.notify_one();
+        release.notified().await;
+    }
+    id * 100 + seen
+}
+
+pub async fn an_invalidation_during_a_computation_rejects_its_fill(h: Harness) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let version = Arc::new(AtomicU64::new(1));
+    let (read, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let computation = tokio::spawn({
+        let (cache, version, read, release) = (
+            h.cache.clone(),
+            version.clone(),
+            read.clone(),
+            release.clone(),
+        );
+        async move { read_version(1, &cache, &version, Some((&read, &release))).await }
+    });
+    read.notified().await;
+    version.store(2, Ordering::SeqCst);
+    invalidate_read_version(1, &h.cache).await.unwrap();
+    release.notify_one();
+    assert_eq!(
+        computation.await.unwrap(),
+        101,
+        "the caller gets its own result"
+    );
+    assert_eq!(h.cache.stats().rejected_fills, 1, "which is not stored");
+    assert_eq!(
+        read_version(1, &h.cache, &version, None).await,
+        102,
+        "the next call computes anew"
+    );
+    assert_eq!(read_version(1, &h.cache, &version, None).await, 102);
+    assert_eq!(h.cache.stats().fills, 1);
+}
+
 struct TenantService {
     cache: Cache,
     tenant: String,
