@@ -420,3 +420,31 @@ async fn with_lock_a_holders_panic_releases_the_lease_and_a_waiter_takes_over() 
         assert_eq!(probe.runs(), 2);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_lock_an_invalidation_wakes_the_waiters_at_once() {
+    for backend in backends() {
+        let (holder, waiter) = (
+            backend.cache("lock_invalidated"),
+            backend.cache("lock_invalidated"),
+        );
+        let probe = Arc::new(Probe::default());
+        let (gate, held) = hold_lease_on(&holder, 9, false, &probe).await;
+        let waiting = tokio::spawn({
+            let (cache, probe) = (waiter.clone(), probe.clone());
+            async move { load_locked(9, &cache, &open_gate(), false, &probe).await }
+        });
+        waiting_for_lease(&waiter).await;
+        // The holder's computation is now stale: its fill will be rejected, so waiting for it
+        // (up to 20 s) would be pointless. The waiter takes the freed lease instead.
+        invalidate_load_locked(9, &holder).await.unwrap();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("the waiter was not woken");
+        assert_eq!(got.unwrap(), Ok(90));
+        assert_eq!(waiter.stats().fills, 1);
+        gate.release.notify_one();
+        assert_eq!(held.await.unwrap(), Ok(90));
+        assert_eq!(holder.stats().rejected_fills, 1);
+    }
+}

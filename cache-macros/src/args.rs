@@ -94,6 +94,13 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
     let mut lock = None;
     for RawOption { name, value, list } in raw.0 {
         let name_text = name.to_string();
+        if list.is_some() && name_text != "lock" {
+            errors.spanned(
+                &name,
+                format!("`{name_text}` takes no parenthesized options; only `lock(..)` does"),
+            );
+            continue;
+        }
         if seen.contains(&name_text) {
             errors.spanned(&name, format!("`{name_text}` is given twice; keep one"));
             continue;
@@ -244,6 +251,10 @@ fn lock_options(list: Vec<RawOption>, errors: &mut Errors) -> LockOptions {
     };
     for sub in list {
         let sub_name = sub.name.to_string();
+        if sub.list.is_some() {
+            errors.spanned(&sub.name, format!("write `{sub_name} = \"2s\"`"));
+            continue;
+        }
         let slot = match sub_name.as_str() {
             "wait" => &mut options.wait,
             "lease" => &mut options.lease,

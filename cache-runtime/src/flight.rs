@@ -129,6 +129,9 @@ impl Flights {
     /// computation instead of joining one that began before the invalidation.
     pub(crate) fn detach(&self, key: &str) {
         self.map().remove(key);
+        // Their leases were deleted with the entry: nobody may adopt them.
+        self.orphaned_leases()
+            .retain(|(orphan_key, _), _| orphan_key != key);
     }
 
     /// Take before reading `key`.
@@ -216,6 +219,14 @@ impl Drop for LeaderGuard<'_> {
                 self.flights.orphaned_leases().insert(key, lease);
             }
             self.slot.changed.notify_waiters();
+        } else if let Some(stale) = self
+            .flights
+            .orphaned_leases()
+            .remove(&(self.key.to_owned(), self.fingerprint))
+        {
+            // This flight ended normally without adopting a lease left by an earlier one (it
+            // found a value): give that lease back (in the background, as `HeldLease` drops).
+            drop(stale);
         }
     }
 }

@@ -95,10 +95,14 @@ end
 return 0
 ";
 
-/// KEYS: entry, lease (one hash tag, one slot). Deletes both; 1 if the entry was there.
+/// KEYS: entry, lease (one hash tag, one slot). ARGV: channel. Deletes both; if a lease was
+/// deleted, says so on the channel, so `lock` waiters take over instead of waiting for a fill
+/// that will be rejected. 1 if the entry was there.
 pub(crate) const INVALIDATE_SCRIPT: &str = r"
 local removed = redis.call('DEL', KEYS[1])
-redis.call('DEL', KEYS[2])
+if redis.call('DEL', KEYS[2]) == 1 then
+  redis.call('PUBLISH', ARGV[1], '')
+end
 return removed
 ";
 
@@ -152,24 +156,30 @@ impl HeldLease {
         }
     }
 
-    /// Stores `value` in the entry if the lease still holds; true if stored.
+    /// Stores `value` in the entry if the lease still holds; true if stored. The lease counts
+    /// as given up only on Redis's answer: if the call is cancelled or fails first, `Drop`
+    /// releases it (harmless if the fill did run: the release checks the token).
     pub(crate) async fn fill(
         mut self,
         value: bytes::Bytes,
         ttl: Duration,
     ) -> Result<bool, crate::CacheError> {
-        self.armed = false;
-        self.backend
+        let result = self
+            .backend
             .fill(&self.entry, &self.key, &self.token, value, ttl)
-            .await
+            .await;
+        self.armed = result.is_err();
+        result
     }
 
     /// Gives the lease up, removing the (unusable) entry too with `clear_entry`.
     pub(crate) async fn release(mut self, clear_entry: bool) -> Result<(), crate::CacheError> {
-        self.armed = false;
-        self.backend
+        let result = self
+            .backend
             .release(&self.entry, &self.key, &self.token, clear_entry)
-            .await
+            .await;
+        self.armed = result.is_err();
+        result
     }
 }
 

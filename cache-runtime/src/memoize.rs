@@ -182,7 +182,9 @@ impl Cache {
             LeaseOutcome::Busy | LeaseOutcome::Failed => {}
         }
 
+        let started = Instant::now();
         let result = compute.await;
+        let computed_in = started.elapsed();
 
         let encoded = K::shareable(&result).and_then(|value| self.encode(spec, fingerprint, value));
         match &encoded {
@@ -191,7 +193,7 @@ impl Cache {
         }
         if let Some(lease) = guard.take_lease() {
             match encoded.filter(|_| K::storable(&result, spec.cache_none)) {
-                Some(bytes) => self.fill(spec, key, lease, bytes).await,
+                Some(bytes) => self.fill(spec, key, lease, bytes, computed_in).await,
                 // Nothing to store: give the lease up now rather than make others wait for it,
                 // and remove an unusable entry that nothing replaced.
                 None => self.release(spec, lease, unusable).await,
@@ -258,7 +260,12 @@ impl Cache {
             }
             Some(Acquired::Held(None)) => LeaseOutcome::Held(held(lease_key, token)),
             Some(Acquired::Busy) => LeaseOutcome::Busy,
-            None => LeaseOutcome::Failed,
+            None => {
+                // The script may have run before the failure (a timeout): give back the lease
+                // this token may hold, in the background, rather than leave it to expire.
+                drop(held(lease_key, token));
+                LeaseOutcome::Failed
+            }
         }
     }
 
@@ -273,7 +280,28 @@ impl Cache {
         wait: Duration,
     ) -> LeaseOutcome<V> {
         self.record(Event::LockWait, spec);
-        let deadline = Instant::now() + wait;
+        // Each step has its own op timeout; this bounds the whole wait to `wait` plus one.
+        let bound = wait.saturating_add(self.inner.op_timeout);
+        match tokio::time::timeout(bound, self.wait_within(spec, key, fingerprint, wait)).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                self.record(Event::LockTimeout, spec);
+                LeaseOutcome::Busy
+            }
+        }
+    }
+
+    async fn wait_within<V: crate::CacheValue>(
+        &self,
+        spec: &'static FnSpec,
+        key: &str,
+        fingerprint: u64,
+        wait: Duration,
+    ) -> LeaseOutcome<V> {
+        let now = Instant::now();
+        let deadline = now
+            .checked_add(wait)
+            .unwrap_or(now + Duration::from_secs(365 * 24 * 3600));
         let mut listener = match self.inner.backend.listen(key).await {
             Ok(listener) => listener,
             Err(error) => {
@@ -320,13 +348,29 @@ impl Cache {
         }
     }
 
-    async fn fill(&self, spec: &'static FnSpec, key: &str, lease: HeldLease, bytes: Bytes) {
+    async fn fill(
+        &self,
+        spec: &'static FnSpec,
+        key: &str,
+        lease: HeldLease,
+        bytes: Bytes,
+        computed_in: Duration,
+    ) {
         match self.observe("fill", spec, lease.fill(bytes, spec.ttl).await) {
             Some(true) => self.record(Event::Fill, spec),
             Some(false) => {
                 // The lease was lost: an invalidation (or a write) came after this computation
-                // began, so its value may be stale.
+                // began, so its value may be stale; or the computation outlasted its lease.
                 self.record(Event::RejectedFill, spec);
+                if computed_in >= spec.lease && spec.warn_once_slower_than_lease() {
+                    tracing::warn!(
+                        function = spec.name,
+                        ?computed_in,
+                        lease = ?spec.lease,
+                        "redis-memo: the computation outlasted its lease, so its value was not stored; \
+                         give the function a longer `lock(lease = ..)`"
+                    );
+                }
                 tracing::debug!(
                     function = spec.name,
                     key,

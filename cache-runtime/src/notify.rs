@@ -53,6 +53,11 @@ impl Notices {
         (sender.subscribe(), *count == 1)
     }
 
+    /// Whether anyone in this process listens on `channel`.
+    pub(crate) fn is_listened(&self, channel: &str) -> bool {
+        self.listeners().contains_key(channel)
+    }
+
     /// Stops one listener of `channel`; true if it was the last (the caller then unsubscribes).
     pub(crate) fn stop(&self, channel: &str) -> bool {
         let mut listeners = self.listeners();
@@ -76,6 +81,14 @@ impl Notices {
 
     /// Hands a pub/sub message pushed by Redis (RESP3) to its listeners.
     pub(crate) fn deliver_push(&self, push: redis::PushInfo) {
+        if push.kind == redis::PushKind::Disconnection {
+            // Messages published while the connection is down are lost: let every waiter look
+            // again (after the reconnection re-subscribes, before any other command).
+            for (_, sender) in self.listeners().values() {
+                sender.send_replace(Some(Notice::Released));
+            }
+            return;
+        }
         if push.kind != redis::PushKind::Message {
             return;
         }

@@ -23,6 +23,8 @@ pub struct FnSpec {
     pub(crate) version: u32,
     pub(crate) cache_none: bool,
     metrics: OnceLock<FnMetrics>,
+    /// Whether the "computation outlasted its lease" warning was given.
+    slower_than_lease_warned: std::sync::atomic::AtomicBool,
     /// The first fingerprint computed, with the addresses of the type names it was computed
     /// for (`type_name` strings are static): most functions have one instantiation, so most
     /// calls reuse it; other instantiations compute theirs.
@@ -48,6 +50,7 @@ impl FnSpec {
             version: 0,
             cache_none: false,
             metrics: OnceLock::new(),
+            slower_than_lease_warned: std::sync::atomic::AtomicBool::new(false),
             first_fingerprint: OnceLock::new(),
         }
     }
@@ -79,6 +82,13 @@ impl FnSpec {
     /// The function's name, as used in metrics and logs.
     pub fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// True the first time only: the "outlasted its lease" warning is given once a function.
+    pub(crate) fn warn_once_slower_than_lease(&self) -> bool {
+        !self
+            .slower_than_lease_warned
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The function's `metrics` handles, registered on first use.

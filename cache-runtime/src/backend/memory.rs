@@ -202,7 +202,10 @@ impl MemoryStore {
     /// `DEL entry lease`; true if the entry was there.
     pub(crate) fn invalidate(&self, entry: &str, lease: &str) -> bool {
         let mut leases = self.leases();
-        leases.remove(lease);
+        if leases.remove(lease).is_some() {
+            self.notices
+                .deliver(&notify::channel(entry), Notice::Released);
+        }
         self.remove(entry)
     }
 }

@@ -6,7 +6,7 @@ use crate::lease::{self, Acquired};
 use crate::notify::{self, Listener, Notices};
 use bytes::Bytes;
 use redis::aio::ConnectionManager;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -17,6 +17,9 @@ pub(crate) struct RedisBackend {
     /// Where pushed pub/sub messages go; `None` for a connection built by the user, whose
     /// pushes do not reach us.
     notices: Option<Notices>,
+    /// Orders SUBSCRIBE and UNSUBSCRIBE of this process, so that an unsubscription decided
+    /// when the last listener left cannot overtake a new listener's subscription.
+    subscriptions: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -37,6 +40,7 @@ impl RedisBackend {
             connection,
             op_timeout,
             notices,
+            subscriptions: Arc::default(),
         }
     }
 
@@ -49,12 +53,20 @@ impl RedisBackend {
         let channel = notify::channel(entry);
         let (receiver, first) = notices.listen(&channel);
         let unsubscribe: Box<dyn FnOnce(String) + Send> = {
-            let connection = self.connection.clone();
+            let (connection, notices, subscriptions) = (
+                self.connection.clone(),
+                notices.clone(),
+                Arc::clone(&self.subscriptions),
+            );
             Box::new(move |channel: String| {
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                     let mut connection = connection;
                     runtime.spawn(async move {
-                        let _ = connection.unsubscribe(channel).await;
+                        let _ordered = subscriptions.lock().await;
+                        // A new listener may have come since: then it keeps the subscription.
+                        if !notices.is_listened(&channel) {
+                            let _ = connection.unsubscribe(channel).await;
+                        }
                     });
                 }
             })
@@ -66,6 +78,7 @@ impl RedisBackend {
             Some(unsubscribe),
         );
         if first {
+            let _ordered = self.subscriptions.lock().await;
             let mut connection = self.connection.clone();
             match tokio::time::timeout(self.op_timeout, connection.subscribe(&channel)).await {
                 Ok(Ok(())) => {}
@@ -161,7 +174,7 @@ impl RedisBackend {
         static INVALIDATE: LazyLock<redis::Script> =
             LazyLock::new(|| redis::Script::new(lease::INVALIDATE_SCRIPT));
         let mut invocation = INVALIDATE.key(entry);
-        invocation.key(lease);
+        invocation.key(lease).arg(notify::channel(entry));
         let removed: i64 = self.invoke(&invocation).await?;
         Ok(removed > 0)
     }
