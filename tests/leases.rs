@@ -291,12 +291,7 @@ async fn with_lock_a_waiter_gets_the_holders_value_without_computing() {
         let (holder, waiter) = (backend.cache("lock"), backend.cache("lock"));
         let probe = Arc::new(Probe::default());
         let (gate, held) = hold_lease_on(&holder, 4, false, &probe).await;
-        let waiting = tokio::spawn({
-            let (cache, probe) = (waiter.clone(), probe.clone());
-            async move { load_locked(4, &cache, &open_gate(), false, &probe).await }
-        });
-        // The waiter is woken by the fill, not by a poll: it waits until the holder is done.
-        waiting_for_lease(&waiter).await;
+        let waiting = start_locked_waiter(&waiter, 4, &probe).await;
         gate.release.notify_one();
         assert_eq!(held.await.unwrap(), Ok(40));
         let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
@@ -314,11 +309,7 @@ async fn with_lock_a_holders_error_lets_a_waiter_take_over_at_once() {
         let (holder, waiter) = (backend.cache("lock_err"), backend.cache("lock_err"));
         let probe = Arc::new(Probe::default());
         let (gate, held) = hold_lease_on(&holder, 5, true, &probe).await;
-        let waiting = tokio::spawn({
-            let (cache, probe) = (waiter.clone(), probe.clone());
-            async move { load_locked(5, &cache, &open_gate(), false, &probe).await }
-        });
-        waiting_for_lease(&waiter).await;
+        let waiting = start_locked_waiter(&waiter, 5, &probe).await;
         gate.release.notify_one();
         assert_eq!(held.await.unwrap(), Err(LoadError));
         // Far sooner than the 20 s wait bound: the release is announced.
@@ -430,11 +421,7 @@ async fn with_lock_an_invalidation_wakes_the_waiters_at_once() {
         );
         let probe = Arc::new(Probe::default());
         let (gate, held) = hold_lease_on(&holder, 9, false, &probe).await;
-        let waiting = tokio::spawn({
-            let (cache, probe) = (waiter.clone(), probe.clone());
-            async move { load_locked(9, &cache, &open_gate(), false, &probe).await }
-        });
-        waiting_for_lease(&waiter).await;
+        let waiting = start_locked_waiter(&waiter, 9, &probe).await;
         // The holder's computation is now stale: its fill will be rejected, so waiting for it
         // (up to 20 s) would be pointless. The waiter takes the freed lease instead.
         invalidate_load_locked(9, &holder).await.unwrap();
@@ -447,4 +434,19 @@ async fn with_lock_an_invalidation_wakes_the_waiters_at_once() {
         assert_eq!(held.await.unwrap(), Ok(90));
         assert_eq!(holder.stats().rejected_fills, 1);
     }
+}
+
+/// Starts a `lock` caller of `load_locked(id)` on `waiter` and returns once it waits on the
+/// other process's lease (it is woken by the fill or release, not by a poll).
+async fn start_locked_waiter(
+    waiter: &Cache,
+    id: u64,
+    probe: &Arc<Probe>,
+) -> tokio::task::JoinHandle<Result<u64, LoadError>> {
+    let waiting = tokio::spawn({
+        let (cache, probe) = (waiter.clone(), probe.clone());
+        async move { load_locked(id, &cache, &open_gate(), false, &probe).await }
+    });
+    waiting_for_lease(waiter).await;
+    waiting
 }
