@@ -46,7 +46,7 @@
 pub use redis_memo_macros::redis_cached;
 pub use redis_memo_runtime::{
     Bincode, Cache, CacheBuilder, CacheError, CacheValue, Codec, KeyPart, KeyWriter,
-    MAX_RENDERED_LEN, MemoryStore, Stats, codec, envelope, install,
+    MAX_RENDERED_LEN, MemoryStore, Stats, codec, envelope, install, pattern_part,
 };
 
 /// What generated code calls. Not a public API.

@@ -256,6 +256,31 @@ impl Cache {
         removed
     }
 
+    /// Removes every entry whose rendered key matches the Redis glob `pattern` (`"user:*"`),
+    /// with SCAN and UNLINK in batches (never `KEYS`, which blocks the server); returns how
+    /// many entries it removed. Argument values in keys are escaped, so they never contain
+    /// glob characters; to put a value in a pattern, render it with
+    /// [`pattern_part`](crate::pattern_part).
+    ///
+    /// ```no_run
+    /// # async fn f(cache: redis_memo_runtime::Cache) -> Result<(), redis_memo_runtime::CacheError> {
+    /// let removed = cache.invalidate_matching("user:*").await?;
+    /// let tenant = redis_memo_runtime::pattern_part("acme*"); // matches the literal "acme*"
+    /// cache.invalidate_matching(&format!("tenant:{tenant}:*")).await?;
+    /// # let _ = removed; Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`CacheError::Config`] for an empty pattern or one with braces; a Redis failure part way
+    /// (the entries removed so far stay removed).
+    pub async fn invalidate_matching(&self, pattern: &str) -> Result<u64, CacheError> {
+        crate::pattern::validate(pattern)?;
+        let full = crate::pattern::full_pattern(&self.inner.namespace, pattern);
+        let removed = self.inner.backend.invalidate_matching(&full).await;
+        self.inner.flights.detach_matching(&full);
+        removed
+    }
+
     /// Checks that the backend answers (a `GET` of a key nobody writes).
     ///
     /// # Errors

@@ -134,6 +134,15 @@ impl Flights {
             .retain(|(orphan_key, _), _| orphan_key != key);
     }
 
+    /// Detaches the flights of every key matching `full_pattern` (see [`Flights::detach`]).
+    pub(crate) fn detach_matching(&self, full_pattern: &str) {
+        let pattern = full_pattern.as_bytes();
+        self.map()
+            .retain(|key, _| !crate::pattern::matches(pattern, key.as_bytes()));
+        self.orphaned_leases()
+            .retain(|(key, _), _| !crate::pattern::matches(pattern, key.as_bytes()));
+    }
+
     /// Take before reading `key`.
     pub(crate) fn ticket(&self, key: &str) -> Ticket {
         let stripe = stripe_of(key);

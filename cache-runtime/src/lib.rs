@@ -20,6 +20,7 @@ mod key;
 mod lease;
 mod memoize;
 mod notify;
+mod pattern;
 mod returns;
 mod spec;
 mod stats;
@@ -30,6 +31,7 @@ pub use crate::codec::{Bincode, Codec};
 pub use crate::error::CacheError;
 pub use crate::global::install;
 pub use crate::key::{KeyPart, KeyWriter, MAX_RENDERED_LEN};
+pub use crate::pattern::pattern_part;
 pub use crate::returns::CacheValue;
 pub use crate::stats::Stats;
 

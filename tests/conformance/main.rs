@@ -41,6 +41,8 @@ conformance!(
     a_cancelled_leader_hands_the_work_to_a_waiter,
     a_panic_reaches_its_caller_and_the_waiters_go_on,
     an_invalidation_during_a_computation_rejects_its_fill,
+    invalidate_matching_removes_exactly_the_matching_entries,
+    an_argument_value_never_widens_a_pattern,
     methods_key_on_named_fields_of_self,
     field_paths_and_helpers_agree_with_the_stored_key,
 );

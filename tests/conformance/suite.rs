@@ -582,6 +582,78 @@ pub async fn an_invalidation_during_a_computation_rejects_its_fill(h: Harness) {
     assert_eq!(h.cache.stats().fills, 1);
 }
 
+#[redis_cached(ttl = "1m", key = "user:<id>", cache = cache)]
+async fn user_profile(id: u64, #[cache(skip)] cache: &Cache) -> u64 {
+    id
+}
+
+#[redis_cached(ttl = "1m", key = "org:<id>", cache = cache)]
+async fn org_profile(id: u64, #[cache(skip)] cache: &Cache) -> u64 {
+    id
+}
+
+#[redis_cached(ttl = "1m", key = "name:<name>", cache = cache)]
+async fn by_name(name: &str, #[cache(skip)] cache: &Cache, #[cache(skip)] probe: &Probe) -> String {
+    probe.ran();
+    name.to_owned()
+}
+
+pub async fn invalidate_matching_removes_exactly_the_matching_entries(h: Harness) {
+    let users: Vec<String> = (0..25_000).map(user_profile_cache_key).collect();
+    let orgs: Vec<String> = (0..25_000).map(org_profile_cache_key).collect();
+    h.write_many_raw(&users, b"entry", Duration::from_secs(60))
+        .await;
+    h.write_many_raw(&orgs, b"entry", Duration::from_secs(60))
+        .await;
+    // Two real entries among the raw ones.
+    assert_eq!(
+        (
+            user_profile(10, &h.cache).await,
+            org_profile(10, &h.cache).await
+        ),
+        (10, 10)
+    );
+    let matching = |id: &u64| id.to_string().starts_with('1');
+    let expected = (0..25_000u64).filter(matching).count() as u64;
+
+    assert_eq!(
+        h.cache.invalidate_matching("user:1*").await.unwrap(),
+        expected
+    );
+    for id in (0..25_000u64).step_by(97) {
+        let present = h.read_raw(&user_profile_cache_key(id)).await.is_some();
+        assert_eq!(present, !matching(&id), "user {id}");
+        assert!(
+            h.read_raw(&org_profile_cache_key(id)).await.is_some(),
+            "org {id} untouched"
+        );
+    }
+    assert!(
+        h.cache.invalidate_matching("user:{1}").await.is_err(),
+        "braces are refused"
+    );
+}
+
+pub async fn an_argument_value_never_widens_a_pattern(h: Harness) {
+    let probe = Probe::default();
+    for name in ["a*", "ab", "a", "a?"] {
+        by_name(name, &h.cache, &probe).await;
+    }
+    let only_the_star = format!("name:{}", redis_memo::pattern_part("a*"));
+    assert_eq!(
+        h.cache.invalidate_matching(&only_the_star).await.unwrap(),
+        1
+    );
+    for name in ["a*", "ab", "a", "a?"] {
+        by_name(name, &h.cache, &probe).await;
+    }
+    assert_eq!(
+        probe.runs(),
+        5,
+        "only \"a*\" was removed and computed again"
+    );
+}
+
 struct TenantService {
     cache: Cache,
     tenant: String,

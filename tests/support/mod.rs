@@ -91,6 +91,39 @@ impl Harness {
         }
     }
 
+    /// Writes the same raw bytes under many rendered keys (pipelined on Redis).
+    pub async fn write_many_raw(&self, rendered: &[String], bytes: &[u8], ttl: Duration) {
+        match (&self.server, &self.store) {
+            (Some(server), _) => {
+                let mut connection = server
+                    .client()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap();
+                for chunk in rendered.chunks(5000) {
+                    let mut pipe = redis::pipe();
+                    for key in chunk {
+                        pipe.cmd("SET")
+                            .arg(self.cache.full_key(key))
+                            .arg(bytes)
+                            .arg("PX")
+                            .arg(ttl.as_millis() as u64)
+                            .ignore();
+                    }
+                    let () = pipe.query_async(&mut connection).await.unwrap();
+                }
+            }
+            (None, Some(store)) => {
+                for key in rendered {
+                    store
+                        .insert_raw(&self.cache.full_key(key), bytes.to_vec().into(), ttl)
+                        .await;
+                }
+            }
+            (None, None) => unreachable!("a harness has a server or a store"),
+        }
+    }
+
     /// The raw bytes stored for `rendered`, if any.
     pub async fn read_raw(&self, rendered: &str) -> Option<Vec<u8>> {
         let key = self.cache.full_key(rendered);

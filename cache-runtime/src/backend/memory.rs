@@ -199,6 +199,21 @@ impl MemoryStore {
         Listener::new(self.notices.clone(), channel, receiver, None)
     }
 
+    /// Removes the entries and leases whose key matches `full_pattern` (Redis glob); the
+    /// number of live entries removed.
+    pub(crate) fn invalidate_matching(&self, full_pattern: &str) -> u64 {
+        let pattern = full_pattern.as_bytes();
+        let mut leases = self.leases();
+        leases.retain(|lease, _| !crate::pattern::matches(pattern, lease.as_bytes()));
+        let matching: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(key, _)| crate::pattern::matches(pattern, key.as_bytes()))
+            .map(|(key, _)| key.as_ref().clone())
+            .collect();
+        matching.iter().filter(|key| self.remove(key)).count() as u64
+    }
+
     /// `DEL entry lease`; true if the entry was there.
     pub(crate) fn invalidate(&self, entry: &str, lease: &str) -> bool {
         let mut leases = self.leases();

@@ -94,6 +94,14 @@ impl Backend {
         }
     }
 
+    /// Removes every entry and lease matching `full_pattern`; the number of entries.
+    pub(crate) async fn invalidate_matching(&self, full_pattern: &str) -> Result<u64, CacheError> {
+        match self {
+            Backend::Redis(redis) => redis.invalidate_matching(full_pattern).await,
+            Backend::Memory(memory) => Ok(memory.invalidate_matching(full_pattern)),
+        }
+    }
+
     /// Removes an entry and its lease together; true if the entry was there.
     pub(crate) async fn invalidate(&self, entry: &str, lease: &str) -> Result<bool, CacheError> {
         match self {

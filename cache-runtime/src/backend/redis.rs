@@ -170,6 +170,36 @@ impl RedisBackend {
         Ok(())
     }
 
+    /// SCAN + UNLINK in batches (never KEYS, which blocks the server); the number of entries
+    /// (not leases) removed.
+    pub(crate) async fn invalidate_matching(&self, full_pattern: &str) -> Result<u64, CacheError> {
+        let mut cursor: u64 = 0;
+        let mut removed = 0;
+        loop {
+            let scan = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(full_pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .clone();
+            let (next, keys): (u64, Vec<String>) = self
+                .run_until(&scan, Instant::now() + self.op_timeout)
+                .await?;
+            if !keys.is_empty() {
+                let unlink = redis::cmd("UNLINK").arg(&keys).clone();
+                let _: u64 = self
+                    .run_until(&unlink, Instant::now() + self.op_timeout)
+                    .await?;
+                removed += keys.iter().filter(|key| !key.ends_with(":lock")).count() as u64;
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+
     pub(crate) async fn invalidate(&self, entry: &str, lease: &str) -> Result<bool, CacheError> {
         static INVALIDATE: LazyLock<redis::Script> =
             LazyLock::new(|| redis::Script::new(lease::INVALIDATE_SCRIPT));
