@@ -276,11 +276,16 @@ async fn hold_lease_on(
     fail: bool,
     probe: &Arc<Probe>,
 ) -> (Arc<Gate>, tokio::task::JoinHandle<Result<u64, LoadError>>) {
+    let (cache, probe) = (holder.clone(), probe.clone());
+    start_held(move |gate| async move { load_locked(id, &cache, &gate, fail, &probe).await }).await
+}
+
+/// Starts `call` with a held gate and returns once its body holds (it has the lease).
+async fn start_held<T: Send + 'static, F: std::future::Future<Output = T> + Send + 'static>(
+    call: impl FnOnce(Arc<Gate>) -> F,
+) -> (Arc<Gate>, tokio::task::JoinHandle<T>) {
     let gate = held_gate();
-    let task = tokio::spawn({
-        let (cache, gate, probe) = (holder.clone(), gate.clone(), probe.clone());
-        async move { load_locked(id, &cache, &gate, fail, &probe).await }
-    });
+    let task = tokio::spawn(call(gate.clone()));
     gate.read.notified().await;
     (gate, task)
 }
@@ -331,12 +336,12 @@ async fn with_lock_a_waiter_computes_itself_after_its_wait_bound() {
     for backend in backends() {
         let (holder, waiter) = (backend.cache("lock_bound"), backend.cache("lock_bound"));
         let probe = Arc::new(Probe::default());
-        let gate = held_gate();
-        let held = tokio::spawn({
-            let (cache, gate, probe) = (holder.clone(), gate.clone(), probe.clone());
-            async move { load_short_wait(6, &cache, &gate, &probe).await }
-        });
-        gate.read.notified().await;
+        let (cache, held_probe) = (holder.clone(), probe.clone());
+        let (gate, held) =
+            start_held(
+                move |gate| async move { load_short_wait(6, &cache, &gate, &held_probe).await },
+            )
+            .await;
         assert_eq!(load_short_wait(6, &waiter, &open_gate(), &probe).await, 60);
         assert_eq!(
             waiter.stats().lock_timeouts,
@@ -387,12 +392,12 @@ async fn with_lock_a_holders_panic_releases_the_lease_and_a_waiter_takes_over() 
     for backend in backends() {
         let (holder, waiter) = (backend.cache("lock_panic"), backend.cache("lock_panic"));
         let probe = Arc::new(Probe::default());
-        let gate = held_gate();
-        let held = tokio::spawn({
-            let (cache, gate, probe) = (holder.clone(), gate.clone(), probe.clone());
-            async move { load_or_panic(8, &cache, &gate, &probe).await }
-        });
-        gate.read.notified().await;
+        let (cache, held_probe) = (holder.clone(), probe.clone());
+        let (gate, held) =
+            start_held(
+                move |gate| async move { load_or_panic(8, &cache, &gate, &held_probe).await },
+            )
+            .await;
         let waiting = tokio::spawn({
             let (cache, probe) = (waiter.clone(), probe.clone());
             async move { load_or_panic(8, &cache, &open_gate(), &probe).await }

@@ -228,11 +228,7 @@ impl Drop for LeaderGuard<'_> {
                 self.flights.orphaned_leases().insert(key, lease);
             }
             self.slot.changed.notify_waiters();
-        } else if let Some(stale) = self
-            .flights
-            .orphaned_leases()
-            .remove(&(self.key.to_owned(), self.fingerprint))
-        {
+        } else if let Some(stale) = self.flights.adopt_lease(self.key, self.fingerprint) {
             // This flight ended normally without adopting a lease left by an earlier one (it
             // found a value): give that lease back (in the background, as `HeldLease` drops).
             drop(stale);

@@ -280,9 +280,15 @@ impl Cache {
         wait: Duration,
     ) -> LeaseOutcome<V> {
         self.record(Event::LockWait, spec);
+        let now = Instant::now();
+        let deadline = now
+            .checked_add(wait)
+            .unwrap_or(now + Duration::from_secs(365 * 24 * 3600));
         // Each step has its own op timeout; this bounds the whole wait to `wait` plus one.
-        let bound = wait.saturating_add(self.inner.op_timeout);
-        match tokio::time::timeout(bound, self.wait_within(spec, key, fingerprint, wait)).await {
+        let bound = deadline + self.inner.op_timeout;
+        match tokio::time::timeout_at(bound, self.wait_until(spec, key, fingerprint, deadline))
+            .await
+        {
             Ok(outcome) => outcome,
             Err(_) => {
                 self.record(Event::LockTimeout, spec);
@@ -291,17 +297,13 @@ impl Cache {
         }
     }
 
-    async fn wait_within<V: crate::CacheValue>(
+    async fn wait_until<V: crate::CacheValue>(
         &self,
         spec: &'static FnSpec,
         key: &str,
         fingerprint: u64,
-        wait: Duration,
+        deadline: Instant,
     ) -> LeaseOutcome<V> {
-        let now = Instant::now();
-        let deadline = now
-            .checked_add(wait)
-            .unwrap_or(now + Duration::from_secs(365 * 24 * 3600));
         let mut listener = match self.inner.backend.listen(key).await {
             Ok(listener) => listener,
             Err(error) => {
