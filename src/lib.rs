@@ -43,10 +43,10 @@
 
 #![warn(missing_docs)]
 
-pub use redis_memo_macros::redis_cached;
+pub use redis_memo_macros::{redis_cache_evict, redis_cache_put, redis_cached};
 pub use redis_memo_runtime::{
-    Bincode, Cache, CacheBuilder, CacheError, CacheValue, Codec, KeyPart, KeyWriter,
-    MAX_RENDERED_LEN, MemoryStore, Stats, codec, envelope, install, pattern_part,
+    Bincode, Cache, CacheBuilder, CacheError, CacheValue, Codec, EntryRef, FunctionRef, KeyPart,
+    KeyWriter, MAX_RENDERED_LEN, MemoryStore, Stats, codec, envelope, install, pattern_part,
 };
 
 /// What generated code calls. Not a public API.

@@ -14,10 +14,9 @@ use syn::spanned::Spanned;
 use syn::{Expr, Ident, LitInt, LitStr, Path, Token};
 
 /// The options this version accepts, listed in error messages.
-const VALID: &str = "`ttl`, `key`, `cache`, `cache_none`, `lock`, `version`, `crate`";
+const VALID: &str = "`ttl`, `key`, `tags`, `cache`, `cache_none`, `lock`, `version`, `crate`";
 /// Options of the design that later versions add; refused with a clearer message.
 const PLANNED: &[&str] = &[
-    "tags",
     "stale",
     "fail_safe",
     "soft_timeout",
@@ -30,6 +29,8 @@ const PLANNED: &[&str] = &[
 pub(crate) struct CachedArgs {
     pub(crate) ttl: Duration,
     pub(crate) key: Template,
+    /// `tags = ["org:<org_id>", ..]`.
+    pub(crate) tags: Vec<Template>,
     /// `cache = <expr>`: where the `&Cache` comes from; the installed global one otherwise.
     pub(crate) cache: Option<Expr>,
     /// `lock`: wait for another process's value instead of computing it too.
@@ -86,6 +87,7 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
     let mut seen: Vec<String> = Vec::new();
     let mut ttl = None;
     let mut key = None;
+    let mut tags = Vec::new();
     let mut cache = None;
     let mut cache_none = None;
     let mut version = 0;
@@ -117,12 +119,13 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
             }
             "key" => {
                 if let Some(lit) = string_value(&name, value.as_ref(), "\"user:<id>\"", errors) {
-                    match Template::parse(&lit) {
+                    match Template::parse(&lit, "key") {
                         Ok(template) => key = Some(template),
                         Err(error) => errors.push(error),
                     }
                 }
             }
+            "tags" => tags = tag_templates(&name, value.as_ref(), errors),
             "cache" => match value {
                 Some(expr) => cache = Some(expr),
                 None => errors.spanned(&name, "`cache` needs a value: `cache = <expression giving a &Cache>`"),
@@ -170,12 +173,70 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
     Some(CachedArgs {
         ttl: ttl.unwrap_or(Duration::from_secs(1)),
         key: key?,
+        tags,
         cache,
         cache_none,
         lock: lock.map(|lock| lock.resolve(ttl_or_default(ttl), errors)),
         version,
         krate: krate.unwrap_or_else(|| syn::parse_quote!(::redis_memo)),
     })
+}
+
+/// Most tags an entry can record, besides its function's own.
+const MAX_TAGS: usize = 32;
+
+/// `tags = ["org:<org_id>", "users"]`: templates, checked like keys.
+pub(crate) fn tag_templates(
+    name: &Ident,
+    value: Option<&Expr>,
+    errors: &mut Errors,
+) -> Vec<Template> {
+    const EXAMPLE: &str = "`tags = [\"org:<org_id>\", \"users\"]`";
+    let Some(Expr::Array(array)) = value else {
+        let span = value.map_or(name.span(), |v| v.span());
+        errors.at(
+            span,
+            format!("`{name}` must be a list of string literals, like {EXAMPLE}"),
+        );
+        return Vec::new();
+    };
+    let mut templates: Vec<Template> = Vec::new();
+    for element in &array.elems {
+        let Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Str(lit),
+            ..
+        }) = element
+        else {
+            errors.spanned(
+                element,
+                format!("a tag is a string literal, like {EXAMPLE}"),
+            );
+            continue;
+        };
+        match Template::parse(lit, "tag") {
+            Ok(template) if templates.iter().any(|t| t.source == template.source) => {
+                errors.spanned(
+                    lit,
+                    format!("the tag \"{}\" is given twice; keep one", template.source),
+                );
+            }
+            Ok(template) => templates.push(template),
+            Err(error) => errors.push(error),
+        }
+    }
+    if array.elems.is_empty() {
+        errors.spanned(
+            array,
+            format!("`{name}` is empty: remove it, or name tags like {EXAMPLE}"),
+        );
+    }
+    if templates.len() > MAX_TAGS {
+        errors.spanned(
+            array,
+            format!("at most {MAX_TAGS} tags per function; each one is read on every call"),
+        );
+    }
+    templates
 }
 
 fn string_value(
@@ -353,6 +414,28 @@ mod tests {
     }
 
     #[test]
+    fn reads_tags_and_refuses_malformed_ones() {
+        let (args, errors) = check_str(r#"ttl = "1m", key = "k", tags = ["org:<org>", "users"]"#);
+        assert!(errors.is_empty());
+        let sources: Vec<_> = args
+            .unwrap()
+            .tags
+            .iter()
+            .map(|t| t.source.clone())
+            .collect();
+        assert_eq!(sources, ["org:<org>", "users"]);
+        let (_, errors) =
+            check_str(r#"ttl = "1m", key = "k", tags = ["a", "a", 5, "b*"], cache_none"#);
+        let message = errors.into_compile_errors().to_string();
+        for expected in ["given twice", "string literal", "glob characters"] {
+            assert!(
+                message.contains(expected),
+                "{expected:?} missing from {message}"
+            );
+        }
+    }
+
+    #[test]
     fn lock_defaults_follow_the_lease() {
         let (args, errors) = check_str(r#"ttl = "1m", key = "k", lock"#);
         assert!(errors.is_empty());
@@ -374,7 +457,7 @@ mod tests {
 
     #[test]
     fn collects_every_error() {
-        let (_, errors) = check_str(r#"ttl = 5, ttl = "1m", tags, bogus, version = "1""#);
+        let (_, errors) = check_str(r#"ttl = 5, ttl = "1m", stale, bogus, version = "1""#);
         let message = errors.into_compile_errors().to_string();
         for expected in [
             "string literal",

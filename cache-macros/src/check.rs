@@ -10,10 +10,11 @@
 use crate::args::CachedArgs;
 use crate::errors::Errors;
 use crate::signature::{FnModel, ReturnKind};
+use crate::template::Template;
 use proc_macro2::{TokenStream, TokenTree};
 use std::collections::BTreeSet;
 
-/// What the template and the `cache` expression use.
+/// What the templates and the `cache` expression use.
 pub(crate) struct Usage {
     /// The `cache` expression reads a parameter (or `self`) taken by value, which the body
     /// moves: the wrapper then clones the `Cache` handle out first.
@@ -22,9 +23,16 @@ pub(crate) struct Usage {
     pub(crate) key: HelperInputs,
     /// What `invalidate_<fn>` takes: those in the key and those the `cache` expression reads.
     pub(crate) invalidate: HelperInputs,
+    /// What the `cache` expression reads (what `invalidate_all_<fn>` takes).
+    pub(crate) cache: HelperInputs,
+    /// What `<fn>_cache_entry` takes: the parameters in the key or a tag.
+    pub(crate) entry: HelperInputs,
+    /// Per tag template, the parameters it uses.
+    pub(crate) tags: Vec<HelperInputs>,
 }
 
 /// The inputs of a generated helper.
+#[derive(Clone, PartialEq, Eq, Default)]
 pub(crate) struct HelperInputs {
     /// Indices into `FnModel::params`, in declaration order.
     pub(crate) params: Vec<usize>,
@@ -32,11 +40,39 @@ pub(crate) struct HelperInputs {
     pub(crate) takes_self: bool,
 }
 
-pub(crate) fn check(args: &CachedArgs, model: &FnModel, errors: &mut Errors) -> Usage {
-    let template = &args.key;
-    let mut in_key = BTreeSet::new();
-    let mut key_uses_self = false;
-    let mut unresolved = false;
+impl HelperInputs {
+    fn new(params: &BTreeSet<usize>, takes_self: bool) -> Self {
+        HelperInputs {
+            params: params.iter().copied().collect(),
+            takes_self,
+        }
+    }
+
+    /// These inputs and `other`'s.
+    pub(crate) fn union(&self, other: &HelperInputs) -> HelperInputs {
+        let params: BTreeSet<usize> = self.params.iter().chain(&other.params).copied().collect();
+        HelperInputs::new(&params, self.takes_self || other.takes_self)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.params.is_empty() && !self.takes_self
+    }
+}
+
+/// The parameters a template's placeholders name, and whether one names `self`.
+struct Resolved {
+    params: BTreeSet<usize>,
+    uses_self: bool,
+    /// A placeholder named no parameter (an error was reported).
+    unresolved: bool,
+}
+
+fn resolve(template: &Template, model: &FnModel, errors: &mut Errors) -> Resolved {
+    let mut resolved = Resolved {
+        params: BTreeSet::new(),
+        uses_self: false,
+        unresolved: false,
+    };
     for placeholder in template.placeholders() {
         if placeholder.root == "self" {
             if model.receiver.is_none() {
@@ -47,10 +83,10 @@ pub(crate) fn check(args: &CachedArgs, model: &FnModel, errors: &mut Errors) -> 
             } else if placeholder.fields.is_empty() {
                 errors.spanned(
                     &template.lit,
-                    template.message_at(placeholder.offset, "name a field of `self`, like `<self.tenant>`: the receiver itself is not a key"),
+                    template.message_at(placeholder.offset, &format!("name a field of `self`, like `<self.tenant>`: the receiver itself is not a {}", template.label)),
                 );
             }
-            key_uses_self = true;
+            resolved.uses_self = true;
             continue;
         }
         match model
@@ -64,14 +100,14 @@ pub(crate) fn check(args: &CachedArgs, model: &FnModel, errors: &mut Errors) -> 
                         &template.lit,
                         template.message_at(
                             placeholder.offset,
-                            &format!("`{}` is marked `#[cache(skip)]` but the key uses it; remove one of the two", placeholder.root),
+                            &format!("`{}` is marked `#[cache(skip)]` but the {} uses it; remove one of the two", placeholder.root, template.label),
                         ),
                     );
                 }
-                in_key.insert(index);
+                resolved.params.insert(index);
             }
             None => {
-                unresolved = true;
+                resolved.unresolved = true;
                 let names: Vec<String> = model.params.iter().map(|p| p.ident.to_string()).collect();
                 let hint = match closest(&placeholder.root, &names) {
                     Some(name) => format!("; did you mean `{name}`?"),
@@ -95,6 +131,22 @@ pub(crate) fn check(args: &CachedArgs, model: &FnModel, errors: &mut Errors) -> 
             }
         }
     }
+    resolved
+}
+
+pub(crate) fn check(args: &CachedArgs, model: &FnModel, errors: &mut Errors) -> Usage {
+    let template = &args.key;
+    let key = resolve(template, model, errors);
+    let tags: Vec<Resolved> = args
+        .tags
+        .iter()
+        .map(|tag| resolve(tag, model, errors))
+        .collect();
+    let unresolved = key.unresolved || tags.iter().any(|tag| tag.unresolved);
+    let in_tags: BTreeSet<usize> = tags
+        .iter()
+        .flat_map(|tag| tag.params.iter().copied())
+        .collect();
 
     let (cache_idents, cache_uses_self) = args
         .cache
@@ -109,16 +161,18 @@ pub(crate) fn check(args: &CachedArgs, model: &FnModel, errors: &mut Errors) -> 
         errors.at(span, "`cache_none` applies to functions returning `Option<T>` or `Result<Option<T>, E>`; remove it");
     }
     let mut cache_reads_owned = cache_uses_self && model.receiver_by_value;
-    let mut helper = in_key.clone();
+    let mut read_by_cache = BTreeSet::new();
     for (index, param) in model.params.iter().enumerate() {
-        let read_by_cache = cache_idents.contains(&param.ident.to_string());
-        if read_by_cache {
-            helper.insert(index);
+        if cache_idents.contains(&param.ident.to_string()) {
+            read_by_cache.insert(index);
             cache_reads_owned |= !matches!(param.ty, syn::Type::Reference(_));
         }
         // After an unresolved placeholder (likely a typo of this very parameter), a "not in the
-        // key" error would only repeat it.
-        if !in_key.contains(&index) && param.skip.is_none() && !unresolved {
+        // key" error would only repeat it. A parameter in a tag only is accounted for: the
+        // entry is shared by calls that differ in it, and records the tag of the one that
+        // computed it (for values the key determines, like a user's organization).
+        let used = key.params.contains(&index) || in_tags.contains(&index);
+        if !used && param.skip.is_none() && !unresolved {
             let name = &param.ident;
             errors.spanned(
                 name,
@@ -130,16 +184,22 @@ pub(crate) fn check(args: &CachedArgs, model: &FnModel, errors: &mut Errors) -> 
             );
         }
     }
+    let key_inputs = HelperInputs::new(&key.params, key.uses_self);
+    let cache_inputs = HelperInputs::new(&read_by_cache, cache_uses_self);
+    let tag_inputs: Vec<HelperInputs> = tags
+        .iter()
+        .map(|tag| HelperInputs::new(&tag.params, tag.uses_self))
+        .collect();
+    let entry = tag_inputs
+        .iter()
+        .fold(key_inputs.clone(), |all, tag| all.union(tag));
     Usage {
         cache_reads_owned,
-        key: HelperInputs {
-            params: in_key.into_iter().collect(),
-            takes_self: key_uses_self,
-        },
-        invalidate: HelperInputs {
-            params: helper.into_iter().collect(),
-            takes_self: key_uses_self || cache_uses_self,
-        },
+        invalidate: key_inputs.union(&cache_inputs),
+        key: key_inputs,
+        cache: cache_inputs,
+        entry,
+        tags: tag_inputs,
     }
 }
 

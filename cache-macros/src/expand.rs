@@ -5,7 +5,12 @@
 //! - `get_user` itself: renders the key, then hands the original body (as an `async move`
 //!   block) to the runtime's `memoize`;
 //! - `get_user_cache_key(id: u64) -> String`: the rendered key;
-//! - `invalidate_get_user(id: u64) -> Result<bool, CacheError>`: removes the entry.
+//! - `invalidate_get_user(id: u64) -> Result<bool, CacheError>`: removes the entry;
+//! - `invalidate_all_get_user()`: invalidates every entry of the function (its implicit tag);
+//! - `invalidate_get_user_by_<params>(..)`, per set of parameters used by `tags`: invalidates
+//!   the tags rendered from them;
+//! - hidden `get_user_cache_entry(..)` and `get_user_cache_function()`, through which
+//!   `#[redis_cache_put]` and `#[redis_cache_evict]` name the function's entries.
 //!
 //! Generated code reaches the runtime only through `<crate>::__private`, and its locals are
 //! prefixed `__redis_memo_`.
@@ -14,7 +19,7 @@ use crate::args::{self, CachedArgs, RawOptions};
 use crate::check::{self, HelperInputs, Usage};
 use crate::errors::Errors;
 use crate::signature::{self, FnModel};
-use crate::template::Segment;
+use crate::template::{Segment, Template};
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
@@ -76,7 +81,91 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
     let krate = &options.krate;
     let private = quote!(#krate::__private);
     let name = &function.sig.ident;
-    let name_text = name.to_string();
+    let spec = spec_static(options, &name.to_string(), &private);
+    let kind = model.kind.runtime_name();
+    let output = &model.output;
+    let stored = &model.stored;
+
+    let select_cache = select_cache(options, &private, usage.cache_reads_owned);
+    let render_entry_key = render_template(
+        &options.key,
+        model,
+        quote!(#private::entry_key_writer(__redis_memo_cache)),
+        &private,
+    );
+    let render_tags = render_tags(
+        options.tags.iter(),
+        model,
+        quote!(#private::tag_key_writer(__redis_memo_cache)),
+        &private,
+    );
+    let body = &function.block;
+    // Every token of the callee carries the stored type's span, so a value type that is not
+    // serializable is reported on the user's type rather than on the whole attribute.
+    let memoize_call = respan(
+        quote!(#private::memoize::<#private::#kind, _, _>),
+        stored.span(),
+    );
+    let key_types = key_types(model, usage);
+    let new_body = quote! {
+        #spec
+        #key_types
+        #select_cache
+        let __redis_memo_key: ::std::string::String = #render_entry_key;
+        let __redis_memo_tags: ::std::vec::Vec<::std::string::String> = #render_tags;
+        let __redis_memo_body = async move {
+            // Pins the block's output type for `?` and `return` in the body (as in
+            // tracing-attributes).
+            #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::let_unit_value)]
+            if false {
+                let __redis_memo_fake_return: #output = loop {};
+                return __redis_memo_fake_return;
+            }
+            #body
+        };
+        // The body's type names the function's owner (the `impl` type of a method), so
+        // same-named methods of different types never share entries.
+        let __redis_memo_body_type: &'static str = ::core::any::type_name_of_val(&__redis_memo_body);
+        #memoize_call(
+            __redis_memo_cache,
+            &__REDIS_MEMO_SPEC,
+            __redis_memo_key,
+            __redis_memo_tags,
+            [__redis_memo_body_type, __redis_memo_key_types],
+            __redis_memo_body,
+        )
+        .await
+    };
+    // Kept as tokens (not re-parsed): the body is the user's, already parsed once.
+    function.block = Box::new(syn::Block {
+        brace_token: function.block.brace_token,
+        stmts: vec![syn::Stmt::Expr(syn::Expr::Verbatim(new_body), None)],
+    });
+
+    let helpers = helpers(options, model, usage, &function, &private, &spec);
+    Expansion { function, helpers }
+}
+
+/// Binds `__redis_memo_key_types`: the type name of a tuple of references to the parameters
+/// that the key and tags are rendered from. Generic parameters rendered alike (`1u8`, `"1"`)
+/// thus never share entries, and the function and its `_cache_entry` helper, which takes the
+/// same parameters, agree.
+fn key_types(model: &FnModel, usage: &Usage) -> TokenStream {
+    let params = usage
+        .entry
+        .params
+        .iter()
+        .map(|&index| &model.params[index].ident);
+    quote! {
+        let __redis_memo_key_types: &'static str = ::core::any::type_name_of_val(&(#(&#params,)*));
+    }
+}
+
+/// `static __REDIS_MEMO_SPEC: FnSpec = ..;`, the function's compile-time facts. The function
+/// and each helper that needs them declare their own copy (a `static` cannot be shared between
+/// the items of an `impl` block); the runtime identifies a function by its facts, not by the
+/// address of the static.
+fn spec_static(options: &CachedArgs, name_text: &str, private: &TokenStream) -> TokenStream {
     let template_text = &options.key.source;
     let ttl_ms = u64::try_from(options.ttl.as_millis()).unwrap_or(u64::MAX);
     let version = options.version;
@@ -89,26 +178,8 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
         });
         quote!(.lock(#private::Duration::from_millis(#wait_ms)) #lease)
     });
-    let kind = model.kind.runtime_name();
-    let output = &model.output;
-    let stored = &model.stored;
-
-    let select_cache = select_cache(options, &private, usage.cache_reads_owned);
-    let render = render_key(options, model, quote!(#private::KeyWriter::new()), &private);
-    let render_entry_key = render_key(
-        options,
-        model,
-        quote!(#private::entry_key_writer(__redis_memo_cache)),
-        &private,
-    );
-    let body = &function.block;
-    // Every token of the callee carries the stored type's span, so a value type that is not
-    // serializable is reported on the user's type rather than on the whole attribute.
-    let memoize_call = respan(
-        quote!(#private::memoize::<#private::#kind, _, _>),
-        stored.span(),
-    );
-    let new_body = quote! {
+    let tags = options.tags.iter().map(|tag| &tag.source);
+    quote! {
         static __REDIS_MEMO_SPEC: #private::FnSpec = #private::FnSpec::new(
             #name_text,
             ::core::concat!(::core::module_path!(), "::", #name_text),
@@ -117,48 +188,31 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
         )
         .version(#version)
         .cache_none(#cache_none)
+        .tags(&[#(#tags),*])
         #lock;
-        #select_cache
-        let __redis_memo_key: ::std::string::String = #render_entry_key;
-        let __redis_memo_body = async move {
-            // Pins the block's output type for `?` and `return` in the body (as in
-            // tracing-attributes).
-            #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::let_unit_value)]
-            if false {
-                let __redis_memo_fake_return: #output = loop {};
-                return __redis_memo_fake_return;
-            }
-            #body
-        };
-        // The body's type names the function with its `Self` and generic arguments, so
-        // instantiations and same-named methods of different types never share entries.
-        let __redis_memo_instance: &'static str = ::core::any::type_name_of_val(&__redis_memo_body);
-        #memoize_call(__redis_memo_cache, &__REDIS_MEMO_SPEC, __redis_memo_key, __redis_memo_instance, __redis_memo_body)
-            .await
-    };
-    // Kept as tokens (not re-parsed): the body is the user's, already parsed once.
-    function.block = Box::new(syn::Block {
-        brace_token: function.block.brace_token,
-        stmts: vec![syn::Stmt::Expr(syn::Expr::Verbatim(new_body), None)],
-    });
+    }
+}
 
-    let helpers = helpers(
-        options,
-        model,
-        usage,
-        &function,
-        &private,
-        &select_cache,
-        &render,
-    );
-    Expansion { function, helpers }
+/// `vec![..]` of the renderings of `tags` into writers that `writer_init` creates.
+pub(crate) fn render_tags<'a>(
+    tags: impl Iterator<Item = &'a Template>,
+    model: &FnModel,
+    writer_init: TokenStream,
+    private: &TokenStream,
+) -> TokenStream {
+    let rendered = tags.map(|tag| render_template(tag, model, writer_init.clone(), private));
+    quote!(::std::vec![#(#rendered),*])
 }
 
 /// Binds `__redis_memo_cache: Option<&Cache>`: from `cache = <expr>` (anything that borrows
 /// as a `Cache`: `&Cache`, `Cache`, `Arc<Cache>`) or the installed global cache. When the
 /// expression reads a parameter the body takes by value, the handle is cloned out first (a
 /// reference count), so the body can still move that parameter.
-fn select_cache(options: &CachedArgs, private: &TokenStream, clone_out: bool) -> TokenStream {
+pub(crate) fn select_cache(
+    options: &CachedArgs,
+    private: &TokenStream,
+    clone_out: bool,
+) -> TokenStream {
     match &options.cache {
         Some(expr) => {
             let borrow = quote_spanned! {expr.span()=>
@@ -187,17 +241,17 @@ fn select_cache(options: &CachedArgs, private: &TokenStream, clone_out: bool) ->
     }
 }
 
-/// An expression rendering the key from the parameters in scope, into the `KeyWriter` that
+/// An expression rendering `template` from the parameters in scope, into the `KeyWriter` that
 /// `writer_init` creates.
-fn render_key(
-    options: &CachedArgs,
+pub(crate) fn render_template(
+    template: &Template,
     model: &FnModel,
     writer_init: TokenStream,
     private: &TokenStream,
 ) -> TokenStream {
     let writer = quote!(__redis_memo_writer);
     let mut steps = Vec::new();
-    for segment in &options.key.segments {
+    for segment in &template.segments {
         match segment {
             Segment::Literal(text) => {
                 steps.push(quote!(#private::write_literal(&mut #writer, #text);));
@@ -230,16 +284,16 @@ fn render_key(
                         Ok(index) => {
                             let index = syn::Index {
                                 index,
-                                span: options.key.lit.span(),
+                                span: template.lit.span(),
                             };
                             quote!(.#index)
                         }
                         Err(_) => {
-                            let ident = syn::Ident::new(field, options.key.lit.span());
+                            let ident = syn::Ident::new(field, template.lit.span());
                             quote!(.#ident)
                         }
                     });
-                steps.push(quote_spanned! {options.key.lit.span()=>
+                steps.push(quote_spanned! {template.lit.span()=>
                     #writer.placeholder(&(#root #(#fields)*));
                 });
             }
@@ -264,54 +318,190 @@ fn helpers(
     usage: &Usage,
     function: &ItemFn,
     private: &TokenStream,
-    select_cache: &TokenStream,
-    render: &TokenStream,
+    spec: &TokenStream,
 ) -> TokenStream {
     let vis = &function.vis;
     let name = &function.sig.ident;
-    let key_fn = format_ident!("{}_cache_key", name);
-    let invalidate_fn = format_ident!("invalidate_{}", name);
     let generics = &function.sig.generics;
-    let key_params = helper_inputs(model, &usage.key);
-    let invalidate_params = helper_inputs(model, &usage.invalidate);
     let cache_expr = options
         .cache
         .as_ref()
         .map(|expr| quote!(#expr))
         .unwrap_or_default();
+    // Helpers take the handle by reference where the function may take it by value.
+    let select_cache = select_cache(options, private, false);
+    let plain_writer = quote!(#private::KeyWriter::new());
+    let render_key = render_template(&options.key, model, plain_writer.clone(), private);
+    let allow = quote!(#[allow(dead_code, clippy::needless_pass_by_value, clippy::ptr_arg)]);
+    let errors_doc = quote! {
+        #[doc = ""]
+        #[doc = " # Errors"]
+        #[doc = " When Redis fails or times out (a lost invalidation must not pass silently), or no cache is installed."]
+    };
+    // Names the helper's owner for the runtime, as the function's body does.
+    let probe = quote! {
+        let __redis_memo_probe = async {};
+        let __redis_memo_body_type: &'static str = ::core::any::type_name_of_val(&__redis_memo_probe);
+    };
+
+    let key_fn = format_ident!("{}_cache_key", name);
+    let key_params = helper_inputs(model, &usage.key);
     let (key_generics, key_where) = helper_generics(generics, &key_params, TokenStream::new());
-    let (invalidate_generics, invalidate_where) =
-        helper_generics(generics, &invalidate_params, cache_expr);
     let key_doc = format!(
         " The rendered cache key of [`{name}`] for these arguments (template `{}`); the Redis key is \
          `<namespace>:{{<this>}}`, see `Cache::full_key`.",
         options.key.source
     );
+
+    let invalidate_fn = format_ident!("invalidate_{}", name);
+    let invalidate_params = helper_inputs(model, &usage.invalidate);
+    let (invalidate_generics, invalidate_where) =
+        helper_generics(generics, &invalidate_params, cache_expr.clone());
     let invalidate_doc = format!(
         " Removes the cached entry of [`{name}`] for these arguments; `Ok(true)` if there was one."
     );
+
+    let all_fn = format_ident!("invalidate_all_{}", name);
+    let all_params = helper_inputs(model, &usage.cache);
+    let (all_generics, all_where) = helper_generics(generics, &all_params, cache_expr.clone());
+    let all_doc = format!(
+        " Invalidates every entry of [`{name}`], with one Redis command whatever their number; \
+         `Ok(true)` if it had entries."
+    );
+
+    let tag_helpers = tag_helpers(options, model, usage, function, private, &select_cache);
+
+    let entry_fn = format_ident!("{}_cache_entry", name);
+    let entry_params = helper_inputs(model, &usage.entry);
+    let stored = &model.stored;
+    let (entry_generics, entry_where) = helper_generics(generics, &entry_params, quote!(#stored));
+    let render_tags = render_tags(options.tags.iter(), model, plain_writer, private);
+    let function_fn = format_ident!("{}_cache_function", name);
+    let key_types = key_types(model, usage);
+
     quote! {
         #[doc = #key_doc]
-        #[allow(dead_code, clippy::needless_pass_by_value, clippy::ptr_arg)]
+        #allow
         #vis fn #key_fn #key_generics (#key_params) -> ::std::string::String #key_where {
-            #render
+            #render_key
         }
 
         #[doc = #invalidate_doc]
-        #[doc = ""]
-        #[doc = " # Errors"]
-        #[doc = " When Redis fails or times out (a lost invalidation must not pass silently), or no cache is installed."]
-        #[allow(dead_code, clippy::needless_pass_by_value, clippy::ptr_arg)]
+        #errors_doc
+        #allow
         #vis async fn #invalidate_fn #invalidate_generics (#invalidate_params) -> ::core::result::Result<bool, #private::CacheError> #invalidate_where {
             #select_cache
-            let __redis_memo_key: ::std::string::String = #render;
+            let __redis_memo_key: ::std::string::String = #render_key;
             #private::invalidate(__redis_memo_cache, __redis_memo_key).await
+        }
+
+        #[doc = #all_doc]
+        #errors_doc
+        #allow
+        #vis async fn #all_fn #all_generics (#all_params) -> ::core::result::Result<bool, #private::CacheError> #all_where {
+            #spec
+            #select_cache
+            #probe
+            #private::invalidate_all(
+                __redis_memo_cache,
+                #private::FunctionRef::new(&__REDIS_MEMO_SPEC, __redis_memo_body_type),
+            ).await
+        }
+
+        #tag_helpers
+
+        #[doc(hidden)]
+        #allow
+        #vis fn #entry_fn #entry_generics (#entry_params) -> #private::EntryRef<#stored> #entry_where {
+            #spec
+            #probe
+            #key_types
+            #private::EntryRef::new(
+                &__REDIS_MEMO_SPEC,
+                #render_key,
+                #render_tags,
+                [__redis_memo_body_type, __redis_memo_key_types],
+            )
+        }
+
+        #[doc(hidden)]
+        #allow
+        #vis fn #function_fn() -> #private::FunctionRef {
+            #spec
+            #probe
+            #private::FunctionRef::new(&__REDIS_MEMO_SPEC, __redis_memo_body_type)
         }
     }
 }
 
+/// `invalidate_<fn>_by_<params>`: one helper per set of parameters that tags are rendered from,
+/// invalidating every tag rendered from exactly that set.
+fn tag_helpers(
+    options: &CachedArgs,
+    model: &FnModel,
+    usage: &Usage,
+    function: &ItemFn,
+    private: &TokenStream,
+    select_cache: &TokenStream,
+) -> TokenStream {
+    let vis = &function.vis;
+    let name = &function.sig.ident;
+    let generics = &function.sig.generics;
+    let cache_expr = options
+        .cache
+        .as_ref()
+        .map(|expr| quote!(#expr))
+        .unwrap_or_default();
+    let mut groups: Vec<(&crate::check::HelperInputs, Vec<&Template>)> = Vec::new();
+    for (inputs, tag) in usage.tags.iter().zip(&options.tags) {
+        if inputs.is_empty() {
+            continue; // a literal tag: `Cache::invalidate_tag("users")`
+        }
+        match groups.iter_mut().find(|(group, _)| *group == inputs) {
+            Some((_, tags)) => tags.push(tag),
+            None => groups.push((inputs, vec![tag])),
+        }
+    }
+    let helpers = groups.into_iter().map(|(inputs, tags)| {
+        let mut words: Vec<String> = Vec::new();
+        if inputs.takes_self {
+            words.push("self".to_owned());
+        }
+        words.extend(inputs.params.iter().map(|&index| model.params[index].ident.to_string()));
+        let helper = format_ident!("invalidate_{}_by_{}", name, words.join("_and_"));
+        let params = helper_inputs(model, &inputs.union(&usage.cache));
+        let (helper_generics, helper_where) =
+            helper_generics(generics, &params, cache_expr.clone());
+        let sources: Vec<String> = tags.iter().map(|tag| format!("`{}`", tag.source)).collect();
+        let doc = format!(
+            " Invalidates every entry under the tag {} of [`{name}`] (of any function with that tag), \
+             with one Redis command per tag whatever the number of entries; `Ok(true)` if the tag had entries.",
+            sources.join(" and ")
+        );
+        let render = render_tags(
+            tags.into_iter(),
+            model,
+            quote!(#private::tag_key_writer(__redis_memo_cache)),
+            private,
+        );
+        quote! {
+            #[doc = #doc]
+            #[doc = ""]
+            #[doc = " # Errors"]
+            #[doc = " When Redis fails or times out (a lost invalidation must not pass silently), or no cache is installed."]
+            #[allow(dead_code, clippy::needless_pass_by_value, clippy::ptr_arg)]
+            #vis async fn #helper #helper_generics (#params) -> ::core::result::Result<bool, #private::CacheError> #helper_where {
+                #select_cache
+                let __redis_memo_tags: ::std::vec::Vec<::std::string::String> = #render;
+                ::core::result::Result::Ok(#private::invalidate_tags(__redis_memo_cache, __redis_memo_tags).await? > 0)
+            }
+        }
+    });
+    quote!(#(#helpers)*)
+}
+
 /// `&self, a: A, b: B` for a helper's signature.
-fn helper_inputs(model: &FnModel, inputs: &HelperInputs) -> TokenStream {
+pub(crate) fn helper_inputs(model: &FnModel, inputs: &HelperInputs) -> TokenStream {
     let receiver = inputs.takes_self.then(|| quote!(&self,));
     let params = inputs.params.iter().map(|&index| {
         let param = &model.params[index];
@@ -322,7 +512,7 @@ fn helper_inputs(model: &FnModel, inputs: &HelperInputs) -> TokenStream {
 }
 
 /// `tokens` with every span set to `span`.
-fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+pub(crate) fn respan(tokens: TokenStream, span: Span) -> TokenStream {
     tokens
         .into_iter()
         .map(|mut token| {
@@ -343,7 +533,7 @@ fn respan(tokens: TokenStream, span: Span) -> TokenStream {
 /// those its parameters (or `also_used`, the `cache` expression) mention, and, transitively,
 /// those the bounds of these mention. A helper that took them all could not infer the ones its
 /// arguments do not determine (`invalidate_get::<D>(7)` for a skipped `db: &D`).
-fn helper_generics(
+pub(crate) fn helper_generics(
     generics: &syn::Generics,
     params: &TokenStream,
     also_used: TokenStream,

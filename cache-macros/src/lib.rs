@@ -16,9 +16,24 @@ mod errors;
 mod expand;
 mod signature;
 mod template;
+mod writer;
 
 /// Memoizes an async function on Redis (cache-aside). See the `redis-memo` crate docs.
 #[proc_macro_attribute]
 pub fn redis_cached(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::redis_cached(args.into(), item.into()).into()
+}
+
+/// Write-through: after the function succeeds, stores its value as the entry a memoized
+/// function (the reader) would read for the given arguments. See the `redis-memo` crate docs.
+#[proc_macro_attribute]
+pub fn redis_cache_put(args: TokenStream, item: TokenStream) -> TokenStream {
+    writer::writer(writer::Mode::Put, args.into(), item.into()).into()
+}
+
+/// After the function succeeds (or before it, with `before`), invalidates entries of memoized
+/// functions, tags, or all entries of functions. See the `redis-memo` crate docs.
+#[proc_macro_attribute]
+pub fn redis_cache_evict(args: TokenStream, item: TokenStream) -> TokenStream {
+    writer::writer(writer::Mode::Evict, args.into(), item.into()).into()
 }

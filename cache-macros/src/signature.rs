@@ -163,7 +163,7 @@ fn take_cache_attrs(attrs: &mut Vec<syn::Attribute>, errors: &mut Errors) -> Opt
     skip
 }
 
-fn classify(output: &Type) -> (ReturnKind, Type) {
+pub(crate) fn classify(output: &Type) -> (ReturnKind, Type) {
     if let Type::Path(path) = output
         && path.qself.is_none()
         && let Some(last) = path.path.segments.last()

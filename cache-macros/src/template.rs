@@ -1,4 +1,5 @@
-//! Key templates: literal text with `<placeholder>`s, `"user:<id>"`, `"req:<req.user_id>"`.
+//! Key and tag templates: literal text with `<placeholder>`s, `"user:<id>"`,
+//! `"req:<req.user_id>"`. Tags follow the same rules as keys (they are rendered alike).
 //!
 //! The rules keep rendering injective (see the runtime's `key` module): literal text uses
 //! letters, digits and `_ . - : / = @ + |`; two placeholders are separated by at least one of
@@ -18,6 +19,8 @@ pub(crate) struct Template {
     pub(crate) source: String,
     pub(crate) segments: Vec<Segment>,
     pub(crate) lit: LitStr,
+    /// `key` or `tag`, for messages.
+    pub(crate) label: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -48,15 +51,17 @@ impl Placeholder {
 }
 
 impl Template {
-    pub(crate) fn parse(lit: &LitStr) -> syn::Result<Template> {
+    /// Parses a template; `label` (`key` or `tag`) names it in messages.
+    pub(crate) fn parse(lit: &LitStr, label: &'static str) -> syn::Result<Template> {
         let source = lit.value();
-        let segments = parse_segments(&source).map_err(|(offset, message)| {
-            syn::Error::new_spanned(lit, pointing_at(&source, offset, &message))
+        let segments = parse_segments(&source, label).map_err(|(offset, message)| {
+            syn::Error::new_spanned(lit, pointing_at(label, &source, offset, &message))
         })?;
         Ok(Template {
             source,
             segments,
             lit: lit.clone(),
+            label,
         })
     }
 
@@ -69,25 +74,28 @@ impl Template {
 
     /// An error message about the placeholder at `offset`, drawn under the template.
     pub(crate) fn message_at(&self, offset: usize, message: &str) -> String {
-        pointing_at(&self.source, offset, message)
+        pointing_at(self.label, &self.source, offset, message)
     }
 }
 
 /// `message`, then the template with a caret under the character at byte `offset`.
-fn pointing_at(source: &str, offset: usize, message: &str) -> String {
+fn pointing_at(label: &str, source: &str, offset: usize, message: &str) -> String {
     let column = source[..offset.min(source.len())].chars().count();
+    let prefix = format!("  {label} = \"");
     format!(
-        "{message}\n  key = \"{source}\"\n         {}^",
-        " ".repeat(column)
+        "{message}\n{prefix}{source}\"\n{}^",
+        " ".repeat(prefix.len() + column)
     )
 }
 
-fn parse_segments(source: &str) -> Result<Vec<Segment>, (usize, String)> {
+fn parse_segments(source: &str, label: &str) -> Result<Vec<Segment>, (usize, String)> {
     if source.is_empty() {
-        return Err((
-            0,
-            "the key template is empty; name what identifies a call, like \"user:<id>\"".into(),
-        ));
+        let example = if label == "tag" {
+            "what the entries share, like \"org:<org_id>\""
+        } else {
+            "what identifies a call, like \"user:<id>\""
+        };
+        return Err((0, format!("the {label} template is empty; name {example}")));
     }
     let mut segments = Vec::new();
     let mut literal = String::new();
@@ -246,7 +254,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Vec<Segment>, String> {
-        parse_segments(text).map_err(|(_, message)| message)
+        parse_segments(text, "key").map_err(|(_, message)| message)
     }
 
     #[test]
@@ -281,7 +289,7 @@ mod tests {
 
     #[test]
     fn messages_point_at_the_character() {
-        let message = pointing_at("ab{c", 2, "bad");
+        let message = pointing_at("key", "ab{c", 2, "bad");
         assert!(message.ends_with("           ^"), "{message:?}");
     }
 }

@@ -241,6 +241,49 @@ impl Cache {
         crate::KeyWriter::entry_key(&self.inner.namespace)
     }
 
+    /// A writer whose result is the full version key of a tag of this cache.
+    pub(crate) fn tag_key_writer(&self) -> crate::KeyWriter {
+        crate::KeyWriter::tag_key(&self.inner.namespace)
+    }
+
+    /// The version keys an entry records: the function's own tag, then its `tags`.
+    pub(crate) fn entry_tag_keys(&self, function_tag: &str, tags: Vec<String>) -> Vec<String> {
+        let mut keys = Vec::with_capacity(1 + tags.len());
+        keys.push(crate::tags::tag_key(&self.inner.namespace, function_tag));
+        keys.extend(tags);
+        keys
+    }
+
+    /// Invalidates every entry recorded under the tag `tag`, given as the text a tag template
+    /// without placeholders renders to (`tags = ["users"]`), with one Redis command whatever
+    /// the number of entries. Returns whether the tag had a version (`false` when no entry
+    /// was computed under it since its last invalidation).
+    ///
+    /// For tags with arguments, use the generated `invalidate_<fn>_by_<params>` helpers: they
+    /// render the arguments exactly as the memoized function does.
+    ///
+    /// ```no_run
+    /// # async fn f(cache: redis_memo_runtime::Cache) -> Result<(), redis_memo_runtime::CacheError> {
+    /// cache.invalidate_tag("users").await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`CacheError::Config`] when `tag` is not literal tag text; a Redis failure or timeout
+    /// (a lost invalidation must not pass silently).
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<bool, CacheError> {
+        crate::tags::validate_literal(tag)?;
+        let mut writer = self.tag_key_writer();
+        writer.literal(tag);
+        let removed = self.invalidate_tag_keys(vec![writer.finish()]).await?;
+        Ok(removed > 0)
+    }
+
+    /// Deletes tag version keys (full keys); how many existed.
+    pub(crate) async fn invalidate_tag_keys(&self, keys: Vec<String>) -> Result<u64, CacheError> {
+        self.inner.backend.invalidate_tags(&keys).await
+    }
+
     /// Removes the entry whose rendered key is `rendered`; true if there was one.
     /// Generated `invalidate_<fn>` helpers call this.
     ///

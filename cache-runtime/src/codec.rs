@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 /// Why a value could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct CodecError(String);
+pub struct CodecError(pub(crate) String);
 
 /// A serialization format for cached values.
 pub trait Codec {

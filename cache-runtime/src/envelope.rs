@@ -11,13 +11,15 @@
 //! | 5..13 | fingerprint of the value type, the key template and the function's `version` |
 //! | 13..21 | written at, milliseconds since the Unix epoch |
 //! | 21..29 | fresh until, milliseconds since the Unix epoch |
-//! | 29 | number of tag versions that follow (0 until tags exist) |
-//! | 30.. | the codec's bytes |
+//! | 29 | number of tag tokens that follow, `n` |
+//! | 30..30+16n | the tokens of the entry's tags when it was computed, in the function's tag order |
+//! | 30+16n.. | the codec's bytes |
 //!
 //! Anything that does not match is a [`DecodeError`]: the caller treats it as a miss and
 //! overwrites the entry.
 
 use crate::codec::{Codec, CodecError};
+use crate::tags::TOKEN_LEN;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -52,6 +54,10 @@ pub enum DecodeError {
     /// Written for another value type, key template or `version` of the function.
     #[error("written for another type, key template or version of the function")]
     Fingerprint,
+    /// One of the entry's tags was invalidated since it was computed (its token changed or its
+    /// version key is gone). Not damage: the entry is simply out of date.
+    #[error("a tag of the entry was invalidated since it was computed")]
+    Invalidated,
     /// The header matched but the value did not decode.
     #[error("the value does not decode: {0}")]
     Corrupt(#[from] CodecError),
@@ -64,18 +70,23 @@ impl DecodeError {
             DecodeError::Foreign => "foreign",
             DecodeError::Format { .. } => "format",
             DecodeError::Fingerprint => "fingerprint",
+            DecodeError::Invalidated => "invalidated",
             DecodeError::Corrupt(_) => "corrupt",
         }
     }
 }
 
-/// Encodes `value` behind an envelope header.
+/// Encodes `value` behind an envelope header that records `tags`, the tokens of the entry's
+/// tags (at most 255).
 pub fn encode<C: Codec, T: Serialize + ?Sized>(
     value: &T,
     fingerprint: u64,
     times: EntryTimes,
+    tags: &[[u8; TOKEN_LEN]],
 ) -> Result<Vec<u8>, CodecError> {
-    let mut out = Vec::with_capacity(HEADER_LEN + 64);
+    let count = u8::try_from(tags.len())
+        .map_err(|_| CodecError("an entry records at most 255 tags".into()))?;
+    let mut out = Vec::with_capacity(HEADER_LEN + TOKEN_LEN * tags.len() + 64);
     out.extend_from_slice(&MAGIC);
     out.push(LAYOUT_VERSION);
     out.push(C::ID);
@@ -83,15 +94,22 @@ pub fn encode<C: Codec, T: Serialize + ?Sized>(
     out.extend_from_slice(&fingerprint.to_le_bytes());
     out.extend_from_slice(&times.written_at_ms.to_le_bytes());
     out.extend_from_slice(&times.fresh_until_ms.to_le_bytes());
-    out.push(0);
+    out.push(count);
+    for token in tags {
+        out.extend_from_slice(token);
+    }
     C::encode(value, &mut out)?;
     Ok(out)
 }
 
-/// Decodes an entry written by [`encode`] with the same codec and fingerprint.
+/// Decodes an entry written by [`encode`] with the same codec and fingerprint. With
+/// `current`, the tokens its tags hold now (`None` for a tag whose version key is missing),
+/// an entry that recorded other tokens is [`DecodeError::Invalidated`]; without, tags are not
+/// checked (the entry was just computed).
 pub fn decode<C: Codec, T: DeserializeOwned>(
     bytes: &[u8],
     fingerprint: u64,
+    current: Option<&[Option<[u8; TOKEN_LEN]>]>,
 ) -> Result<(T, EntryTimes), DecodeError> {
     if bytes.len() < HEADER_LEN || bytes[0..2] != MAGIC || bytes[2] != LAYOUT_VERSION {
         return Err(DecodeError::Foreign);
@@ -103,15 +121,26 @@ pub fn decode<C: Codec, T: DeserializeOwned>(
     if read_u64(bytes, 5) != fingerprint {
         return Err(DecodeError::Fingerprint);
     }
-    if bytes[29] != 0 {
-        // Tag versions are not part of this layout version's readers yet.
-        return Err(DecodeError::Format { codec, flags });
+    let count = usize::from(bytes[29]);
+    let body = HEADER_LEN + TOKEN_LEN * count;
+    if bytes.len() < body {
+        return Err(DecodeError::Foreign);
+    }
+    if let Some(current) = current {
+        let recorded = bytes[HEADER_LEN..body].chunks_exact(TOKEN_LEN);
+        let all_current = current.len() == count
+            && recorded
+                .zip(current)
+                .all(|(recorded, now)| now.as_ref().is_some_and(|now| now[..] == *recorded));
+        if !all_current {
+            return Err(DecodeError::Invalidated);
+        }
     }
     let times = EntryTimes {
         written_at_ms: read_u64(bytes, 13),
         fresh_until_ms: read_u64(bytes, 21),
     };
-    let value = C::decode(&bytes[HEADER_LEN..])?;
+    let value = C::decode(&bytes[body..])?;
     Ok((value, times))
 }
 
@@ -133,37 +162,61 @@ mod tests {
 
     #[test]
     fn round_trips_with_times() {
-        let bytes = encode::<Bincode, _>(&vec![1u8, 2, 3], 99, TIMES).unwrap();
-        let (value, times) = decode::<Bincode, Vec<u8>>(&bytes, 99).unwrap();
+        let bytes = encode::<Bincode, _>(&vec![1u8, 2, 3], 99, TIMES, &[]).unwrap();
+        let (value, times) = decode::<Bincode, Vec<u8>>(&bytes, 99, Some(&[])).unwrap();
         assert_eq!(value, vec![1, 2, 3]);
         assert_eq!(times, TIMES);
     }
 
     #[test]
     fn mismatches_are_typed_misses() {
-        let bytes = encode::<Bincode, _>(&5u32, 99, TIMES).unwrap();
+        let bytes = encode::<Bincode, _>(&5u32, 99, TIMES, &[]).unwrap();
         assert!(matches!(
-            decode::<Bincode, u32>(&bytes, 98),
+            decode::<Bincode, u32>(&bytes, 98, None),
             Err(DecodeError::Fingerprint)
         ));
         assert!(matches!(
-            decode::<Bincode, u32>(b"hello world", 99),
+            decode::<Bincode, u32>(b"hello world", 99, None),
             Err(DecodeError::Foreign)
         ));
         assert!(matches!(
-            decode::<Bincode, u32>(&bytes[..HEADER_LEN - 1], 99),
+            decode::<Bincode, u32>(&bytes[..HEADER_LEN - 1], 99, None),
             Err(DecodeError::Foreign)
         ));
         let mut flagged = bytes.clone();
         flagged[4] = 1;
         assert!(matches!(
-            decode::<Bincode, u32>(&flagged, 99),
+            decode::<Bincode, u32>(&flagged, 99, None),
             Err(DecodeError::Format { .. })
         ));
         let truncated = &bytes[..HEADER_LEN];
         assert!(matches!(
-            decode::<Bincode, u32>(truncated, 99),
+            decode::<Bincode, u32>(truncated, 99, None),
             Err(DecodeError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn an_entry_is_valid_only_under_the_tokens_it_recorded() {
+        let (a, b) = ([1u8; TOKEN_LEN], [2u8; TOKEN_LEN]);
+        let bytes = encode::<Bincode, _>(&7u32, 99, TIMES, &[a, b]).unwrap();
+        let decoded = decode::<Bincode, u32>(&bytes, 99, Some(&[Some(a), Some(b)])).unwrap();
+        assert_eq!(decoded.0, 7);
+        for current in [
+            vec![Some(a), Some(a)],
+            vec![Some(a), None],
+            vec![Some(a)],
+            vec![Some(a), Some(b), Some(b)],
+        ] {
+            assert!(matches!(
+                decode::<Bincode, u32>(&bytes, 99, Some(&current)),
+                Err(DecodeError::Invalidated)
+            ));
+        }
+        assert_eq!(decode::<Bincode, u32>(&bytes, 99, None).unwrap().0, 7);
+        assert!(matches!(
+            decode::<Bincode, u32>(&bytes[..HEADER_LEN + TOKEN_LEN], 99, None),
+            Err(DecodeError::Foreign)
         ));
     }
 }

@@ -11,8 +11,14 @@
 //! whose read missed just before another flight of the same key stored its value would then
 //! lead a second computation; [`Ticket`]s close that gap. Each completed flight bumps a
 //! counter of its key's stripe; a new leader whose read predates such a bump reads again.
+//!
+//! A flight remembers the tag tokens its leader read. A caller whose own read shows that a tag
+//! was invalidated since (another token, or none where the flight had one) does not join it:
+//! it detaches the flight and leads a new one, so a call that starts after an invalidation,
+//! made by any process, never gets a value computed before it.
 
 use crate::lease::HeldLease;
+use crate::tags::Versions;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
@@ -35,6 +41,49 @@ pub(crate) struct Slot {
     /// Set once: `Some` when the leader published, `None` when it went away without doing so.
     outcome: OnceLock<Option<Shared>>,
     changed: Notify,
+    /// The tag tokens the leader read.
+    read: Versions,
+    /// The tokens it computes under, once it made sure every tag has one.
+    computed_under: Mutex<Versions>,
+}
+
+impl Slot {
+    fn led_under(versions: &Versions) -> Self {
+        Slot {
+            outcome: OnceLock::new(),
+            changed: Notify::new(),
+            read: versions.clone(),
+            computed_under: Mutex::new(Versions::new()),
+        }
+    }
+
+    fn computed_under(&self) -> MutexGuard<'_, Versions> {
+        self.computed_under
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether a caller that read `read` may take this flight's value: no tag it saw was
+    /// invalidated after the flight's leader read it. A tag the leader found missing is being
+    /// created by it: a caller that also found it missing may have read before that (so it
+    /// joins), one that found another token than the created one comes after an invalidation.
+    fn serves(&self, read: &Versions) -> bool {
+        if self.read.len() != read.len() {
+            return true;
+        }
+        let created = self.computed_under();
+        self.read
+            .iter()
+            .zip(read)
+            .enumerate()
+            .all(
+                |(index, (led, read))| match (led, read, created.get(index).copied().flatten()) {
+                    (Some(led), read, _) => Some(led) == read.as_ref(),
+                    (None, Some(read), Some(created)) => *read == created,
+                    (None, _, _) => true,
+                },
+            )
+    }
 }
 
 /// Full key -> (fingerprint, flight) pairs.
@@ -71,6 +120,8 @@ pub(crate) struct Ticket {
     completed: u64,
 }
 
+// A `Role` lives on the stack for one call; boxing the guard would allocate on every miss.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Role<'a> {
     /// Leads the flight; `read_is_stale` when a flight of the key completed after the ticket
     /// was taken, so the caller's earlier read may predate a stored value.
@@ -152,14 +203,26 @@ impl Flights {
         }
     }
 
-    /// Leads the flight of `key` for entries with `fingerprint`, or joins the one in progress.
-    pub(crate) fn join<'a>(&'a self, key: &'a str, fingerprint: u64, ticket: Ticket) -> Role<'a> {
+    /// Leads the flight of `key` for entries with `fingerprint`, or joins the one in progress
+    /// unless the caller's read (`versions`, the tag tokens it saw) shows that the flight's
+    /// tags were invalidated since its leader read them: then the caller leads a new flight.
+    pub(crate) fn join<'a>(
+        &'a self,
+        key: &'a str,
+        fingerprint: u64,
+        versions: &Versions,
+        ticket: Ticket,
+    ) -> Role<'a> {
         let mut map = self.map();
         let flights = map.entry(key.to_owned()).or_default();
-        if let Some((_, slot)) = flights.iter().find(|(f, _)| *f == fingerprint) {
-            return Role::Waiter(Arc::clone(slot));
+        if let Some(index) = flights.iter().position(|(f, _)| *f == fingerprint) {
+            if flights[index].1.serves(versions) {
+                return Role::Waiter(Arc::clone(&flights[index].1));
+            }
+            // Detached: its leader and waiters finish with their value, nobody joins it now.
+            flights.swap_remove(index);
         }
-        let slot = Arc::new(Slot::default());
+        let slot = Arc::new(Slot::led_under(versions));
         flights.push((fingerprint, Arc::clone(&slot)));
         let read_is_stale = self.completed[ticket.stripe].load(SeqCst) != ticket.completed;
         Role::Leader {
@@ -182,6 +245,11 @@ impl Flights {
 }
 
 impl LeaderGuard<'_> {
+    /// Records the tag tokens the leader computes under (after creating missing ones).
+    pub(crate) fn set_versions(&self, versions: &Versions) {
+        self.slot.computed_under().clone_from(versions);
+    }
+
     /// Keeps `lease` until [`LeaderGuard::take_lease`]; see the field.
     pub(crate) fn hold_lease(&mut self, lease: HeldLease) {
         self.lease = Some(lease);
@@ -273,11 +341,11 @@ mod tests {
         let Role::Leader {
             guard,
             read_is_stale: false,
-        } = flights.join("k", 1, ticket)
+        } = flights.join("k", 1, &Vec::new(), ticket)
         else {
             panic!("first caller leads")
         };
-        let Role::Waiter(slot) = flights.join("k", 1, ticket) else {
+        let Role::Waiter(slot) = flights.join("k", 1, &Vec::new(), ticket) else {
             panic!("second caller waits")
         };
         let waiting = tokio::spawn(wait(slot));
@@ -290,7 +358,7 @@ mod tests {
         assert_eq!(flights.len(), 0);
         assert!(
             matches!(
-                flights.join("k", 1, ticket),
+                flights.join("k", 1, &Vec::new(), ticket),
                 Role::Leader {
                     read_is_stale: true,
                     ..
@@ -304,26 +372,65 @@ mod tests {
     fn other_fingerprints_fly_separately() {
         let flights = Flights::default();
         let ticket = flights.ticket("k");
-        let first = flights.join("k", 1, ticket);
-        assert!(matches!(flights.join("k", 2, ticket), Role::Leader { .. }));
-        assert!(matches!(flights.join("k", 1, ticket), Role::Waiter(_)));
+        let first = flights.join("k", 1, &Vec::new(), ticket);
+        assert!(matches!(
+            flights.join("k", 2, &Vec::new(), ticket),
+            Role::Leader { .. }
+        ));
+        assert!(matches!(
+            flights.join("k", 1, &Vec::new(), ticket),
+            Role::Waiter(_)
+        ));
         drop(first);
+    }
+
+    #[test]
+    fn a_caller_that_saw_an_invalidated_tag_does_not_join() {
+        let flights = Flights::default();
+        let ticket = flights.ticket("k");
+        let (old, new) = (Some([1u8; 16]), Some([2u8; 16]));
+        let leads = |role: &Role<'_>| matches!(role, Role::Leader { .. });
+        let first = flights.join("k", 1, &vec![old], ticket);
+        assert!(leads(&first));
+        assert!(!leads(&flights.join("k", 1, &vec![old], ticket)));
+        let second = flights.join("k", 1, &vec![new], ticket);
+        assert!(leads(&second), "another token: invalidated");
+        assert!(!leads(&flights.join("k", 1, &vec![new], ticket)));
+        let third = flights.join("k", 1, &vec![None], ticket);
+        assert!(leads(&third), "the tag's version key is gone: invalidated");
+        drop((first, second, third));
+
+        let Role::Leader { guard, .. } = flights.join("c", 1, &vec![None], ticket) else {
+            panic!("first caller leads")
+        };
+        assert!(
+            !leads(&flights.join("c", 1, &vec![old], ticket)),
+            "a tag its leader is creating is compatible with any token"
+        );
+        guard.set_versions(&vec![old]);
+        assert!(!leads(&flights.join("c", 1, &vec![None], ticket)));
+        assert!(!leads(&flights.join("c", 1, &vec![old], ticket)));
+        assert!(
+            leads(&flights.join("c", 1, &vec![new], ticket)),
+            "not the token it created: invalidated since"
+        );
+        drop(guard);
     }
 
     #[tokio::test]
     async fn a_dropped_leader_abandons_and_the_next_caller_leads() {
         let flights = Flights::default();
         let ticket = flights.ticket("k");
-        let Role::Leader { guard, .. } = flights.join("k", 1, ticket) else {
+        let Role::Leader { guard, .. } = flights.join("k", 1, &Vec::new(), ticket) else {
             panic!("first caller leads")
         };
-        let Role::Waiter(slot) = flights.join("k", 1, ticket) else {
+        let Role::Waiter(slot) = flights.join("k", 1, &Vec::new(), ticket) else {
             panic!("second caller waits")
         };
         drop(guard);
         assert!(matches!(wait(slot).await, WaitOutcome::Abandoned));
         assert!(matches!(
-            flights.join("k", 1, flights.ticket("k")),
+            flights.join("k", 1, &Vec::new(), flights.ticket("k")),
             Role::Leader {
                 read_is_stale: false,
                 ..

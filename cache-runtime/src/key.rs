@@ -84,6 +84,19 @@ impl KeyWriter {
         }
     }
 
+    /// A writer of a full tag version key, `<namespace>:#tag:{<rendered>}`.
+    pub(crate) fn tag_key(namespace: &str) -> Self {
+        let mut buf = String::with_capacity(namespace.len() + 48);
+        buf.push_str(namespace);
+        buf.push_str(crate::tags::TAG_KEY_INFIX);
+        KeyWriter {
+            rendered_from: buf.len(),
+            buf,
+            close_hash_tag: true,
+            sibling_written: false,
+        }
+    }
+
     /// Appends literal template text, unescaped. Only generated code calls it (through
     /// `__private::write_literal`), with text the macro validated: a `KeyPart` impl that
     /// could write raw text could break injectivity.

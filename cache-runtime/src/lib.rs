@@ -24,6 +24,8 @@ mod pattern;
 mod returns;
 mod spec;
 mod stats;
+mod tags;
+mod writers;
 
 pub use crate::backend::MemoryStore;
 pub use crate::cache::{Cache, CacheBuilder};
@@ -34,14 +36,18 @@ pub use crate::key::{KeyPart, KeyWriter, MAX_RENDERED_LEN};
 pub use crate::pattern::pattern_part;
 pub use crate::returns::CacheValue;
 pub use crate::stats::Stats;
+pub use crate::writers::{EntryRef, FunctionRef};
 
 /// What generated code calls. Not a public API: it changes with the macro crate, whose version
 /// the facade pins.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::key::{KeyPart, KeyWriter};
-    pub use crate::returns::{CacheValue, Fallible, FallibleOptional, Optional, Plain, ReturnKind};
+    pub use crate::returns::{
+        CacheValue, Fallible, FallibleOptional, Optional, Plain, ReturnKind, Written,
+    };
     pub use crate::spec::FnSpec;
+    pub use crate::writers::{EntryRef, FunctionRef};
     pub use crate::{Cache, CacheError};
     pub use core::borrow::Borrow;
     pub use core::time::Duration;
@@ -57,19 +63,26 @@ pub mod __private {
         cache.map_or_else(KeyWriter::new, Cache::entry_key_writer)
     }
 
+    /// The writer of a tag's full version key when there is a cache.
+    pub fn tag_key_writer(cache: Option<&Cache>) -> KeyWriter {
+        cache.map_or_else(KeyWriter::new, Cache::tag_key_writer)
+    }
+
     /// Appends validated literal template text to a key.
     pub fn write_literal(writer: &mut KeyWriter, text: &'static str) {
         writer.literal(text);
     }
 
     /// Runs a memoized call: from the cache when possible, else `compute`. `entry_key` comes
-    /// from [`entry_key_writer`]; `instance` names the generic parameters and `Self` of the
-    /// call (`type_name::<(Self, T)>()`), or is empty.
+    /// from [`entry_key_writer`], `tags` from [`tag_key_writer`]; `identity` is the type name
+    /// of `compute` (an async block of the function), which names the function's owner, and
+    /// that of a tuple of references to the parameters keys and tags are rendered from.
     pub async fn memoize<K, R, F>(
         cache: Option<&Cache>,
         spec: &'static FnSpec,
         entry_key: String,
-        instance: &'static str,
+        tags: Vec<String>,
+        identity: [&'static str; 2],
         compute: F,
     ) -> R
     where
@@ -79,10 +92,61 @@ pub mod __private {
         match cache {
             Some(cache) => {
                 cache
-                    .memoize::<K, R, F>(spec, &entry_key, instance, compute)
+                    .memoize::<K, R, F>(spec, &entry_key, tags, identity, compute)
                     .await
             }
             None => compute.await,
+        }
+    }
+
+    /// Invalidates tags given as full version keys (from [`tag_key_writer`]).
+    pub async fn invalidate_tags(
+        cache: Option<&Cache>,
+        tag_keys: Vec<String>,
+    ) -> Result<u64, CacheError> {
+        cache
+            .ok_or(CacheError::NotInstalled)?
+            .invalidate_tag_keys(tag_keys)
+            .await
+    }
+
+    /// Invalidates every entry of a function (its implicit tag); true if it had entries
+    /// computed since the last time.
+    pub async fn invalidate_all(
+        cache: Option<&Cache>,
+        function: FunctionRef,
+    ) -> Result<bool, CacheError> {
+        let cache = cache.ok_or(CacheError::NotInstalled)?;
+        Ok(cache.evict_counting(&[], &[], &[function]).await? > 0)
+    }
+
+    /// Write-through: stores `value` as `entry`. Never fails the writer's call: a failure is
+    /// logged and counted, and the entry is removed instead where Redis still answers, so a
+    /// lost write cannot leave the old value in place.
+    pub async fn put<V: CacheValue>(cache: Option<&Cache>, entry: EntryRef<V>, value: &V) {
+        let Some(cache) = cache else {
+            return;
+        };
+        if let Err(error) = cache.put_entry(&entry, value).await {
+            cache.report_lost_write("put", entry.rendered_key(), &error);
+            let _ = cache.invalidate(entry.rendered_key()).await;
+        }
+    }
+
+    /// Removes entries (rendered keys), tags (renderings) and all entries of functions. Never
+    /// fails the writer's call: a failure is logged and counted.
+    pub async fn evict(
+        cache: Option<&Cache>,
+        entries: Vec<String>,
+        tags: Vec<String>,
+        all_of: Vec<FunctionRef>,
+    ) {
+        let Some(cache) = cache else {
+            return;
+        };
+        if let Err(error) = cache.evict_counting(&entries, &tags, &all_of).await {
+            let what = entries.first().or(tags.first()).map_or("", String::as_str);
+            cache.report_lost_write("evict", what, &error);
         }
     }
 

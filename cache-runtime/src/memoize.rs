@@ -1,12 +1,14 @@
 //! The read and fill path of a memoized call (cache-aside with in-process coalescing).
 //!
-//! 1. Read the entry. A usable entry is a hit: done, in one round trip.
+//! 1. Read the entry and its tags' tokens (pipelined). A usable entry whose tags were not
+//!    invalidated since it was computed is a hit: done, in one round trip.
 //! 2. Otherwise join the key's flight: one caller per key and process leads, the others wait
 //!    for it. A leader whose read may predate another flight's fill reads again, within the
 //!    same deadline as its first read.
-//! 3. The leader runs the function (no entry, an entry that does not decode, Redis
-//!    unavailable), hands the encoded result to the waiters, and stores it with `SET … PX`
-//!    when the kind allows it and Redis answered the read.
+//! 3. The leader takes the entry's lease, makes sure its tags have tokens, runs the function
+//!    (no entry, an entry that does not decode or is invalidated, Redis unavailable), hands the
+//!    encoded result to the waiters, and stores it through the lease, recording the tokens
+//!    read before it ran, when the kind allows it and Redis answered.
 //!
 //! Time spent on Redis is bounded: at most the operation timeout before the function runs
 //! (first read and re-read share one deadline; after an outage there is no re-read and no
@@ -22,6 +24,7 @@ use crate::notify::Notice;
 use crate::returns::ReturnKind;
 use crate::spec::FnSpec;
 use crate::stats::Event;
+use crate::tags::{Token, Versions};
 use bytes::Bytes;
 use std::future::Future;
 use std::time::Duration;
@@ -38,6 +41,23 @@ enum LeaseOutcome<V> {
     Failed,
 }
 
+/// The entry a leader works on.
+#[derive(Clone, Copy)]
+struct EntryAt<'a> {
+    spec: &'static FnSpec,
+    /// Its full key.
+    key: &'a str,
+    /// The full version keys of its tags: the function's own first, then `tags`.
+    tag_keys: &'a [String],
+    fingerprint: u64,
+}
+
+/// How long a tag version key lives at least: as long as the entries that record it (each fill
+/// extends it; an entry outliving its tags would only be a miss).
+pub(crate) fn tag_lifetime(spec: &FnSpec) -> Duration {
+    spec.ttl
+}
+
 /// What a read found.
 enum Read {
     Entry(Bytes),
@@ -50,49 +70,61 @@ enum Read {
 }
 
 impl Cache {
-    /// `key` is the entry's full key (see [`Cache::entry_key_writer`]); `instance` is passed to
-    /// [`FnSpec::fingerprint`].
+    /// `key` is the entry's full key (see [`Cache::entry_key_writer`]), `tags` the full keys
+    /// of its `tags` (see [`Cache::tag_key_writer`]); `body_type` and `key_types` are passed to
+    /// [`FnSpec::resolve`].
     pub(crate) async fn memoize<K, R, F>(
         &self,
         spec: &'static FnSpec,
         key: &str,
-        instance: &'static str,
+        tags: Vec<String>,
+        [body_type, key_types]: [&'static str; 2],
         compute: F,
     ) -> R
     where
         K: ReturnKind<R>,
         F: Future<Output = R>,
     {
-        let fingerprint = spec.fingerprint::<K::Stored>(instance);
+        let resolved = spec.resolve::<K::Stored>(body_type, key_types, true);
+        let fingerprint = resolved.fingerprint;
+        let tag_keys = self.entry_tag_keys(&resolved.function_tag, tags);
         let flights = &self.inner.flights;
         let ticket = flights.ticket(key);
         let mut read_deadline = Instant::now() + self.inner.op_timeout;
-        let mut read = match self.read(spec, key, read_deadline).await {
-            Read::Entry(bytes) => match envelope::decode::<Bincode, K::Stored>(&bytes, fingerprint)
-            {
-                Ok((value, _)) => {
-                    self.record(Event::Hit, spec);
-                    return K::from_stored(value);
+        let (read, mut versions) = self.read(spec, key, &tag_keys, read_deadline).await;
+        let mut read = match read {
+            Read::Entry(bytes) => {
+                match envelope::decode::<Bincode, K::Stored>(&bytes, fingerprint, Some(&versions)) {
+                    Ok((value, _)) => {
+                        self.record(Event::Hit, spec);
+                        return K::from_stored(value);
+                    }
+                    Err(error) => {
+                        self.report_decode_failure(spec, key, &error);
+                        Read::Unusable
+                    }
                 }
-                Err(error) => {
-                    self.report_decode_failure(spec, key, &error);
-                    Read::Unusable
-                }
-            },
+            }
             other => other,
         };
         loop {
-            match flights.join(key, fingerprint, ticket) {
+            match flights.join(key, fingerprint, &versions, ticket) {
                 Role::Leader {
                     guard,
                     read_is_stale,
                 } => {
                     // After an outage the first read said all there is to say.
                     if read_is_stale && !matches!(read, Read::Unavailable) {
-                        read = self.read(spec, key, read_deadline).await;
+                        (read, versions) = self.read(spec, key, &tag_keys, read_deadline).await;
                     }
+                    let entry = EntryAt {
+                        spec,
+                        key,
+                        tag_keys: &tag_keys,
+                        fingerprint,
+                    };
                     return self
-                        .lead::<K, R, F>(spec, key, fingerprint, guard, read, compute)
+                        .lead::<K, R, F>(&entry, guard, read, versions, compute)
                         .await;
                 }
                 Role::Waiter(slot) => {
@@ -105,7 +137,8 @@ impl Cache {
                         WaitOutcome::Shared(Shared::Entry(bytes)) => {
                             // The leader encoded these bytes with the same fingerprint, so
                             // they decode; if they somehow did not, computing is still right.
-                            match envelope::decode::<Bincode, K::Stored>(&bytes, fingerprint) {
+                            match envelope::decode::<Bincode, K::Stored>(&bytes, fingerprint, None)
+                            {
                                 Ok((value, _)) => {
                                     self.record(Event::Coalesced, spec);
                                     return K::from_stored(value);
@@ -131,45 +164,59 @@ impl Cache {
 
     async fn lead<K, R, F>(
         &self,
-        spec: &'static FnSpec,
-        key: &str,
-        fingerprint: u64,
+        entry: &EntryAt<'_>,
         mut guard: LeaderGuard<'_>,
         read: Read,
+        mut versions: Versions,
         compute: F,
     ) -> R
     where
         K: ReturnKind<R>,
         F: Future<Output = R>,
     {
+        let EntryAt {
+            spec,
+            key,
+            fingerprint,
+            ..
+        } = *entry;
         let (redis_answered, unusable) = match read {
-            Read::Entry(bytes) => match envelope::decode::<Bincode, K::Stored>(&bytes, fingerprint)
-            {
-                Ok((value, _)) => {
-                    self.record(Event::Hit, spec);
-                    guard.publish(Shared::Entry(bytes));
-                    return K::from_stored(value);
+            Read::Entry(bytes) => {
+                match envelope::decode::<Bincode, K::Stored>(&bytes, fingerprint, Some(&versions)) {
+                    Ok((value, _)) => {
+                        self.record(Event::Hit, spec);
+                        guard.publish(Shared::Entry(bytes));
+                        return K::from_stored(value);
+                    }
+                    Err(error) => {
+                        self.report_decode_failure(spec, key, &error);
+                        (true, true)
+                    }
                 }
-                Err(error) => {
-                    self.report_decode_failure(spec, key, &error);
-                    (true, true)
-                }
-            },
+            }
             Read::Unusable => (true, true),
             Read::Missing => (true, false),
             Read::Unavailable => (false, false),
         };
         self.record(Event::Miss, spec);
+        // The tokens the result will be stored under: read before it is computed, so an
+        // invalidation of a tag from now on makes the stored entry a miss.
+        let tokens = if redis_answered {
+            self.tokens_for(entry, &mut versions).await
+        } else {
+            None
+        };
+        guard.set_versions(&versions);
         // Only a lease holder may fill: another holder (another process) fills this entry.
         // A lease left by a leader of this process that went away is taken over as is.
         let mut lease = match self.inner.flights.adopt_lease(key, fingerprint) {
             Some(lease) => LeaseOutcome::Held(lease),
-            None if redis_answered => self.take_lease::<K::Stored>(spec, key, fingerprint).await,
+            None if tokens.is_some() => self.take_lease::<K::Stored>(entry, &versions).await,
             None => LeaseOutcome::Failed,
         };
         if let (LeaseOutcome::Busy, Some(wait)) = (&lease, spec.lock_wait) {
             lease = self
-                .wait_for_holder::<K::Stored>(spec, key, fingerprint, wait)
+                .wait_for_holder::<K::Stored>(entry, &versions, wait)
                 .await;
         }
         match lease {
@@ -186,14 +233,16 @@ impl Cache {
         let result = compute.await;
         let computed_in = started.elapsed();
 
-        let encoded = K::shareable(&result).and_then(|value| self.encode(spec, fingerprint, value));
+        let recorded = tokens.as_deref().unwrap_or_default();
+        let encoded =
+            K::shareable(&result).and_then(|value| self.encode(spec, fingerprint, value, recorded));
         match &encoded {
             Some(bytes) => guard.publish(Shared::Entry(bytes.clone())),
             None => guard.publish(Shared::NotShareable),
         }
         if let Some(lease) = guard.take_lease() {
-            match encoded.filter(|_| K::storable(&result, spec.cache_none)) {
-                Some(bytes) => self.fill(spec, key, lease, bytes, computed_in).await,
+            match encoded.filter(|_| K::storable(&result, spec.cache_none) && tokens.is_some()) {
+                Some(bytes) => self.fill(entry, lease, bytes, computed_in).await,
                 // Nothing to store: give the lease up now rather than make others wait for it,
                 // and remove an unusable entry that nothing replaced.
                 None => self.release(spec, lease, unusable).await,
@@ -205,11 +254,47 @@ impl Cache {
         result
     }
 
-    fn encode<V: crate::CacheValue>(
+    /// The tokens of the entry's tags, creating those whose version key is missing (after a
+    /// first use, an invalidation or an eviction); `None` if Redis failed.
+    async fn tokens_for(&self, entry: &EntryAt<'_>, versions: &mut Versions) -> Option<Vec<Token>> {
+        if versions.len() != entry.tag_keys.len() {
+            // The read failed for the entry alone (`WRONGTYPE`): the tags were not read.
+            *versions = vec![None; entry.tag_keys.len()];
+        }
+        if let Some(tokens) = versions.iter().copied().collect::<Option<Vec<Token>>>() {
+            return Some(tokens);
+        }
+        let missing: Vec<&str> = entry
+            .tag_keys
+            .iter()
+            .zip(versions.iter())
+            .filter(|(_, version)| version.is_none())
+            .map(|(key, _)| key.as_str())
+            .collect();
+        if !self.inner.health.allows_request() {
+            self.record(Event::FailOpen, entry.spec);
+            return None;
+        }
+        let created = self
+            .inner
+            .backend
+            .ensure_tags(&missing, tag_lifetime(entry.spec))
+            .await;
+        let mut created = self
+            .observe("ensure tags", entry.spec, created)?
+            .into_iter();
+        for version in versions.iter_mut().filter(|version| version.is_none()) {
+            *version = created.next();
+        }
+        versions.iter().copied().collect()
+    }
+
+    pub(crate) fn encode<V: crate::CacheValue>(
         &self,
         spec: &'static FnSpec,
         fingerprint: u64,
         value: &V,
+        tags: &[Token],
     ) -> Option<Bytes> {
         let now = crate::clock::now_unix_ms();
         let ttl_ms = u64::try_from(spec.ttl.as_millis()).unwrap_or(u64::MAX);
@@ -217,7 +302,7 @@ impl Cache {
             written_at_ms: now,
             fresh_until_ms: now.saturating_add(ttl_ms),
         };
-        match envelope::encode::<Bincode, _>(value, fingerprint, times) {
+        match envelope::encode::<Bincode, _>(value, fingerprint, times, tags) {
             Ok(bytes) => Some(Bytes::from(bytes)),
             Err(error) => {
                 self.record(Event::EncodeFailure, spec);
@@ -231,10 +316,15 @@ impl Cache {
     /// (the acquire script returns it), the lease goes back and the value is used.
     async fn take_lease<V: crate::CacheValue>(
         &self,
-        spec: &'static FnSpec,
-        key: &str,
-        fingerprint: u64,
+        entry: &EntryAt<'_>,
+        versions: &Versions,
     ) -> LeaseOutcome<V> {
+        let EntryAt {
+            spec,
+            key,
+            fingerprint,
+            ..
+        } = *entry;
         if !self.inner.health.allows_request() {
             self.record(Event::FailOpen, spec);
             return LeaseOutcome::Failed;
@@ -249,7 +339,7 @@ impl Cache {
             |lease_key, token| HeldLease::new(self.inner.backend.clone(), key, lease_key, token);
         match self.observe("acquire", spec, acquired) {
             Some(Acquired::Held(Some(bytes))) => {
-                match envelope::decode::<Bincode, V>(&bytes, fingerprint) {
+                match envelope::decode::<Bincode, V>(&bytes, fingerprint, Some(versions)) {
                     Ok((value, _)) => {
                         self.release(spec, held(lease_key, token), false).await;
                         LeaseOutcome::Filled(bytes, value)
@@ -274,11 +364,11 @@ impl Cache {
     /// waiting process are a subscription, a read and a lease attempt, whatever the wait.
     async fn wait_for_holder<V: crate::CacheValue>(
         &self,
-        spec: &'static FnSpec,
-        key: &str,
-        fingerprint: u64,
+        entry: &EntryAt<'_>,
+        versions: &Versions,
         wait: Duration,
     ) -> LeaseOutcome<V> {
+        let spec = entry.spec;
         self.record(Event::LockWait, spec);
         let now = Instant::now();
         let deadline = now
@@ -286,9 +376,7 @@ impl Cache {
             .unwrap_or(now + Duration::from_secs(365 * 24 * 3600));
         // Each step has its own op timeout; this bounds the whole wait to `wait` plus one.
         let bound = deadline + self.inner.op_timeout;
-        match tokio::time::timeout_at(bound, self.wait_until(spec, key, fingerprint, deadline))
-            .await
-        {
+        match tokio::time::timeout_at(bound, self.wait_until(entry, versions, deadline)).await {
             Ok(outcome) => outcome,
             Err(_) => {
                 self.record(Event::LockTimeout, spec);
@@ -299,11 +387,16 @@ impl Cache {
 
     async fn wait_until<V: crate::CacheValue>(
         &self,
-        spec: &'static FnSpec,
-        key: &str,
-        fingerprint: u64,
+        entry: &EntryAt<'_>,
+        versions: &Versions,
         deadline: Instant,
     ) -> LeaseOutcome<V> {
+        let EntryAt {
+            spec,
+            key,
+            fingerprint,
+            ..
+        } = *entry;
         let mut listener = match self.inner.backend.listen(key).await {
             Ok(listener) => listener,
             Err(error) => {
@@ -313,15 +406,15 @@ impl Cache {
         };
         loop {
             // The fill may have come before the subscription did.
-            if let Read::Entry(bytes) = self
-                .read(spec, key, Instant::now() + self.inner.op_timeout)
-                .await
-                && let Ok((value, _)) = envelope::decode::<Bincode, V>(&bytes, fingerprint)
+            let read_by = Instant::now() + self.inner.op_timeout;
+            if let (Read::Entry(bytes), now) = self.read(spec, key, entry.tag_keys, read_by).await
+                && let Ok((value, _)) =
+                    envelope::decode::<Bincode, V>(&bytes, fingerprint, Some(&now))
             {
                 return LeaseOutcome::Filled(bytes, value);
             }
             // The holder may be gone (released, or expired after a crash).
-            match self.take_lease(spec, key, fingerprint).await {
+            match self.take_lease(entry, versions).await {
                 LeaseOutcome::Busy => {}
                 other => return other,
             }
@@ -335,7 +428,10 @@ impl Cache {
             };
             match notice {
                 Some(Notice::Filled(bytes)) => {
-                    if let Ok((value, _)) = envelope::decode::<Bincode, V>(&bytes, fingerprint) {
+                    // Computed under the tokens this call read, or it is not this call's value.
+                    if let Ok((value, _)) =
+                        envelope::decode::<Bincode, V>(&bytes, fingerprint, Some(versions))
+                    {
                         return LeaseOutcome::Filled(bytes, value);
                     }
                 }
@@ -344,7 +440,7 @@ impl Cache {
                     // The bound is reached. A crashed holder's lease has expired by now if
                     // `wait` is no shorter than it: take it, and this computation is stored.
                     self.record(Event::LockTimeout, spec);
-                    return self.take_lease(spec, key, fingerprint).await;
+                    return self.take_lease(entry, versions).await;
                 }
             }
         }
@@ -352,13 +448,25 @@ impl Cache {
 
     async fn fill(
         &self,
-        spec: &'static FnSpec,
-        key: &str,
+        entry: &EntryAt<'_>,
         lease: HeldLease,
         bytes: Bytes,
         computed_in: Duration,
     ) {
-        match self.observe("fill", spec, lease.fill(bytes, spec.ttl).await) {
+        let EntryAt {
+            spec,
+            key,
+            tag_keys,
+            ..
+        } = *entry;
+        // The tags must outlive the entry (a lost tag makes it a miss); sent alongside the
+        // fill on the multiplexed connection, so no extra round trip.
+        let backend = &self.inner.backend;
+        let (filled, _) = tokio::join!(
+            lease.fill(bytes, spec.ttl),
+            backend.extend_tags(tag_keys, tag_lifetime(spec))
+        );
+        match self.observe("fill", spec, filled) {
             Some(true) => self.record(Event::Fill, spec),
             Some(false) => {
                 // The lease was lost: an invalidation (or a write) came after this computation
@@ -418,15 +526,21 @@ impl Cache {
         }
     }
 
-    async fn read(&self, spec: &'static FnSpec, key: &str, deadline: Instant) -> Read {
+    async fn read(
+        &self,
+        spec: &'static FnSpec,
+        key: &str,
+        tag_keys: &[String],
+        deadline: Instant,
+    ) -> (Read, Versions) {
         if !self.inner.health.allows_request() {
             self.record(Event::FailOpen, spec);
-            return Read::Unavailable;
+            return (Read::Unavailable, Versions::new());
         }
-        match self.inner.backend.get(key, deadline).await {
-            Ok(found) => {
+        let read = match self.inner.backend.read(key, tag_keys, deadline).await {
+            Ok((found, versions)) => {
                 self.inner.health.record_success();
-                found.map_or(Read::Missing, Read::Entry)
+                return (found.map_or(Read::Missing, Read::Entry), versions);
             }
             Err(error) if !error.is_outage() => {
                 // A live server's error reply (`WRONGTYPE`: someone else's data under the key).
@@ -439,7 +553,8 @@ impl Cache {
                 self.report_outage("GET", spec, &error);
                 Read::Unavailable
             }
-        }
+        };
+        (read, Versions::new())
     }
 
     fn report_outage(&self, operation: &'static str, spec: &'static FnSpec, error: &CacheError) {
@@ -448,6 +563,10 @@ impl Cache {
     }
 
     fn report_decode_failure(&self, spec: &'static FnSpec, key: &str, error: &DecodeError) {
+        if matches!(error, DecodeError::Invalidated) {
+            // Not damage: a tag was invalidated, so the entry is a plain miss.
+            return;
+        }
         self.record(Event::DecodeFailure, spec);
         if matches!(error, DecodeError::Fingerprint) {
             // Expected once per entry after a deploy that changed the type or `version`.

@@ -112,3 +112,45 @@ impl<T: CacheValue, E> ReturnKind<Result<Option<T>, E>> for FallibleOptional {
         Ok(stored)
     }
 }
+
+/// What a writer (`#[redis_cache_put]`, `#[redis_cache_evict]`) with return type `R` wrote,
+/// when its call succeeded: the `Ok` value of a `Result`, any other value as is.
+pub trait Written<R> {
+    /// The value a successful call returned.
+    type Value;
+
+    /// The value, if the call succeeded.
+    fn written(result: &R) -> Option<&Self::Value>;
+}
+
+impl<T> Written<T> for Plain {
+    type Value = T;
+
+    fn written(result: &T) -> Option<&T> {
+        Some(result)
+    }
+}
+
+impl<T> Written<Option<T>> for Optional {
+    type Value = Option<T>;
+
+    fn written(result: &Option<T>) -> Option<&Option<T>> {
+        Some(result)
+    }
+}
+
+impl<T, E> Written<Result<T, E>> for Fallible {
+    type Value = T;
+
+    fn written(result: &Result<T, E>) -> Option<&T> {
+        result.as_ref().ok()
+    }
+}
+
+impl<T, E> Written<Result<Option<T>, E>> for FallibleOptional {
+    type Value = Option<T>;
+
+    fn written(result: &Result<Option<T>, E>) -> Option<&Option<T>> {
+        result.as_ref().ok()
+    }
+}

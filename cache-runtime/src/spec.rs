@@ -2,6 +2,7 @@
 //! to the runtime.
 
 use crate::stats::FnMetrics;
+use std::borrow::Cow;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -15,6 +16,8 @@ pub struct FnSpec {
     /// never mix.
     identity: &'static str,
     pub(crate) template: &'static str,
+    /// The tag templates (`tags = [..]`), part of the fingerprint.
+    tags: &'static [&'static str],
     pub(crate) ttl: Duration,
     /// How long a miss's lease holds the entry for its computation.
     pub(crate) lease: Duration,
@@ -25,10 +28,19 @@ pub struct FnSpec {
     metrics: OnceLock<FnMetrics>,
     /// Whether the "computation outlasted its lease" warning was given.
     slower_than_lease_warned: std::sync::atomic::AtomicBool,
-    /// The first fingerprint computed, with the addresses of the type names it was computed
+    /// The first identity resolved, with the addresses of the type names it was resolved
     /// for (`type_name` strings are static): most functions have one instantiation, so most
     /// calls reuse it; other instantiations compute theirs.
-    first_fingerprint: OnceLock<([(usize, usize); 2], u64)>,
+    first_resolved: OnceLock<([(usize, usize); 3], Resolved)>,
+}
+
+/// What identifies the entries of one instantiation of a function.
+#[derive(Debug, Clone)]
+pub(crate) struct Resolved {
+    /// See [`FnSpec::resolve`].
+    pub(crate) fingerprint: u64,
+    /// The rendering of the function's implicit tag (see `tags::function_tag`).
+    pub(crate) function_tag: String,
 }
 
 impl FnSpec {
@@ -44,6 +56,7 @@ impl FnSpec {
             name,
             identity,
             template,
+            tags: &[],
             ttl,
             lease: crate::lease::default_lease(ttl),
             lock_wait: None,
@@ -51,8 +64,14 @@ impl FnSpec {
             cache_none: false,
             metrics: OnceLock::new(),
             slower_than_lease_warned: std::sync::atomic::AtomicBool::new(false),
-            first_fingerprint: OnceLock::new(),
+            first_resolved: OnceLock::new(),
         }
+    }
+
+    /// The function's tag templates (`tags = [..]`).
+    pub const fn tags(mut self, tags: &'static [&'static str]) -> Self {
+        self.tags = tags;
+        self
     }
 
     /// The function's `version` option.
@@ -97,46 +116,80 @@ impl FnSpec {
     }
 
     /// Identifies what an entry of this function holds: the function, the stored type's
-    /// name, the key template, the `version`, and `instance`: for generic functions and
-    /// methods, the type names of the generic parameters and `Self` (generated code passes
-    /// `type_name::<(Self, T, ..)>()`, or `""`), since their entries would otherwise share a
-    /// fingerprint. An entry with another fingerprint is a miss.
-    pub(crate) fn fingerprint<V: ?Sized>(&self, instance: &'static str) -> u64 {
+    /// name, the key and tag templates, the `version`, the function's owner (the `impl` type of
+    /// a method, with its generic arguments), taken from `body_type`, the type name of an async
+    /// block in the function or in one of its generated helpers, and `key_types`, the type name
+    /// of a tuple of references to the parameters that keys and tags are rendered from (so a
+    /// generic `T` rendered alike for `1u8` and `"1"` never shares entries). An entry with
+    /// another fingerprint is a miss. With `remember`, the result is kept for the next call
+    /// of the same instantiation (memoized calls); helpers pass `false` so they never displace
+    /// the function's own.
+    pub(crate) fn resolve<V: ?Sized>(
+        &self,
+        body_type: &'static str,
+        key_types: &'static str,
+        remember: bool,
+    ) -> Cow<'_, Resolved> {
         let stored = std::any::type_name::<V>();
         let names = [
             (stored.as_ptr() as usize, stored.len()),
-            (instance.as_ptr() as usize, instance.len()),
+            (body_type.as_ptr() as usize, body_type.len()),
+            (key_types.as_ptr() as usize, key_types.len()),
         ];
-        if let Some((first_names, fingerprint)) = self.first_fingerprint.get()
+        if let Some((first_names, resolved)) = self.first_resolved.get()
             && *first_names == names
         {
-            return *fingerprint;
+            return Cow::Borrowed(resolved);
         }
+        let owner = crate::tags::owner_of(body_type);
         let mut hash = Fnv1a::new();
-        for part in [self.identity, stored, instance, self.template] {
+        for part in [self.identity, stored, owner, key_types, self.template] {
             hash.write(part.as_bytes());
             hash.write(&[0xff]);
         }
+        for tag in self.tags {
+            hash.write(tag.as_bytes());
+            hash.write(&[0xfe]);
+        }
         hash.write(&self.version.to_le_bytes());
-        let _ = self.first_fingerprint.set((names, hash.0));
-        hash.0
+        let resolved = Resolved {
+            fingerprint: hash.finish(),
+            function_tag: crate::tags::function_tag(self.identity, self.name, owner),
+        };
+        if remember
+            && self.first_resolved.set((names, resolved.clone())).is_ok()
+            && let Some((_, kept)) = self.first_resolved.get()
+        {
+            return Cow::Borrowed(kept);
+        }
+        Cow::Owned(resolved)
+    }
+
+    /// The rendering of the function's implicit tag, for the function or helper whose async
+    /// block's type name is `body_type` (see [`FnSpec::resolve`]).
+    pub(crate) fn function_tag(&self, body_type: &'static str) -> String {
+        crate::tags::function_tag(self.identity, self.name, crate::tags::owner_of(body_type))
     }
 }
 
 /// FNV-1a, 64 bits: stable across builds and platforms (unlike `DefaultHasher`), and the
 /// inputs are not attacker-chosen.
-struct Fnv1a(u64);
+pub(crate) struct Fnv1a(u64);
 
 impl Fnv1a {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Fnv1a(0xcbf2_9ce4_8422_2325)
     }
 
-    fn write(&mut self, bytes: &[u8]) {
+    pub(crate) fn write(&mut self, bytes: &[u8]) {
         for &byte in bytes {
             self.0 ^= u64::from(byte);
             self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
         }
+    }
+
+    pub(crate) fn finish(&self) -> u64 {
+        self.0
     }
 }
 
@@ -148,26 +201,45 @@ mod tests {
         FnSpec::new("f", "m::f", "user:<id>", Duration::from_secs(1))
     }
 
+    const BODY: &str = "m::f::{{closure}}";
+
+    fn fingerprint<V>(spec: &FnSpec, body: &'static str) -> u64 {
+        spec.resolve::<V>(body, "(&u64,)", true).fingerprint
+    }
+
     #[test]
-    fn fingerprint_covers_function_type_instance_template_and_version() {
-        let base = spec().fingerprint::<u32>("");
-        assert_eq!(base, spec().fingerprint::<u32>(""));
-        assert_ne!(base, spec().fingerprint::<u64>(""));
-        assert_ne!(base, spec().fingerprint::<u32>("(u8,)"));
-        assert_ne!(base, spec().version(1).fingerprint::<u32>(""));
+    fn fingerprint_covers_function_type_owner_templates_and_version() {
+        let base = fingerprint::<u32>(&spec(), BODY);
+        assert_eq!(base, fingerprint::<u32>(&spec(), BODY));
+        assert_ne!(base, fingerprint::<u64>(&spec(), BODY));
+        assert_ne!(base, fingerprint::<u32>(&spec(), "m::A::f::{{closure}}"));
+        assert_ne!(base, fingerprint::<u32>(&spec().version(1), BODY));
+        assert_ne!(base, fingerprint::<u32>(&spec().tags(&["org:<id>"]), BODY));
+        let other_key_types = spec().resolve::<u32>(BODY, "(&u8,)", true).fingerprint;
+        assert_ne!(base, other_key_types);
         let other_template = FnSpec::new("f", "m::f", "user:<name>", Duration::from_secs(1));
-        assert_ne!(base, other_template.fingerprint::<u32>(""));
+        assert_ne!(base, fingerprint::<u32>(&other_template, BODY));
         let other_function = FnSpec::new("g", "m::g", "user:<id>", Duration::from_secs(1));
-        assert_ne!(base, other_function.fingerprint::<u32>(""));
+        assert_ne!(base, fingerprint::<u32>(&other_function, BODY));
+    }
+
+    #[test]
+    fn helpers_resolve_like_their_function() {
+        let spec = spec();
+        let from_function = spec.resolve::<u32>("m::A<u8>::f::{{closure}}", "(&u8,)", true);
+        let from_helper =
+            spec.resolve::<u32>("m::A<u8>::f_cache_entry::{{closure}}", "(&u8,)", false);
+        assert_eq!(from_function.fingerprint, from_helper.fingerprint);
+        assert_eq!(from_function.function_tag, from_helper.function_tag);
     }
 
     #[test]
     fn a_second_instantiation_does_not_reuse_the_first_fingerprint() {
         let spec = spec();
-        let first = spec.fingerprint::<u32>("");
-        let second = spec.fingerprint::<String>("");
+        let first = fingerprint::<u32>(&spec, BODY);
+        let second = fingerprint::<String>(&spec, BODY);
         assert_ne!(first, second);
-        assert_eq!(spec.fingerprint::<u32>(""), first);
-        assert_eq!(spec.fingerprint::<String>(""), second);
+        assert_eq!(fingerprint::<u32>(&spec, BODY), first);
+        assert_eq!(fingerprint::<String>(&spec, BODY), second);
     }
 }

@@ -35,6 +35,10 @@ pub struct Stats {
     /// Cache operations skipped or failed because Redis was unreachable, slow or erroring;
     /// the call ran the function instead.
     pub fail_open: u64,
+    /// Write-throughs and evictions of `#[redis_cache_put]` / `#[redis_cache_evict]` that
+    /// failed (Redis down or slow). The writer's call still succeeded; each is logged at
+    /// error level, since the entries concerned may now be stale until their ttl.
+    pub lost_writes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -49,6 +53,7 @@ pub(crate) struct Counters {
     decode_failures: AtomicU64,
     encode_failures: AtomicU64,
     fail_open: AtomicU64,
+    lost_writes: AtomicU64,
 }
 
 /// One countable event.
@@ -131,6 +136,12 @@ impl Counters {
         metrics.0[event as usize].increment(1);
     }
 
+    /// Counts a failed write-through or eviction (`redis_memo_lost_writes_total`).
+    pub(crate) fn record_lost_write(&self) {
+        self.lost_writes.fetch_add(1, Relaxed);
+        metrics::counter!("redis_memo_lost_writes_total").increment(1);
+    }
+
     pub(crate) fn snapshot(&self) -> Stats {
         Stats {
             hits: self.hits.load(Relaxed),
@@ -143,6 +154,7 @@ impl Counters {
             decode_failures: self.decode_failures.load(Relaxed),
             encode_failures: self.encode_failures.load(Relaxed),
             fail_open: self.fail_open.load(Relaxed),
+            lost_writes: self.lost_writes.load(Relaxed),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::lease::Acquired;
 use crate::notify::{self, Listener, Notice, Notices};
+use crate::tags::{self, Token, Versions};
 use bytes::Bytes;
 use moka::Expiry;
 use std::collections::HashMap;
@@ -30,6 +31,8 @@ pub struct MemoryStore {
     /// Lease key -> (token, expiry). Also serializes fills and invalidations, as Redis's
     /// single thread does.
     leases: Arc<Mutex<HashMap<String, (String, Instant)>>>,
+    /// Tag version key -> (token, expiry).
+    tags: Arc<Mutex<HashMap<String, (Token, Instant)>>>,
     /// Fill announcements, as Redis pub/sub makes them.
     notices: Notices,
 }
@@ -95,12 +98,90 @@ impl MemoryStore {
                 .expire_after(PerEntryTtl)
                 .build(),
             leases: Arc::default(),
+            tags: Arc::default(),
             notices: Notices::default(),
         }
     }
 
     fn leases(&self) -> MutexGuard<'_, HashMap<String, (String, Instant)>> {
         self.leases.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn tags(&self) -> MutexGuard<'_, HashMap<String, (Token, Instant)>> {
+        self.tags.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The entry and its tags' current tokens.
+    pub(crate) fn read(&self, entry: &str, tag_keys: &[String]) -> (Option<Bytes>, Versions) {
+        let versions = if tag_keys.is_empty() {
+            Vec::new()
+        } else {
+            let now = Instant::now();
+            let tags = self.tags();
+            tag_keys
+                .iter()
+                .map(|key| {
+                    tags.get(key.as_str())
+                        .filter(|(_, expiry)| *expiry > now)
+                        .map(|(token, _)| *token)
+                })
+                .collect()
+        };
+        (self.get(entry), versions)
+    }
+
+    /// Creates the missing tag tokens; the tokens, in order.
+    pub(crate) fn ensure_tags(&self, keys: &[&str], ttl: Duration) -> Vec<Token> {
+        let now = Instant::now();
+        let mut tags = self.tags();
+        keys.iter()
+            .map(|key| {
+                let slot = tags
+                    .entry((*key).to_owned())
+                    .or_insert_with(|| (tags::new_token(), now + ttl));
+                if slot.1 <= now {
+                    *slot = (tags::new_token(), now + ttl);
+                }
+                slot.0
+            })
+            .collect()
+    }
+
+    /// Extends tag version keys to live at least `ttl` more.
+    pub(crate) fn extend_tags(&self, keys: &[String], ttl: Duration) {
+        let until = Instant::now() + ttl;
+        let mut tags = self.tags();
+        for key in keys {
+            if let Some((_, expiry)) = tags.get_mut(key.as_str()) {
+                *expiry = (*expiry).max(until);
+            }
+        }
+    }
+
+    /// Deletes tag version keys; how many existed.
+    pub(crate) fn invalidate_tags(&self, keys: &[String]) -> u64 {
+        let now = Instant::now();
+        let mut tags = self.tags();
+        keys.iter()
+            .filter(|key| {
+                tags.remove(key.as_str())
+                    .is_some_and(|(_, expiry)| expiry > now)
+            })
+            .count() as u64
+    }
+
+    /// Removes a tag's version key, as `DEL` on Redis would: its entries become misses.
+    pub async fn remove_tag_raw(&self, full_tag_key: &str) -> bool {
+        self.invalidate_tags(&[full_tag_key.to_owned()]) > 0
+    }
+
+    /// The put script: stores the entry whoever holds its lease, and deletes the lease.
+    pub(crate) fn put(&self, entry: &str, lease: &str, value: Bytes, ttl: Duration) {
+        let mut leases = self.leases();
+        leases.remove(lease);
+        self.insert(entry, value.clone(), ttl);
+        self.notices
+            .deliver(&notify::channel(entry), Notice::Filled(value));
     }
 
     /// The bytes stored under a full key (`<namespace>:{<rendered key>}`), if present and not

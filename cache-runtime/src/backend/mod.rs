@@ -13,6 +13,7 @@ pub(crate) use self::redis::RedisBackend;
 use crate::CacheError;
 use crate::lease::Acquired;
 use crate::notify::Listener;
+use crate::tags::{Token, Versions};
 use bytes::Bytes;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -33,6 +34,72 @@ impl Backend {
         match self {
             Backend::Redis(redis) => redis.get(key, deadline).await,
             Backend::Memory(memory) => Ok(memory.get(key)),
+        }
+    }
+
+    /// Reads `entry` and the current tokens of `tag_keys` in one round trip, giving up at
+    /// `deadline`.
+    pub(crate) async fn read(
+        &self,
+        entry: &str,
+        tag_keys: &[String],
+        deadline: Instant,
+    ) -> Result<(Option<Bytes>, Versions), CacheError> {
+        match self {
+            Backend::Redis(redis) => redis.read(entry, tag_keys, deadline).await,
+            Backend::Memory(memory) => Ok(memory.read(entry, tag_keys)),
+        }
+    }
+
+    /// Makes sure each tag version key holds a token (new ones live `ttl`); the tokens.
+    pub(crate) async fn ensure_tags(
+        &self,
+        keys: &[&str],
+        ttl: Duration,
+    ) -> Result<Vec<Token>, CacheError> {
+        match self {
+            Backend::Redis(redis) => redis.ensure_tags(keys, ttl).await,
+            Backend::Memory(memory) => Ok(memory.ensure_tags(keys, ttl)),
+        }
+    }
+
+    /// Makes tag version keys live at least `ttl` more (never less than they would).
+    pub(crate) async fn extend_tags(
+        &self,
+        keys: &[String],
+        ttl: Duration,
+    ) -> Result<(), CacheError> {
+        match self {
+            Backend::Redis(redis) => redis.extend_tags(keys, ttl).await,
+            Backend::Memory(memory) => {
+                memory.extend_tags(keys, ttl);
+                Ok(())
+            }
+        }
+    }
+
+    /// Deletes tag version keys (every entry recording them becomes a miss); how many existed.
+    pub(crate) async fn invalidate_tags(&self, keys: &[String]) -> Result<u64, CacheError> {
+        match self {
+            Backend::Redis(redis) => redis.invalidate_tags(keys).await,
+            Backend::Memory(memory) => Ok(memory.invalidate_tags(keys)),
+        }
+    }
+
+    /// Stores `value` under `entry` whoever holds its lease, and deletes the lease.
+    pub(crate) async fn put(
+        &self,
+        entry: &str,
+        lease: &str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> Result<(), CacheError> {
+        match self {
+            Backend::Redis(redis) => redis.put(entry, lease, value, ttl).await,
+            Backend::Memory(memory) => {
+                memory.put(entry, lease, value, ttl);
+                Ok(())
+            }
         }
     }
 

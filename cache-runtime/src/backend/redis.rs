@@ -4,6 +4,7 @@
 use crate::CacheError;
 use crate::lease::{self, Acquired};
 use crate::notify::{self, Listener, Notices};
+use crate::tags::{self, Token, Versions};
 use bytes::Bytes;
 use redis::aio::ConnectionManager;
 use std::sync::{Arc, LazyLock};
@@ -109,6 +110,154 @@ impl RedisBackend {
     ) -> Result<Option<Bytes>, CacheError> {
         let value: Option<Vec<u8>> = self.run_until(redis::cmd("GET").arg(key), deadline).await?;
         Ok(value.map(Bytes::from))
+    }
+
+    /// The entry and the current tokens of its tags, pipelined: one round trip, one `GET` per
+    /// key (so no command spans two Cluster slots). An error reply for the entry (`WRONGTYPE`)
+    /// is returned as the error; one for a tag makes that tag's token missing.
+    pub(crate) async fn read(
+        &self,
+        entry: &str,
+        tag_keys: &[String],
+        deadline: Instant,
+    ) -> Result<(Option<Bytes>, Versions), CacheError> {
+        if tag_keys.is_empty() {
+            return Ok((self.get(entry, deadline).await?, Vec::new()));
+        }
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors().get(entry);
+        for key in tag_keys {
+            pipe.get(key);
+        }
+        let replies: Vec<redis::RedisResult<Option<Vec<u8>>>> =
+            self.pipeline_until(&pipe, deadline).await?;
+        let mut replies = replies.into_iter();
+        let entry = replies.next().transpose()?.flatten().map(Bytes::from);
+        let versions = replies
+            .map(|reply| {
+                reply
+                    .ok()
+                    .flatten()
+                    .and_then(|bytes| tags::parse_token(&bytes))
+            })
+            .collect();
+        Ok((entry, versions))
+    }
+
+    /// Makes sure each of `keys` holds a tag token, creating the missing ones (`SET NX PX
+    /// ttl`) and replacing values that are not tokens; the tokens, in order.
+    pub(crate) async fn ensure_tags(
+        &self,
+        keys: &[&str],
+        ttl: Duration,
+    ) -> Result<Vec<Token>, CacheError> {
+        let fresh: Vec<Token> = keys.iter().map(|_| tags::new_token()).collect();
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for (key, token) in keys.iter().zip(&fresh) {
+            pipe.cmd("SET")
+                .arg(key)
+                .arg(&token[..])
+                .arg("NX")
+                .arg("PX")
+                .arg(millis(ttl))
+                .ignore()
+                .get(key);
+        }
+        let deadline = Instant::now() + self.op_timeout;
+        let replies: Vec<redis::RedisResult<Option<Vec<u8>>>> =
+            self.pipeline_until(&pipe, deadline).await?;
+        let mut tokens = Vec::with_capacity(keys.len());
+        let mut overwrite = redis::pipe();
+        for ((key, token), reply) in keys.iter().zip(&fresh).zip(replies) {
+            match reply
+                .ok()
+                .flatten()
+                .and_then(|bytes| tags::parse_token(&bytes))
+            {
+                Some(current) => tokens.push(current),
+                None => {
+                    // Not a token (a value of another type, or garbage): ours replaces it.
+                    overwrite
+                        .cmd("SET")
+                        .arg(key)
+                        .arg(&token[..])
+                        .arg("PX")
+                        .arg(millis(ttl))
+                        .ignore();
+                    tokens.push(*token);
+                }
+            }
+        }
+        if !overwrite.is_empty() {
+            let deadline = Instant::now() + self.op_timeout;
+            let () = self.pipeline_until(&overwrite, deadline).await?;
+        }
+        Ok(tokens)
+    }
+
+    /// Keeps tag version keys at least as long as an entry that records them (`PEXPIRE ..
+    /// GT`: never shortened, and a key without expiry keeps none).
+    pub(crate) async fn extend_tags(
+        &self,
+        keys: &[String],
+        ttl: Duration,
+    ) -> Result<(), CacheError> {
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("PEXPIRE")
+                .arg(key)
+                .arg(millis(ttl))
+                .arg("GT")
+                .ignore();
+        }
+        let deadline = Instant::now() + self.op_timeout;
+        self.pipeline_until(&pipe, deadline).await
+    }
+
+    /// Deletes tag version keys, one `DEL` each (they may live in different Cluster slots);
+    /// how many existed.
+    pub(crate) async fn invalidate_tags(&self, keys: &[String]) -> Result<u64, CacheError> {
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.del(key);
+        }
+        let deadline = Instant::now() + self.op_timeout;
+        let removed: Vec<u64> = self.pipeline_until(&pipe, deadline).await?;
+        Ok(removed.into_iter().sum())
+    }
+
+    /// Stores `value` as the entry, taking its lease from whoever holds it (their fill is
+    /// then rejected), and announces it to `lock` waiters.
+    pub(crate) async fn put(
+        &self,
+        entry: &str,
+        lease: &str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> Result<(), CacheError> {
+        static PUT: LazyLock<redis::Script> =
+            LazyLock::new(|| redis::Script::new(lease::PUT_SCRIPT));
+        let mut invocation = PUT.key(entry);
+        invocation
+            .key(lease)
+            .arg(value.as_ref())
+            .arg(millis(ttl))
+            .arg(notify::channel(entry));
+        let _: i64 = self.invoke(&invocation).await?;
+        Ok(())
+    }
+
+    async fn pipeline_until<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+        deadline: Instant,
+    ) -> Result<T, CacheError> {
+        let mut connection = self.connection.clone();
+        match tokio::time::timeout_at(deadline, pipe.query_async(&mut connection)).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(CacheError::Timeout(self.op_timeout)),
+        }
     }
 
     pub(crate) async fn acquire_lease(

@@ -1,6 +1,6 @@
 use redis_memo::redis_cached;
 
-#[redis_cached(ttl = "1m", key = "user:<id>", tags = ["users"])]
+#[redis_cached(ttl = "1m", key = "user:<id>", stale = "1m")]
 async fn get_user(id: u64) -> String {
     id.to_string()
 }

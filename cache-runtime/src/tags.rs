@@ -1,0 +1,181 @@
+//! Tags: invalidating any number of entries with one Redis command.
+//!
+//! Each tag has a version key, `<namespace>:#tag:{<rendered tag>}`, holding a random token.
+//! An entry records the tokens of its tags as they were before it was computed (in its
+//! envelope); a read fetches the entry and its tags' current tokens in one pipelined round
+//! trip, one `GET` per key, so no command spans two Cluster slots. The entry is valid only if
+//! every recorded token is still current. Invalidating a tag deletes its version key (one
+//! `DEL`, whatever the number of entries); the next computation under the tag draws a new
+//! token. A version key that disappeared for any reason (eviction, a partial flush, a hand
+//! `DEL`) therefore invalidates its entries: it never makes an old entry valid again.
+//!
+//! Every memoized function also carries an implicit tag of its own, so `invalidate_all_<fn>`
+//! is one command too.
+
+use crate::CacheError;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Length of a tag token, in bytes.
+pub(crate) const TOKEN_LEN: usize = 16;
+
+/// The current version of a tag: random, so a token never comes back after a deletion.
+pub(crate) type Token = [u8; TOKEN_LEN];
+
+/// The tokens of an entry's tags as read, in the function's tag order: `None` for a version
+/// key that is missing (or holds something that is not a token).
+pub(crate) type Versions = Vec<Option<Token>>;
+
+/// A token no other tag version had: 128 random bits.
+pub(crate) fn new_token() -> Token {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let count = NEXT.fetch_add(1, Relaxed);
+    let high = RandomState::new().hash_one(count);
+    let low = RandomState::new().hash_one((count, std::process::id()));
+    let mut token = [0u8; TOKEN_LEN];
+    token[..8].copy_from_slice(&high.to_le_bytes());
+    token[8..].copy_from_slice(&low.to_le_bytes());
+    token
+}
+
+/// The token in a version key's value, if it is one.
+pub(crate) fn parse_token(bytes: &[u8]) -> Option<Token> {
+    bytes.try_into().ok()
+}
+
+/// Prefix of the full key of a tag, after the namespace: `#` never appears in a namespace, so
+/// a tag key can never be an entry key.
+pub(crate) const TAG_KEY_INFIX: &str = ":#tag:{";
+
+/// The full version key of the tag whose rendering is `rendered`.
+pub(crate) fn tag_key(namespace: &str, rendered: &str) -> String {
+    let mut key = String::with_capacity(namespace.len() + TAG_KEY_INFIX.len() + rendered.len() + 1);
+    key.push_str(namespace);
+    key.push_str(TAG_KEY_INFIX);
+    key.push_str(rendered);
+    key.push('}');
+    key
+}
+
+/// Checks a tag given as plain text (`Cache::invalidate_tag("users")`): it must be what a tag
+/// template without placeholders renders to, or it could never match a stored tag.
+pub(crate) fn validate_literal(tag: &str) -> Result<(), CacheError> {
+    let valid = !tag.is_empty()
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-:/=@+|".contains(&b));
+    if valid {
+        Ok(())
+    } else {
+        Err(CacheError::Config(format!(
+            "{tag:?} is not a literal tag: tags given as text use only letters, digits and \
+             `_ . - : / = @ + |`; invalidate tags with arguments through the generated \
+             `invalidate_<fn>_by_<params>` helpers, which escape the arguments as the cache does"
+        )))
+    }
+}
+
+/// The implicit tag of a function: `#fn:<module path>::<name>` (`#` never starts a user tag),
+/// followed by a hash of the owning type for methods, whose module path alone would not tell
+/// two `impl` blocks of one module apart.
+pub(crate) fn function_tag(identity: &str, name: &str, owner: &str) -> String {
+    let module = identity
+        .strip_suffix(name)
+        .and_then(|rest| rest.strip_suffix("::"))
+        .unwrap_or(identity);
+    let mut tag = String::with_capacity(identity.len() + 21);
+    tag.push_str("#fn:");
+    tag.push_str(identity);
+    if owner != module {
+        let mut hash = crate::spec::Fnv1a::new();
+        hash.write(owner.as_bytes());
+        tag.push_str(&format!("@{:016x}", hash.finish()));
+    }
+    tag
+}
+
+/// The path that owns a function, from the type name of an async block in its body:
+/// `app::Repo<u32>::get::{{closure}}::{{closure}}` is owned by `app::Repo<u32>`, `app::get<T>::{{closure}}`
+/// by `app`. A function and its generated helpers share an owner, whatever their generic
+/// arguments (which are not part of it: they do not change what an entry holds, or they are
+/// in the stored type).
+pub(crate) fn owner_of(type_name: &str) -> &str {
+    // An async block in an `async fn` is a closure in a closure.
+    let mut path = type_name;
+    while let Some(outer) = path.strip_suffix("::{{closure}}") {
+        path = outer;
+    }
+    let mut depth = 0usize;
+    let bytes = path.as_bytes();
+    let mut last_separator = None;
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'<' => depth += 1,
+            b'>' => depth = depth.saturating_sub(1),
+            b':' if depth == 0 && bytes.get(index + 1) == Some(&b':') => {
+                last_separator = Some(index);
+                index += 1;
+            }
+            _ => {}
+        }
+        index += 1;
+    }
+    match last_separator {
+        Some(at) => &path[..at],
+        None => path,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_and_parse_back() {
+        let token = new_token();
+        assert_ne!(token, new_token());
+        assert_eq!(parse_token(&token), Some(token));
+        assert_eq!(parse_token(b"short"), None);
+    }
+
+    #[test]
+    fn tag_keys_never_look_like_entry_keys() {
+        assert_eq!(tag_key("memo", "org:7"), "memo:#tag:{org:7}");
+        assert!(validate_literal("users").is_ok());
+        assert!(validate_literal("org:7").is_ok());
+        for bad in ["", "a b", "a*", "{x}", "#fn:x"] {
+            assert!(validate_literal(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn owners_drop_the_function_and_its_generic_arguments() {
+        assert_eq!(
+            owner_of("app::Repo<u32>::get::{{closure}}"),
+            "app::Repo<u32>"
+        );
+        assert_eq!(
+            owner_of("app::Repo<u32>::get_cache_entry::{{closure}}"),
+            "app::Repo<u32>"
+        );
+        assert_eq!(
+            owner_of("app::get<alloc::string::String>::{{closure}}"),
+            "app"
+        );
+        assert_eq!(owner_of("app::m::get::{{closure}}"), "app::m");
+        assert_eq!(
+            owner_of("app::A<u8>::get::{{closure}}::{{closure}}"),
+            "app::A<u8>"
+        );
+        assert_eq!(owner_of("get::{{closure}}"), "get");
+    }
+
+    #[test]
+    fn function_tags_tell_impl_blocks_apart() {
+        assert_eq!(function_tag("app::get", "get", "app"), "#fn:app::get");
+        let a = function_tag("app::get", "get", "app::A");
+        let b = function_tag("app::get", "get", "app::B");
+        assert!(a.starts_with("#fn:app::get@") && a != b);
+    }
+}
