@@ -142,7 +142,7 @@ fn parse_segments(source: &str, label: &str) -> Result<Vec<Segment>, (usize, Str
                 return Err((
                     offset,
                     format!(
-                        "`{}` is not allowed in a key template: {why}",
+                        "`{}` is not allowed in a {label} template: {why}",
                         c.escape_default()
                     ),
                 ));

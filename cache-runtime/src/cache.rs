@@ -236,6 +236,13 @@ impl Cache {
         key
     }
 
+    /// The Redis key of the version of the tag whose rendering is `rendered` (`"org:7"`):
+    /// `<namespace>:#tag:{<rendered>}`. Deleting it invalidates every entry recorded under the
+    /// tag.
+    pub fn full_tag_key(&self, rendered: &str) -> String {
+        crate::tags::tag_key(&self.inner.namespace, rendered)
+    }
+
     /// A writer whose result is the full key of an entry of this cache.
     pub(crate) fn entry_key_writer(&self) -> crate::KeyWriter {
         crate::KeyWriter::entry_key(&self.inner.namespace)

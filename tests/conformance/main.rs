@@ -1,32 +1,33 @@
 //! The conformance suite: every behaviour of cache-aside, run against Redis and against the
 //! in-memory backend. Each test in `suite` is instantiated once per backend.
 
+mod invalidation;
 mod suite;
 #[path = "../support/mod.rs"]
 mod support;
 
 macro_rules! conformance {
-    ($($test:ident),* $(,)?) => {
+    ($($module:ident { $($test:ident),* $(,)? })*) => {
         mod redis_backend {
-            $(
+            $($(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
-                    crate::suite::$test(crate::support::Harness::new(crate::support::Backend::Redis)).await;
+                    crate::$module::$test(crate::support::Harness::new(crate::support::Backend::Redis)).await;
                 }
-            )*
+            )*)*
         }
         mod memory_backend {
-            $(
+            $($(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
-                    crate::suite::$test(crate::support::Harness::new(crate::support::Backend::Memory)).await;
+                    crate::$module::$test(crate::support::Harness::new(crate::support::Backend::Memory)).await;
                 }
-            )*
+            )*)*
         }
     };
 }
 
-conformance!(
+conformance!(suite {
     second_call_is_served_from_the_cache,
     entries_expire_after_their_ttl,
     arguments_that_render_alike_naively_never_share_an_entry,
@@ -45,4 +46,18 @@ conformance!(
     an_argument_value_never_widens_a_pattern,
     methods_key_on_named_fields_of_self,
     field_paths_and_helpers_agree_with_the_stored_key,
-);
+} invalidation {
+    a_tag_invalidates_its_entries_and_no_others,
+    typed_tag_helpers_escape_their_arguments,
+    one_command_invalidates_a_hundred_thousand_entries,
+    deleting_a_tag_version_by_hand_invalidates_its_entries,
+    invalidate_all_misses_every_entry_of_one_function_only,
+    a_tag_invalidated_during_a_computation_makes_its_fill_a_miss,
+    a_caller_after_a_tag_invalidation_never_joins_an_older_computation,
+    put_stores_the_new_value_only_when_the_writer_succeeds,
+    put_with_a_value_expression,
+    put_defeats_a_computation_in_flight,
+    evict_removes_the_entry_and_only_it_after_success,
+    evict_defeats_a_computation_in_flight,
+    evict_tags_all_of_and_before,
+});

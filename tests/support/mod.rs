@@ -49,7 +49,8 @@ impl Harness {
                 }
             }
             Backend::Memory => {
-                let store = MemoryStore::new();
+                // Room for the suite's largest test (100,000 entries under one tag).
+                let store = MemoryStore::with_max_entries(1_000_000);
                 let cache = builder.memory(store.clone()).build().expect("cache");
                 Harness {
                     cache,
@@ -122,6 +123,36 @@ impl Harness {
             }
             (None, None) => unreachable!("a harness has a server or a store"),
         }
+    }
+
+    /// Deletes a tag's version key by hand, as an operator (or an eviction) could.
+    pub async fn delete_tag_raw(&self, rendered_tag: &str) {
+        let key = self.cache.full_tag_key(rendered_tag);
+        match (&self.server, &self.store) {
+            (Some(server), _) => {
+                let deleted: u64 = Self::redis(server, redis::cmd("DEL").arg(&key)).await;
+                assert_eq!(deleted, 1, "{key} existed");
+            }
+            (None, Some(store)) => assert!(store.remove_tag_raw(&key).await, "{key} existed"),
+            (None, None) => unreachable!("a harness has a server or a store"),
+        }
+    }
+
+    /// Redis's count of calls per command (`INFO commandstats`), without the `INFO` calls;
+    /// `None` for the in-memory backend.
+    pub async fn command_calls(&self) -> Option<std::collections::BTreeMap<String, u64>> {
+        let server = self.server.as_ref()?;
+        let info: String = Self::redis(server, redis::cmd("INFO").arg("commandstats")).await;
+        Some(
+            info.lines()
+                .filter_map(|line| {
+                    let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+                    let calls = rest.strip_prefix("calls=")?.split(',').next()?;
+                    Some((name.to_owned(), calls.parse().ok()?))
+                })
+                .filter(|(name, _)| name != "info")
+                .collect(),
+        )
     }
 
     /// The raw bytes stored for `rendered`, if any.

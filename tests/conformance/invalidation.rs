@@ -1,0 +1,487 @@
+//! Invalidation at scale: tags (O(1) whatever the number of entries), `invalidate_all_<fn>`,
+//! and the write-through / evict attributes that name their reader.
+
+use crate::support::{Harness, Probe};
+use redis_memo::{Cache, CacheError, redis_cache_evict, redis_cache_put, redis_cached};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+#[redis_cached(ttl = "1m", key = "member:<org>/<id>", tags = ["org:<org>", "members"], cache = cache)]
+async fn member(
+    id: u64,
+    org: &str,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] probe: &Probe,
+) -> String {
+    probe.ran();
+    format!("{id}@{org}")
+}
+
+#[redis_cached(ttl = "1m", key = "card:<org>/<id>", tags = ["org:<org>"], cache = cache)]
+async fn member_card(
+    id: u64,
+    org: &str,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] probe: &Probe,
+) -> String {
+    probe.ran();
+    format!("card {id}@{org}")
+}
+
+/// Calls `member` for ids `0..count` of `org`; returns how many ran the body.
+async fn members(h: &Harness, org: &str, count: u64) -> u32 {
+    let probe = Probe::default();
+    for id in 0..count {
+        assert_eq!(
+            member(id, org, &h.cache, &probe).await,
+            format!("{id}@{org}")
+        );
+    }
+    probe.runs()
+}
+
+pub async fn a_tag_invalidates_its_entries_and_no_others(h: Harness) {
+    for org in ["7", "8"] {
+        assert_eq!(members(&h, org, 20).await, 20, "cold");
+        assert_eq!(members(&h, org, 20).await, 0, "cached");
+    }
+    assert!(h.cache.invalidate_tag("org:7").await.unwrap());
+    assert_eq!(
+        members(&h, "7", 20).await,
+        20,
+        "every entry under org:7 misses"
+    );
+    assert_eq!(
+        members(&h, "8", 20).await,
+        0,
+        "entries under org:8 still hit"
+    );
+    assert_eq!(members(&h, "7", 20).await, 0, "and org:7 is cached again");
+
+    assert!(h.cache.invalidate_tag("members").await.unwrap());
+    assert_eq!(
+        members(&h, "7", 20).await,
+        20,
+        "a literal tag shared by all"
+    );
+    assert_eq!(members(&h, "8", 20).await, 20);
+
+    for not_literal in ["org:a b", "org:*", "", "{members}"] {
+        assert!(
+            matches!(
+                h.cache.invalidate_tag(not_literal).await,
+                Err(CacheError::Config(_))
+            ),
+            "{not_literal:?} is refused: it could never match an escaped tag"
+        );
+    }
+}
+
+pub async fn typed_tag_helpers_escape_their_arguments(h: Harness) {
+    let orgs = ["acme corp*", "acme corp", "acme%20corp", "a:b", "{x}"];
+    for org in orgs {
+        assert_eq!(members(&h, org, 5).await, 5);
+    }
+    assert!(
+        invalidate_member_by_org("acme corp*", &h.cache)
+            .await
+            .unwrap()
+    );
+    assert_eq!(members(&h, "acme corp*", 5).await, 5, "its entries miss");
+    for org in &orgs[1..] {
+        assert_eq!(members(&h, org, 5).await, 0, "{org:?} was not touched");
+    }
+    assert!(invalidate_member_by_org("{x}", &h.cache).await.unwrap());
+    assert_eq!(members(&h, "{x}", 5).await, 5);
+    assert!(
+        !invalidate_member_by_org("nobody", &h.cache).await.unwrap(),
+        "a tag nothing was computed under had no version"
+    );
+}
+
+#[redis_cached(ttl = "1h", key = "row:<id>", tags = ["table:<table>"], cache = cache)]
+async fn row(
+    id: u64,
+    table: &str,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] probe: &Probe,
+) -> String {
+    probe.ran();
+    table.to_owned()
+}
+
+pub async fn one_command_invalidates_a_hundred_thousand_entries(h: Harness) {
+    const ENTRIES: u64 = 100_000;
+    let probe = Probe::default();
+    assert_eq!(row(0, "big", &h.cache, &probe).await, "big");
+    // The value does not depend on the id: the first entry's bytes (with the tag tokens they
+    // were computed under) are valid for every row, so they are copied rather than computed.
+    let bytes = h.read_raw(&row_cache_key(0)).await.expect("stored");
+    let keys: Vec<String> = (1..ENTRIES).map(row_cache_key).collect();
+    h.write_many_raw(&keys, &bytes, Duration::from_secs(3600))
+        .await;
+    let sample: Vec<u64> = (0..ENTRIES).step_by(997).collect();
+    for &id in &sample {
+        assert_eq!(row(id, "big", &h.cache, &probe).await, "big");
+    }
+    assert_eq!(
+        probe.runs(),
+        1,
+        "all {} sampled entries are hits",
+        sample.len()
+    );
+
+    let before = h.command_calls().await;
+    assert!(invalidate_row_by_table("big", &h.cache).await.unwrap());
+    let after = h.command_calls().await;
+    if let (Some(before), Some(after)) = (before, after) {
+        let mut delta: HashMap<String, u64> = HashMap::new();
+        for (command, calls) in after {
+            let grown = calls - before.get(&command).copied().unwrap_or(0);
+            if grown > 0 {
+                delta.insert(command, grown);
+            }
+        }
+        assert_eq!(
+            delta,
+            HashMap::from([("del".to_owned(), 1)]),
+            "one DEL invalidates {ENTRIES} entries"
+        );
+    }
+    for &id in &sample {
+        assert_eq!(row(id, "big", &h.cache, &probe).await, "big");
+    }
+    assert_eq!(
+        probe.runs(),
+        1 + sample.len() as u32,
+        "every sampled entry misses"
+    );
+}
+
+pub async fn deleting_a_tag_version_by_hand_invalidates_its_entries(h: Harness) {
+    assert_eq!(members(&h, "7", 10).await, 10);
+    assert_eq!(members(&h, "8", 10).await, 10);
+    h.delete_tag_raw("org:7").await;
+    assert_eq!(
+        members(&h, "7", 10).await,
+        10,
+        "a lost version invalidates, never resurrects"
+    );
+    assert_eq!(members(&h, "8", 10).await, 0);
+    assert_eq!(members(&h, "7", 10).await, 0, "a new version was drawn");
+}
+
+pub async fn invalidate_all_misses_every_entry_of_one_function_only(h: Harness) {
+    let (probe, cards) = (Probe::default(), Probe::default());
+    for round in 0..2 {
+        for id in 0..10 {
+            member(id, "7", &h.cache, &probe).await;
+            member_card(id, "7", &h.cache, &cards).await;
+        }
+        assert_eq!((probe.runs(), cards.runs()), (10, 10), "round {round}");
+    }
+    assert!(invalidate_all_member(&h.cache).await.unwrap());
+    for id in 0..10 {
+        member(id, "7", &h.cache, &probe).await;
+        member_card(id, "7", &h.cache, &cards).await;
+    }
+    assert_eq!(probe.runs(), 20, "every entry of `member` misses");
+    assert_eq!(cards.runs(), 10, "`member_card` (same tag) is untouched");
+}
+
+/// A store that counts its loads and can hold one between reading and returning.
+#[derive(Default)]
+struct Db {
+    accounts: Mutex<HashMap<u64, Account>>,
+    loads: AtomicU32,
+    /// Fail the next write.
+    fail_writes: std::sync::atomic::AtomicBool,
+    /// Signals after a load read, then waits.
+    hold: Mutex<Option<(Arc<Notify>, Arc<Notify>)>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Account {
+    id: u64,
+    org: u32,
+    name: String,
+}
+
+impl Db {
+    fn with(accounts: &[(u64, u32, &str)]) -> Db {
+        let db = Db::default();
+        for &(id, org, name) in accounts {
+            db.write(account(id, org, name)).unwrap();
+        }
+        db
+    }
+
+    async fn load(&self, id: u64) -> Result<Account, String> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        let found = self.accounts.lock().unwrap().get(&id).cloned();
+        let hold = self.hold.lock().unwrap().take();
+        if let Some((read, release)) = hold {
+            read.notify_one();
+            release.notified().await;
+        }
+        found.ok_or_else(|| format!("no account {id}"))
+    }
+
+    fn write(&self, account: Account) -> Result<Account, String> {
+        if self.fail_writes.swap(false, Ordering::SeqCst) {
+            return Err("the database refused the write".into());
+        }
+        self.accounts
+            .lock()
+            .unwrap()
+            .insert(account.id, account.clone());
+        Ok(account)
+    }
+
+    fn remove(&self, id: u64) -> Result<(), String> {
+        if self.fail_writes.swap(false, Ordering::SeqCst) {
+            return Err("the database refused the delete".into());
+        }
+        self.accounts.lock().unwrap().remove(&id);
+        Ok(())
+    }
+
+    fn loads(&self) -> u32 {
+        self.loads.load(Ordering::SeqCst)
+    }
+
+    /// Makes the next load hold after reading; returns (read, release).
+    fn hold_next_load(&self) -> (Arc<Notify>, Arc<Notify>) {
+        let pair = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        *self.hold.lock().unwrap() = Some(pair.clone());
+        pair
+    }
+}
+
+fn account(id: u64, org: u32, name: &str) -> Account {
+    Account {
+        id,
+        org,
+        name: name.into(),
+    }
+}
+
+#[redis_cached(ttl = "1m", key = "account:<id>", tags = ["org:<org>"], cache = cache)]
+async fn get_account(
+    id: u64,
+    org: u32,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] db: &Db,
+) -> Result<Account, String> {
+    db.load(id).await
+}
+
+#[redis_cache_put(get_account(account.id, account.org), cache = cache)]
+async fn update_account(account: Account, cache: &Cache, db: &Db) -> Result<Account, String> {
+    db.write(account)
+}
+
+#[redis_cache_put(get_account(id, org), value = renamed, cache = cache)]
+async fn rename_account(
+    id: u64,
+    org: u32,
+    renamed: Account,
+    cache: &Cache,
+    db: &Db,
+) -> Result<(), String> {
+    db.write(renamed.clone()).map(drop)
+}
+
+#[redis_cache_evict(get_account(id, org), cache = cache)]
+async fn delete_account(id: u64, org: u32, cache: &Cache, db: &Db) -> Result<(), String> {
+    db.remove(id)
+}
+
+pub async fn put_stores_the_new_value_only_when_the_writer_succeeds(h: Harness) {
+    let db = Db::with(&[(1, 7, "ada")]);
+    assert_eq!(get_account(1, 7, &h.cache, &db).await.unwrap().name, "ada");
+    let renamed = account(1, 7, "ada lovelace");
+    assert_eq!(
+        update_account(renamed.clone(), &h.cache, &db).await,
+        Ok(renamed.clone())
+    );
+    assert_eq!(get_account(1, 7, &h.cache, &db).await, Ok(renamed.clone()));
+    assert_eq!(db.loads(), 1, "served from the put, the body did not run");
+
+    db.fail_writes.store(true, Ordering::SeqCst);
+    assert!(
+        update_account(account(1, 7, "refused"), &h.cache, &db)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        get_account(1, 7, &h.cache, &db).await,
+        Ok(renamed),
+        "a failed writer changes nothing"
+    );
+    assert_eq!(db.loads(), 1);
+
+    assert!(h.cache.invalidate_tag("org:7").await.unwrap());
+    get_account(1, 7, &h.cache, &db).await.unwrap();
+    assert_eq!(db.loads(), 2, "a put entry records its tags like a fill");
+}
+
+pub async fn put_with_a_value_expression(h: Harness) {
+    let db = Db::with(&[(2, 7, "grace")]);
+    get_account(2, 7, &h.cache, &db).await.unwrap();
+    rename_account(2, 7, account(2, 7, "grace hopper"), &h.cache, &db)
+        .await
+        .unwrap();
+    assert_eq!(
+        get_account(2, 7, &h.cache, &db).await.unwrap().name,
+        "grace hopper"
+    );
+    assert_eq!(db.loads(), 1);
+}
+
+pub async fn put_defeats_a_computation_in_flight(h: Harness) {
+    let db = Arc::new(Db::with(&[(1, 7, "old")]));
+    let (read, release) = db.hold_next_load();
+    let computation = tokio::spawn({
+        let (cache, db) = (h.cache.clone(), Arc::clone(&db));
+        async move { get_account(1, 7, &cache, &db).await }
+    });
+    read.notified().await; // it read "old" and computes
+    update_account(account(1, 7, "new"), &h.cache, &db)
+        .await
+        .unwrap();
+    release.notify_one();
+    assert_eq!(
+        computation.await.unwrap().unwrap().name,
+        "old",
+        "its own result"
+    );
+    assert_eq!(
+        get_account(1, 7, &h.cache, &db).await.unwrap().name,
+        "new",
+        "the older computation could not store over the put"
+    );
+    assert_eq!(db.loads(), 1);
+    assert_eq!(h.cache.stats().rejected_fills, 1);
+}
+
+pub async fn evict_removes_the_entry_and_only_it_after_success(h: Harness) {
+    let db = Db::with(&[(1, 7, "ada"), (2, 7, "grace")]);
+    get_account(1, 7, &h.cache, &db).await.unwrap();
+    get_account(2, 7, &h.cache, &db).await.unwrap();
+    assert_eq!(db.loads(), 2);
+
+    db.fail_writes.store(true, Ordering::SeqCst);
+    assert!(delete_account(1, 7, &h.cache, &db).await.is_err());
+    get_account(1, 7, &h.cache, &db).await.unwrap();
+    assert_eq!(db.loads(), 2, "a failed writer evicts nothing");
+
+    delete_account(1, 7, &h.cache, &db).await.unwrap();
+    assert_eq!(
+        get_account(1, 7, &h.cache, &db).await,
+        Err("no account 1".into()),
+        "the entry is gone"
+    );
+    get_account(2, 7, &h.cache, &db).await.unwrap();
+    assert_eq!(db.loads(), 3, "and only it");
+}
+
+pub async fn evict_defeats_a_computation_in_flight(h: Harness) {
+    let db = Arc::new(Db::with(&[(1, 7, "ada")]));
+    let (read, release) = db.hold_next_load();
+    let computation = tokio::spawn({
+        let (cache, db) = (h.cache.clone(), Arc::clone(&db));
+        async move { get_account(1, 7, &cache, &db).await }
+    });
+    read.notified().await;
+    delete_account(1, 7, &h.cache, &db).await.unwrap();
+    release.notify_one();
+    assert!(
+        computation.await.unwrap().is_ok(),
+        "it read before the delete"
+    );
+    assert_eq!(
+        get_account(1, 7, &h.cache, &db).await,
+        Err("no account 1".into()),
+        "its value was not stored after the evict"
+    );
+}
+
+pub async fn a_tag_invalidated_during_a_computation_makes_its_fill_a_miss(h: Harness) {
+    let db = Arc::new(Db::with(&[(1, 7, "old")]));
+    let (read, release) = db.hold_next_load();
+    let computation = tokio::spawn({
+        let (cache, db) = (h.cache.clone(), Arc::clone(&db));
+        async move { get_account(1, 7, &cache, &db).await }
+    });
+    read.notified().await;
+    db.write(account(1, 7, "new")).unwrap();
+    invalidate_get_account_by_org(7, &h.cache).await.unwrap();
+    release.notify_one();
+    assert_eq!(computation.await.unwrap().unwrap().name, "old");
+    assert_eq!(
+        get_account(1, 7, &h.cache, &db).await.unwrap().name,
+        "new",
+        "the value stored under the old tag version is a miss"
+    );
+    assert_eq!(get_account(1, 7, &h.cache, &db).await.unwrap().name, "new");
+    assert_eq!(db.loads(), 2);
+}
+
+pub async fn a_caller_after_a_tag_invalidation_never_joins_an_older_computation(h: Harness) {
+    let db = Arc::new(Db::with(&[(1, 7, "old")]));
+    // A first call stores a tag version, so the held computation reads one.
+    get_account(5, 7, &h.cache, &db).await.ok();
+    let (read, release) = db.hold_next_load();
+    let computation = tokio::spawn({
+        let (cache, db) = (h.cache.clone(), Arc::clone(&db));
+        async move { get_account(1, 7, &cache, &db).await }
+    });
+    read.notified().await;
+    db.write(account(1, 7, "new")).unwrap();
+    invalidate_get_account_by_org(7, &h.cache).await.unwrap();
+    // Still held: joining it would hand this caller "old".
+    assert_eq!(
+        get_account(1, 7, &h.cache, &db).await.unwrap().name,
+        "new",
+        "a call that starts after the invalidation computes anew"
+    );
+    release.notify_one();
+    assert_eq!(computation.await.unwrap().unwrap().name, "old");
+    assert_eq!(get_account(1, 7, &h.cache, &db).await.unwrap().name, "new");
+}
+
+#[redis_cache_evict(tags = ["org:<org>"], cache = cache)]
+async fn reorganize(org: u32, cache: &Cache) -> Result<(), String> {
+    let _ = org;
+    Ok(())
+}
+
+#[redis_cache_evict(all_of = get_account, before, cache = cache)]
+async fn reset_accounts(cache: &Cache) -> Result<(), String> {
+    Err("the reset failed half way".into())
+}
+
+pub async fn evict_tags_all_of_and_before(h: Harness) {
+    let db = Db::with(&[(1, 7, "ada"), (2, 8, "grace")]);
+    let load_both = || async {
+        get_account(1, 7, &h.cache, &db).await.unwrap();
+        get_account(2, 8, &h.cache, &db).await.unwrap();
+    };
+    load_both().await;
+    load_both().await;
+    assert_eq!(db.loads(), 2);
+    reorganize(7, &h.cache).await.unwrap();
+    load_both().await;
+    assert_eq!(db.loads(), 3, "org 7 only");
+    assert!(
+        reset_accounts(&h.cache).await.is_err(),
+        "the writer's own error"
+    );
+    load_both().await;
+    assert_eq!(db.loads(), 5, "`before` evicted all of get_account first");
+}
