@@ -5,37 +5,17 @@
 //! Run: `cargo bench -p redis-memo-benches`. Rounds of the contenders are interleaved so that
 //! machine noise lands on all of them alike; results are reported as ratios to the baseline.
 
+mod common;
+
 use cached::AsyncRedisCache;
 use cached::macros::concurrent_cached;
+use common::{CALLS_PER_TASK, Samples, TASKS, THROUGHPUT_ROUNDS, User, load_user, ratio};
 use redis::aio::ConnectionManager;
 use redis_memo::{Cache, redis_cached};
 use redis_memo_testkit::RedisServer;
-use serde::{Deserialize, Serialize};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-/// A typical cached row: a few scalars and strings (about 100 bytes encoded).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct User {
-    id: u64,
-    org_id: u32,
-    name: String,
-    email: String,
-    roles: Vec<String>,
-    active: bool,
-}
-
-fn load_user(id: u64) -> User {
-    User {
-        id,
-        org_id: 7,
-        name: format!("user number {id}"),
-        email: format!("user{id}@example.com"),
-        roles: vec!["reader".into(), "writer".into()],
-        active: true,
-    }
-}
 
 const TTL: Duration = Duration::from_secs(600);
 
@@ -153,18 +133,6 @@ impl Contender {
     }
 }
 
-/// Latencies of one contender, in nanoseconds.
-#[derive(Default)]
-struct Samples(Vec<u64>);
-
-impl Samples {
-    fn quantile(&mut self, q: f64) -> f64 {
-        self.0.sort_unstable();
-        let index = ((self.0.len() - 1) as f64 * q).round() as usize;
-        self.0[index] as f64 / 1000.0
-    }
-}
-
 const ROUNDS: usize = 30;
 const CALLS_PER_ROUND: usize = 300;
 
@@ -198,48 +166,17 @@ async fn latency(baseline: &Baseline, hit: bool) -> Vec<(Contender, f64, f64)> {
         .collect()
 }
 
-const TASKS: u64 = 64;
-const CALLS_PER_TASK: usize = 100;
-const THROUGHPUT_ROUNDS: usize = 40;
-
-/// Median calls per second over interleaved rounds of `TASKS` concurrent tasks.
+/// Median calls per second over interleaved rounds of concurrent tasks.
 async fn throughput(baseline: &Baseline) -> Vec<(Contender, f64)> {
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); CONTENDERS.len()];
-    for contender in CONTENDERS {
-        for task in 0..TASKS {
-            contender.get(baseline, 10_000 + task).await;
+    let baseline = baseline.clone();
+    let rates = common::throughput(CONTENDERS.len(), move |contender, task| {
+        let baseline = baseline.clone();
+        async move {
+            std::hint::black_box(CONTENDERS[contender].get(&baseline, 10_000 + task).await);
         }
-    }
-    for round in 0..THROUGHPUT_ROUNDS {
-        for offset in 0..CONTENDERS.len() {
-            let index = (round + offset) % CONTENDERS.len();
-            let contender = CONTENDERS[index];
-            let started = Instant::now();
-            let tasks: Vec<_> = (0..TASKS)
-                .map(|task| {
-                    let baseline = baseline.clone();
-                    tokio::spawn(async move {
-                        for _ in 0..CALLS_PER_TASK {
-                            std::hint::black_box(contender.get(&baseline, 10_000 + task).await);
-                        }
-                    })
-                })
-                .collect();
-            for task in tasks {
-                task.await.unwrap();
-            }
-            let calls = (TASKS as usize * CALLS_PER_TASK) as f64;
-            rates[index].push(calls / started.elapsed().as_secs_f64());
-        }
-    }
-    CONTENDERS
-        .iter()
-        .zip(rates)
-        .map(|(contender, mut rates)| {
-            rates.sort_by(f64::total_cmp);
-            (*contender, rates[rates.len() / 2])
-        })
-        .collect()
+    })
+    .await;
+    CONTENDERS.into_iter().zip(rates).collect()
 }
 
 async fn bytes_per_entry(server: &RedisServer, baseline: &Baseline) -> Vec<(Contender, i64, i64)> {
@@ -285,10 +222,6 @@ async fn bytes_per_entry(server: &RedisServer, baseline: &Baseline) -> Vec<(Cont
     rows
 }
 
-fn ratio(value: f64, baseline: f64) -> String {
-    format!("{:.3}x", value / baseline)
-}
-
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -302,7 +235,7 @@ fn main() {
         let baseline = Baseline { connection: ConnectionManager::new(client).await.unwrap() };
         MEMO_CACHE.set(Cache::builder().redis_url(server.url()).namespace("memo").build().unwrap()).unwrap();
 
-        println!("redis-memo cache-aside benchmark: one local redis-server, current-thread Tokio runtime");
+        println!("redis-memo cache-aside benchmark: one local redis-server, Tokio runtime with 2 workers");
         println!("(rounds interleaved; ratios are to the hand-written redis-rs baseline (a))\n");
 
         for (title, hit) in [("hit latency", true), ("miss latency (GET, compute, SET)", false)] {

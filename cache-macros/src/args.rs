@@ -14,7 +14,8 @@ use syn::spanned::Spanned;
 use syn::{Expr, Ident, LitInt, LitStr, Path, Token};
 
 /// The options this version accepts, listed in error messages.
-const VALID: &str = "`ttl`, `key`, `tags`, `cache`, `cache_none`, `lock`, `version`, `crate`";
+const VALID: &str =
+    "`ttl`, `key`, `tags`, `invalidate_all`, `cache`, `cache_none`, `lock`, `version`, `crate`";
 /// Options of the design that later versions add; refused with a clearer message.
 const PLANNED: &[&str] = &[
     "stale",
@@ -31,6 +32,8 @@ pub(crate) struct CachedArgs {
     pub(crate) key: Template,
     /// `tags = ["org:<org_id>", ..]`.
     pub(crate) tags: Vec<Template>,
+    /// `invalidate_all`: entries record the function's own tag.
+    pub(crate) invalidate_all: bool,
     /// `cache = <expr>`: where the `&Cache` comes from; the installed global one otherwise.
     pub(crate) cache: Option<Expr>,
     /// `lock`: wait for another process's value instead of computing it too.
@@ -88,6 +91,7 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
     let mut ttl = None;
     let mut key = None;
     let mut tags = Vec::new();
+    let mut invalidate_all = false;
     let mut cache = None;
     let mut cache_none = None;
     let mut version = 0;
@@ -126,6 +130,10 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
                 }
             }
             "tags" => tags = tag_templates(&name, value.as_ref(), errors),
+            "invalidate_all" => match value {
+                None => invalidate_all = true,
+                Some(value) => errors.spanned(value, "`invalidate_all` takes no value: write `invalidate_all`"),
+            },
             "cache" => match value {
                 Some(expr) => cache = Some(expr),
                 None => errors.spanned(&name, "`cache` needs a value: `cache = <expression giving a &Cache>`"),
@@ -174,6 +182,7 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
         ttl: ttl.unwrap_or(Duration::from_secs(1)),
         key: key?,
         tags,
+        invalidate_all,
         cache,
         cache_none,
         lock: lock.map(|lock| lock.resolve(ttl_or_default(ttl), errors)),

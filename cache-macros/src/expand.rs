@@ -6,7 +6,8 @@
 //!   block) to the runtime's `memoize`;
 //! - `get_user_cache_key(id: u64) -> String`: the rendered key;
 //! - `invalidate_get_user(id: u64) -> Result<bool, CacheError>`: removes the entry;
-//! - `invalidate_all_get_user()`: invalidates every entry of the function (its implicit tag);
+//! - with `invalidate_all`, `invalidate_all_get_user()`: invalidates every entry of the function
+//!   (its implicit tag);
 //! - `invalidate_get_user_by_<params>(..)`, per set of parameters used by `tags`: invalidates
 //!   the tags rendered from them;
 //! - hidden `get_user_cache_entry(..)` and `get_user_cache_function()`, through which
@@ -179,6 +180,7 @@ fn spec_static(options: &CachedArgs, name_text: &str, private: &TokenStream) -> 
         quote!(.lock(#private::Duration::from_millis(#wait_ms)) #lease)
     });
     let tags = options.tags.iter().map(|tag| &tag.source);
+    let invalidate_all = options.invalidate_all;
     quote! {
         static __REDIS_MEMO_SPEC: #private::FnSpec = #private::FnSpec::new(
             #name_text,
@@ -189,6 +191,7 @@ fn spec_static(options: &CachedArgs, name_text: &str, private: &TokenStream) -> 
         .version(#version)
         .cache_none(#cache_none)
         .tags(&[#(#tags),*])
+        .invalidate_all(#invalidate_all)
         #lock;
     }
 }
@@ -370,13 +373,53 @@ fn helpers(
     );
 
     let tag_helpers = tag_helpers(options, model, usage, function, private, &select_cache);
+    let (invalidate_all, function_companion) = if options.invalidate_all {
+        let function_fn = format_ident!("{}_cache_function", name);
+        (
+            quote! {
+                #[doc = #all_doc]
+                #errors_doc
+                #allow
+                #vis async fn #all_fn #all_generics (#all_params) -> ::core::result::Result<bool, #private::CacheError> #all_where {
+                    #spec
+                    #select_cache
+                    #probe
+                    #private::invalidate_all(
+                        __redis_memo_cache,
+                        #private::FunctionRef::new(&__REDIS_MEMO_SPEC, __redis_memo_body_type),
+                    ).await
+                }
+            },
+            quote! {
+                #[doc(hidden)]
+                #allow
+                #vis fn #function_fn() -> #private::FunctionRef {
+                    #spec
+                    #probe
+                    #private::FunctionRef::new(&__REDIS_MEMO_SPEC, __redis_memo_body_type)
+                }
+            },
+        )
+    } else {
+        // `all_of = <fn>` then fails to compile with a message that names the missing option.
+        let function_fn = format_ident!("{}_cache_function", name);
+        (
+            TokenStream::new(),
+            quote! {
+                #[doc(hidden)]
+                #allow
+                #vis fn #function_fn() -> #private::WithoutInvalidateAll {
+                    #private::WithoutInvalidateAll
+                }
+            },
+        )
+    };
 
     let entry_fn = format_ident!("{}_cache_entry", name);
     let entry_params = helper_inputs(model, &usage.entry);
     let stored = &model.stored;
     let (entry_generics, entry_where) = helper_generics(generics, &entry_params, quote!(#stored));
     let render_tags = render_tags(options.tags.iter(), model, plain_writer, private);
-    let function_fn = format_ident!("{}_cache_function", name);
     let key_types = key_types(model, usage);
 
     quote! {
@@ -395,18 +438,7 @@ fn helpers(
             #private::invalidate(__redis_memo_cache, __redis_memo_key).await
         }
 
-        #[doc = #all_doc]
-        #errors_doc
-        #allow
-        #vis async fn #all_fn #all_generics (#all_params) -> ::core::result::Result<bool, #private::CacheError> #all_where {
-            #spec
-            #select_cache
-            #probe
-            #private::invalidate_all(
-                __redis_memo_cache,
-                #private::FunctionRef::new(&__REDIS_MEMO_SPEC, __redis_memo_body_type),
-            ).await
-        }
+        #invalidate_all
 
         #tag_helpers
 
@@ -424,13 +456,7 @@ fn helpers(
             )
         }
 
-        #[doc(hidden)]
-        #allow
-        #vis fn #function_fn() -> #private::FunctionRef {
-            #spec
-            #probe
-            #private::FunctionRef::new(&__REDIS_MEMO_SPEC, __redis_memo_body_type)
-        }
+        #function_companion
     }
 }
 

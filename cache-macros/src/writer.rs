@@ -430,7 +430,9 @@ fn expand_body(mode: Mode, args: &WriterArgs, model: &FnModel, function: &ItemFn
             );
             let all_of = args.all_of.iter().map(|path| {
                 let helper = helper_path(path, "_cache_function");
-                quote!(#helper())
+                // Spanned on the user's path: a function without `invalidate_all` is reported
+                // there.
+                respan(quote!(#private::all_of(#helper())), path.span())
             });
             let evict = quote! {
                 #private::evict(

@@ -253,14 +253,6 @@ impl Cache {
         crate::KeyWriter::tag_key(&self.inner.namespace)
     }
 
-    /// The version keys an entry records: the function's own tag, then its `tags`.
-    pub(crate) fn entry_tag_keys(&self, function_tag: &str, tags: Vec<String>) -> Vec<String> {
-        let mut keys = Vec::with_capacity(1 + tags.len());
-        keys.push(crate::tags::tag_key(&self.inner.namespace, function_tag));
-        keys.extend(tags);
-        keys
-    }
-
     /// Invalidates every entry recorded under the tag `tag`, given as the text a tag template
     /// without placeholders renders to (`tags = ["users"]`), with one Redis command whatever
     /// the number of entries. Returns whether the tag had a version (`false` when no entry

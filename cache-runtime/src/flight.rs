@@ -341,11 +341,11 @@ mod tests {
         let Role::Leader {
             guard,
             read_is_stale: false,
-        } = flights.join("k", 1, &Vec::new(), ticket)
+        } = flights.join("k", 1, &Versions::new(), ticket)
         else {
             panic!("first caller leads")
         };
-        let Role::Waiter(slot) = flights.join("k", 1, &Vec::new(), ticket) else {
+        let Role::Waiter(slot) = flights.join("k", 1, &Versions::new(), ticket) else {
             panic!("second caller waits")
         };
         let waiting = tokio::spawn(wait(slot));
@@ -358,7 +358,7 @@ mod tests {
         assert_eq!(flights.len(), 0);
         assert!(
             matches!(
-                flights.join("k", 1, &Vec::new(), ticket),
+                flights.join("k", 1, &Versions::new(), ticket),
                 Role::Leader {
                     read_is_stale: true,
                     ..
@@ -372,13 +372,13 @@ mod tests {
     fn other_fingerprints_fly_separately() {
         let flights = Flights::default();
         let ticket = flights.ticket("k");
-        let first = flights.join("k", 1, &Vec::new(), ticket);
+        let first = flights.join("k", 1, &Versions::new(), ticket);
         assert!(matches!(
-            flights.join("k", 2, &Vec::new(), ticket),
+            flights.join("k", 2, &Versions::new(), ticket),
             Role::Leader { .. }
         ));
         assert!(matches!(
-            flights.join("k", 1, &Vec::new(), ticket),
+            flights.join("k", 1, &Versions::new(), ticket),
             Role::Waiter(_)
         ));
         drop(first);
@@ -390,28 +390,49 @@ mod tests {
         let ticket = flights.ticket("k");
         let (old, new) = (Some([1u8; 16]), Some([2u8; 16]));
         let leads = |role: &Role<'_>| matches!(role, Role::Leader { .. });
-        let first = flights.join("k", 1, &vec![old], ticket);
+        let first = flights.join("k", 1, &smallvec::smallvec![old], ticket);
         assert!(leads(&first));
-        assert!(!leads(&flights.join("k", 1, &vec![old], ticket)));
-        let second = flights.join("k", 1, &vec![new], ticket);
+        assert!(!leads(&flights.join(
+            "k",
+            1,
+            &smallvec::smallvec![old],
+            ticket
+        )));
+        let second = flights.join("k", 1, &smallvec::smallvec![new], ticket);
         assert!(leads(&second), "another token: invalidated");
-        assert!(!leads(&flights.join("k", 1, &vec![new], ticket)));
-        let third = flights.join("k", 1, &vec![None], ticket);
+        assert!(!leads(&flights.join(
+            "k",
+            1,
+            &smallvec::smallvec![new],
+            ticket
+        )));
+        let third = flights.join("k", 1, &smallvec::smallvec![None], ticket);
         assert!(leads(&third), "the tag's version key is gone: invalidated");
         drop((first, second, third));
 
-        let Role::Leader { guard, .. } = flights.join("c", 1, &vec![None], ticket) else {
+        let Role::Leader { guard, .. } = flights.join("c", 1, &smallvec::smallvec![None], ticket)
+        else {
             panic!("first caller leads")
         };
         assert!(
-            !leads(&flights.join("c", 1, &vec![old], ticket)),
+            !leads(&flights.join("c", 1, &smallvec::smallvec![old], ticket)),
             "a tag its leader is creating is compatible with any token"
         );
-        guard.set_versions(&vec![old]);
-        assert!(!leads(&flights.join("c", 1, &vec![None], ticket)));
-        assert!(!leads(&flights.join("c", 1, &vec![old], ticket)));
+        guard.set_versions(&smallvec::smallvec![old]);
+        assert!(!leads(&flights.join(
+            "c",
+            1,
+            &smallvec::smallvec![None],
+            ticket
+        )));
+        assert!(!leads(&flights.join(
+            "c",
+            1,
+            &smallvec::smallvec![old],
+            ticket
+        )));
         assert!(
-            leads(&flights.join("c", 1, &vec![new], ticket)),
+            leads(&flights.join("c", 1, &smallvec::smallvec![new], ticket)),
             "not the token it created: invalidated since"
         );
         drop(guard);
@@ -421,16 +442,16 @@ mod tests {
     async fn a_dropped_leader_abandons_and_the_next_caller_leads() {
         let flights = Flights::default();
         let ticket = flights.ticket("k");
-        let Role::Leader { guard, .. } = flights.join("k", 1, &Vec::new(), ticket) else {
+        let Role::Leader { guard, .. } = flights.join("k", 1, &Versions::new(), ticket) else {
             panic!("first caller leads")
         };
-        let Role::Waiter(slot) = flights.join("k", 1, &Vec::new(), ticket) else {
+        let Role::Waiter(slot) = flights.join("k", 1, &Versions::new(), ticket) else {
             panic!("second caller waits")
         };
         drop(guard);
         assert!(matches!(wait(slot).await, WaitOutcome::Abandoned));
         assert!(matches!(
-            flights.join("k", 1, &Vec::new(), flights.ticket("k")),
+            flights.join("k", 1, &Versions::new(), flights.ticket("k")),
             Role::Leader {
                 read_is_stale: false,
                 ..

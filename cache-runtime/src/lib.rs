@@ -47,11 +47,16 @@ pub mod __private {
         CacheValue, Fallible, FallibleOptional, Optional, Plain, ReturnKind, Written,
     };
     pub use crate::spec::FnSpec;
-    pub use crate::writers::{EntryRef, FunctionRef};
+    pub use crate::writers::{AllOf, EntryRef, FunctionRef, WithoutInvalidateAll};
     pub use crate::{Cache, CacheError};
     pub use core::borrow::Borrow;
     pub use core::time::Duration;
     use std::future::Future;
+
+    /// `all_of = <fn>`: the function's handle, if it has `invalidate_all`.
+    pub fn all_of(function: impl AllOf) -> FunctionRef {
+        function.function()
+    }
 
     /// The global cache, if installed.
     pub fn global() -> Option<&'static Cache> {

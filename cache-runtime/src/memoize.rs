@@ -24,7 +24,7 @@ use crate::notify::Notice;
 use crate::returns::ReturnKind;
 use crate::spec::FnSpec;
 use crate::stats::Event;
-use crate::tags::{Token, Versions};
+use crate::tags::{TagKeys, Token, Versions};
 use bytes::Bytes;
 use std::future::Future;
 use std::time::Duration;
@@ -47,8 +47,8 @@ struct EntryAt<'a> {
     spec: &'static FnSpec,
     /// Its full key.
     key: &'a str,
-    /// The full version keys of its tags: the function's own first, then `tags`.
-    tag_keys: &'a [String],
+    /// The full version keys of its tags.
+    tag_keys: TagKeys<'a>,
     fingerprint: u64,
 }
 
@@ -87,11 +87,17 @@ impl Cache {
     {
         let resolved = spec.resolve::<K::Stored>(body_type, key_types, true);
         let fingerprint = resolved.fingerprint;
-        let tag_keys = self.entry_tag_keys(&resolved.function_tag, tags);
+        let function_tag = spec
+            .invalidate_all
+            .then(|| resolved.function_tag_key(&self.inner.namespace));
+        let tag_keys = TagKeys {
+            function: function_tag.as_deref(),
+            user: &tags,
+        };
         let flights = &self.inner.flights;
         let ticket = flights.ticket(key);
         let mut read_deadline = Instant::now() + self.inner.op_timeout;
-        let (read, mut versions) = self.read(spec, key, &tag_keys, read_deadline).await;
+        let (read, mut versions) = self.read(spec, key, tag_keys, read_deadline).await;
         let mut read = match read {
             Read::Entry(bytes) => {
                 match envelope::decode::<Bincode, K::Stored>(&bytes, fingerprint, Some(&versions)) {
@@ -115,12 +121,12 @@ impl Cache {
                 } => {
                     // After an outage the first read said all there is to say.
                     if read_is_stale && !matches!(read, Read::Unavailable) {
-                        (read, versions) = self.read(spec, key, &tag_keys, read_deadline).await;
+                        (read, versions) = self.read(spec, key, tag_keys, read_deadline).await;
                     }
                     let entry = EntryAt {
                         spec,
                         key,
-                        tag_keys: &tag_keys,
+                        tag_keys,
                         fingerprint,
                     };
                     return self
@@ -259,7 +265,7 @@ impl Cache {
     async fn tokens_for(&self, entry: &EntryAt<'_>, versions: &mut Versions) -> Option<Vec<Token>> {
         if versions.len() != entry.tag_keys.len() {
             // The read failed for the entry alone (`WRONGTYPE`): the tags were not read.
-            *versions = vec![None; entry.tag_keys.len()];
+            *versions = smallvec::smallvec![None; entry.tag_keys.len()];
         }
         if let Some(tokens) = versions.iter().copied().collect::<Option<Vec<Token>>>() {
             return Some(tokens);
@@ -269,7 +275,7 @@ impl Cache {
             .iter()
             .zip(versions.iter())
             .filter(|(_, version)| version.is_none())
-            .map(|(key, _)| key.as_str())
+            .map(|(key, _)| key)
             .collect();
         if !self.inner.health.allows_request() {
             self.record(Event::FailOpen, entry.spec);
@@ -530,7 +536,7 @@ impl Cache {
         &self,
         spec: &'static FnSpec,
         key: &str,
-        tag_keys: &[String],
+        tag_keys: TagKeys<'_>,
         deadline: Instant,
     ) -> (Read, Versions) {
         if !self.inner.health.allows_request() {

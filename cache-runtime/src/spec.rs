@@ -3,7 +3,7 @@
 
 use crate::stats::FnMetrics;
 use std::borrow::Cow;
-use std::sync::OnceLock;
+use std::sync::{OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 /// Compile-time facts about one memoized function.
@@ -18,6 +18,8 @@ pub struct FnSpec {
     pub(crate) template: &'static str,
     /// The tag templates (`tags = [..]`), part of the fingerprint.
     tags: &'static [&'static str],
+    /// `invalidate_all`: entries also record the function's own tag.
+    pub(crate) invalidate_all: bool,
     pub(crate) ttl: Duration,
     /// How long a miss's lease holds the entry for its computation.
     pub(crate) lease: Duration,
@@ -28,10 +30,19 @@ pub struct FnSpec {
     metrics: OnceLock<FnMetrics>,
     /// Whether the "computation outlasted its lease" warning was given.
     slower_than_lease_warned: std::sync::atomic::AtomicBool,
-    /// The first identity resolved, with the addresses of the type names it was resolved
-    /// for (`type_name` strings are static): most functions have one instantiation, so most
-    /// calls reuse it; other instantiations compute theirs.
-    first_resolved: OnceLock<([(usize, usize); 3], Resolved)>,
+    /// The first instantiation resolved, read without a lock: most functions have one.
+    first_resolved: OnceLock<(Names, Resolved)>,
+    /// Other instantiations of a generic function.
+    other_resolved: RwLock<Vec<(Names, Resolved)>>,
+}
+
+/// The type names a [`Resolved`] was computed from. Compared by value: one function inlined
+/// into two callers may hold two copies of the same `type_name` string.
+#[derive(Debug, PartialEq, Eq)]
+struct Names {
+    stored: &'static str,
+    body_type: &'static str,
+    key_types: &'static str,
 }
 
 /// What identifies the entries of one instantiation of a function.
@@ -41,6 +52,30 @@ pub(crate) struct Resolved {
     pub(crate) fingerprint: u64,
     /// The rendering of the function's implicit tag (see `tags::function_tag`).
     pub(crate) function_tag: String,
+    /// The implicit tag's full key in the first namespace it was used with (a namespace
+    /// and the key), so a hit does not format it again.
+    function_tag_key: OnceLock<(String, String)>,
+}
+
+impl Resolved {
+    /// The full version key of the function's implicit tag in `namespace`.
+    pub(crate) fn function_tag_key(&self, namespace: &str) -> Cow<'_, str> {
+        if let Some((known, key)) = self.function_tag_key.get()
+            && known == namespace
+        {
+            return Cow::Borrowed(key);
+        }
+        let key = crate::tags::tag_key(namespace, &self.function_tag);
+        if self
+            .function_tag_key
+            .set((namespace.to_owned(), key.clone()))
+            .is_ok()
+            && let Some((_, key)) = self.function_tag_key.get()
+        {
+            return Cow::Borrowed(key);
+        }
+        Cow::Owned(key)
+    }
 }
 
 impl FnSpec {
@@ -57,6 +92,7 @@ impl FnSpec {
             identity,
             template,
             tags: &[],
+            invalidate_all: false,
             ttl,
             lease: crate::lease::default_lease(ttl),
             lock_wait: None,
@@ -65,12 +101,19 @@ impl FnSpec {
             metrics: OnceLock::new(),
             slower_than_lease_warned: std::sync::atomic::AtomicBool::new(false),
             first_resolved: OnceLock::new(),
+            other_resolved: RwLock::new(Vec::new()),
         }
     }
 
     /// The function's tag templates (`tags = [..]`).
     pub const fn tags(mut self, tags: &'static [&'static str]) -> Self {
         self.tags = tags;
+        self
+    }
+
+    /// The function's `invalidate_all` option: its entries record its own tag.
+    pub const fn invalidate_all(mut self, invalidate_all: bool) -> Self {
+        self.invalidate_all = invalidate_all;
         self
     }
 
@@ -131,15 +174,25 @@ impl FnSpec {
         remember: bool,
     ) -> Cow<'_, Resolved> {
         let stored = std::any::type_name::<V>();
-        let names = [
-            (stored.as_ptr() as usize, stored.len()),
-            (body_type.as_ptr() as usize, body_type.len()),
-            (key_types.as_ptr() as usize, key_types.len()),
-        ];
+        let names = Names {
+            stored,
+            body_type,
+            key_types,
+        };
         if let Some((first_names, resolved)) = self.first_resolved.get()
             && *first_names == names
         {
             return Cow::Borrowed(resolved);
+        }
+        let others = || {
+            self.other_resolved
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+        };
+        if self.first_resolved.get().is_some()
+            && let Some((_, resolved)) = others().iter().find(|(known, _)| *known == names)
+        {
+            return Cow::Owned(resolved.clone());
         }
         let owner = crate::tags::owner_of(body_type);
         let mut hash = Fnv1a::new();
@@ -152,15 +205,31 @@ impl FnSpec {
             hash.write(&[0xfe]);
         }
         hash.write(&self.version.to_le_bytes());
+        hash.write(&[u8::from(self.invalidate_all)]);
         let resolved = Resolved {
             fingerprint: hash.finish(),
             function_tag: crate::tags::function_tag(self.identity, self.name, owner),
+            function_tag_key: OnceLock::new(),
         };
-        if remember
-            && self.first_resolved.set((names, resolved.clone())).is_ok()
-            && let Some((_, kept)) = self.first_resolved.get()
-        {
-            return Cow::Borrowed(kept);
+        if remember {
+            match self.first_resolved.set((names, resolved.clone())) {
+                Ok(()) => {
+                    if let Some((_, kept)) = self.first_resolved.get() {
+                        return Cow::Borrowed(kept);
+                    }
+                }
+                Err((names, kept)) => {
+                    let mut others = self
+                        .other_resolved
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    // Two first calls of one instantiation may race here.
+                    let first = self.first_resolved.get().map(|(first, _)| first);
+                    if first != Some(&names) && !others.iter().any(|(known, _)| *known == names) {
+                        others.push((names, kept));
+                    }
+                }
+            }
         }
         Cow::Owned(resolved)
     }

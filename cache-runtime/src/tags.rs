@@ -9,8 +9,9 @@
 //! token. A version key that disappeared for any reason (eviction, a partial flush, a hand
 //! `DEL`) therefore invalidates its entries: it never makes an old entry valid again.
 //!
-//! Every memoized function also carries an implicit tag of its own, so `invalidate_all_<fn>`
-//! is one command too.
+//! A function with `invalidate_all` also carries an implicit tag of its own, so
+//! `invalidate_all_<fn>` is one command too. It is opt-in: each tag is one more key read on
+//! every hit, and an untagged function's hit is a plain `GET`.
 
 use crate::CacheError;
 use std::hash::{BuildHasher, RandomState};
@@ -23,8 +24,33 @@ pub(crate) const TOKEN_LEN: usize = 16;
 pub(crate) type Token = [u8; TOKEN_LEN];
 
 /// The tokens of an entry's tags as read, in the function's tag order: `None` for a version
-/// key that is missing (or holds something that is not a token).
-pub(crate) type Versions = Vec<Option<Token>>;
+/// key that is missing (or holds something that is not a token). Inline up to four tags, so
+/// a hit allocates nothing for them.
+pub(crate) type Versions = smallvec::SmallVec<[Option<Token>; 4]>;
+
+/// The full version keys of an entry's tags: its function's own (with `invalidate_all`), then
+/// its `tags`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TagKeys<'a> {
+    pub(crate) function: Option<&'a str>,
+    pub(crate) user: &'a [String],
+}
+
+impl<'a> TagKeys<'a> {
+    pub(crate) fn len(&self) -> usize {
+        usize::from(self.function.is_some()) + self.user.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &'a str> + use<'a> {
+        self.function
+            .into_iter()
+            .chain(self.user.iter().map(String::as_str))
+    }
+}
 
 /// A token no other tag version had: 128 random bits.
 pub(crate) fn new_token() -> Token {

@@ -8,6 +8,7 @@
 
 use crate::memoize::tag_lifetime;
 use crate::spec::FnSpec;
+use crate::tags::TagKeys;
 use crate::{Cache, CacheError, CacheValue};
 use std::marker::PhantomData;
 
@@ -65,6 +66,28 @@ impl FunctionRef {
     }
 }
 
+/// What `<fn>_cache_function()` returns for a function without `invalidate_all`: its entries
+/// do not record a tag of their own, so they cannot all be invalidated at once.
+#[derive(Debug, Clone, Copy)]
+pub struct WithoutInvalidateAll;
+
+/// A function whose entries can all be invalidated with one command (`all_of = ..`).
+#[diagnostic::on_unimplemented(
+    message = "this memoized function cannot have all its entries invalidated at once",
+    label = "its `#[redis_cached]` has no `invalidate_all`",
+    note = "add `invalidate_all` to the function's `#[redis_cached(..)]`: its entries then record a tag of their own (one more key read per hit)"
+)]
+pub trait AllOf {
+    /// The function's handle.
+    fn function(self) -> FunctionRef;
+}
+
+impl AllOf for FunctionRef {
+    fn function(self) -> FunctionRef {
+        self
+    }
+}
+
 impl Cache {
     /// Stores `value` as `entry` (write-through), recording the current tokens of its tags,
     /// and takes its lease away so an older computation in flight cannot overwrite it.
@@ -79,8 +102,15 @@ impl Cache {
         let spec = entry.spec;
         let resolved = spec.resolve::<V>(entry.body_type, entry.key_types, false);
         let key = self.full_key(&entry.rendered);
-        let tag_keys = self.entry_tag_keys(&resolved.function_tag, self.tag_keys(&entry.tags));
-        let tag_refs: Vec<&str> = tag_keys.iter().map(String::as_str).collect();
+        let function_tag = spec
+            .invalidate_all
+            .then(|| resolved.function_tag_key(&self.inner.namespace));
+        let user_tags = self.tag_keys(&entry.tags);
+        let tag_keys = TagKeys {
+            function: function_tag.as_deref(),
+            user: &user_tags,
+        };
+        let tag_refs: Vec<&str> = tag_keys.iter().collect();
         let backend = &self.inner.backend;
         let tokens = backend.ensure_tags(&tag_refs, tag_lifetime(spec)).await?;
         let bytes = self
@@ -91,7 +121,7 @@ impl Cache {
         let lease = crate::lease::lease_key(&key);
         let (stored, _) = tokio::join!(
             backend.put(&key, &lease, bytes, spec.ttl),
-            backend.extend_tags(&tag_keys, tag_lifetime(spec))
+            backend.extend_tags(tag_keys, tag_lifetime(spec))
         );
         // Callers of this process that come later must not join a computation that began
         // before the write.

@@ -10,7 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 
-#[redis_cached(ttl = "1m", key = "member:<org>/<id>", tags = ["org:<org>", "members"], cache = cache)]
+#[redis_cached(
+    ttl = "1m",
+    key = "member:<org>/<id>",
+    tags = ["org:<org>", "members"],
+    invalidate_all,
+    cache = cache
+)]
 async fn member(
     id: u64,
     org: &str,
@@ -270,7 +276,7 @@ fn account(id: u64, org: u32, name: &str) -> Account {
     }
 }
 
-#[redis_cached(ttl = "1m", key = "account:<id>", tags = ["org:<org>"], cache = cache)]
+#[redis_cached(ttl = "1m", key = "account:<id>", tags = ["org:<org>"], invalidate_all, cache = cache)]
 async fn get_account(
     id: u64,
     org: u32,

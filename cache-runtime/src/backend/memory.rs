@@ -3,7 +3,7 @@
 
 use crate::lease::Acquired;
 use crate::notify::{self, Listener, Notice, Notices};
-use crate::tags::{self, Token, Versions};
+use crate::tags::{self, TagKeys, Token, Versions};
 use bytes::Bytes;
 use moka::Expiry;
 use std::collections::HashMap;
@@ -112,16 +112,14 @@ impl MemoryStore {
     }
 
     /// The entry and its tags' current tokens.
-    pub(crate) fn read(&self, entry: &str, tag_keys: &[String]) -> (Option<Bytes>, Versions) {
-        let versions = if tag_keys.is_empty() {
-            Vec::new()
-        } else {
-            let now = Instant::now();
+    pub(crate) fn read(&self, entry: &str, tag_keys: TagKeys<'_>) -> (Option<Bytes>, Versions) {
+        let now = Instant::now();
+        let versions = {
             let tags = self.tags();
             tag_keys
                 .iter()
                 .map(|key| {
-                    tags.get(key.as_str())
+                    tags.get(key)
                         .filter(|(_, expiry)| *expiry > now)
                         .map(|(token, _)| *token)
                 })
@@ -148,11 +146,11 @@ impl MemoryStore {
     }
 
     /// Extends tag version keys to live at least `ttl` more.
-    pub(crate) fn extend_tags(&self, keys: &[String], ttl: Duration) {
+    pub(crate) fn extend_tags(&self, keys: TagKeys<'_>, ttl: Duration) {
         let until = Instant::now() + ttl;
         let mut tags = self.tags();
-        for key in keys {
-            if let Some((_, expiry)) = tags.get_mut(key.as_str()) {
+        for key in keys.iter() {
+            if let Some((_, expiry)) = tags.get_mut(key) {
                 *expiry = (*expiry).max(until);
             }
         }

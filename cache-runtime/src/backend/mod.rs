@@ -13,7 +13,7 @@ pub(crate) use self::redis::RedisBackend;
 use crate::CacheError;
 use crate::lease::Acquired;
 use crate::notify::Listener;
-use crate::tags::{Token, Versions};
+use crate::tags::{TagKeys, Token, Versions};
 use bytes::Bytes;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -42,7 +42,7 @@ impl Backend {
     pub(crate) async fn read(
         &self,
         entry: &str,
-        tag_keys: &[String],
+        tag_keys: TagKeys<'_>,
         deadline: Instant,
     ) -> Result<(Option<Bytes>, Versions), CacheError> {
         match self {
@@ -66,7 +66,7 @@ impl Backend {
     /// Makes tag version keys live at least `ttl` more (never less than they would).
     pub(crate) async fn extend_tags(
         &self,
-        keys: &[String],
+        keys: TagKeys<'_>,
         ttl: Duration,
     ) -> Result<(), CacheError> {
         match self {

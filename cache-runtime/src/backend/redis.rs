@@ -4,7 +4,7 @@
 use crate::CacheError;
 use crate::lease::{self, Acquired};
 use crate::notify::{self, Listener, Notices};
-use crate::tags::{self, Token, Versions};
+use crate::tags::{self, TagKeys, Token, Versions};
 use bytes::Bytes;
 use redis::aio::ConnectionManager;
 use std::sync::{Arc, LazyLock};
@@ -112,33 +112,36 @@ impl RedisBackend {
         Ok(value.map(Bytes::from))
     }
 
-    /// The entry and the current tokens of its tags, pipelined: one round trip, one `GET` per
-    /// key (so no command spans two Cluster slots). An error reply for the entry (`WRONGTYPE`)
-    /// is returned as the error; one for a tag makes that tag's token missing.
+    /// The entry and the current tokens of its tags in one command, `MGET entry tag..` (a
+    /// plain `GET` without tags): one round trip, and on the server one command. This backend
+    /// talks to one server; a Cluster backend must group the keys by slot instead. `MGET`
+    /// answers nil for a key of another type: such an entry is a miss that the fill
+    /// overwrites.
     pub(crate) async fn read(
         &self,
         entry: &str,
-        tag_keys: &[String],
+        tag_keys: TagKeys<'_>,
         deadline: Instant,
     ) -> Result<(Option<Bytes>, Versions), CacheError> {
         if tag_keys.is_empty() {
-            return Ok((self.get(entry, deadline).await?, Vec::new()));
+            return Ok((self.get(entry, deadline).await?, Versions::new()));
         }
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors().get(entry);
-        for key in tag_keys {
-            pipe.get(key);
-        }
-        let replies: Vec<redis::RedisResult<Option<Vec<u8>>>> =
-            self.pipeline_until(&pipe, deadline).await?;
-        let mut replies = replies.into_iter();
-        let entry = replies.next().transpose()?.flatten().map(Bytes::from);
-        let versions = replies
-            .map(|reply| {
-                reply
-                    .ok()
-                    .flatten()
-                    .and_then(|bytes| tags::parse_token(&bytes))
+        let mut command = redis::cmd("MGET");
+        command.arg(entry).arg(tag_keys.function).arg(tag_keys.user);
+        // Parsed from the reply as is: the entry's bytes are moved, not copied.
+        let reply: redis::Value = self.run_until(&command, deadline).await?;
+        let redis::Value::Array(values) = reply else {
+            return Err(unexpected_reply("MGET"));
+        };
+        let mut values = values.into_iter();
+        let entry = match values.next() {
+            Some(redis::Value::BulkString(bytes)) => Some(Bytes::from(bytes)),
+            _ => None,
+        };
+        let versions = values
+            .map(|value| match value {
+                redis::Value::BulkString(bytes) => tags::parse_token(&bytes),
+                _ => None,
             })
             .collect();
         Ok((entry, versions))
@@ -200,11 +203,11 @@ impl RedisBackend {
     /// GT`: never shortened, and a key without expiry keeps none).
     pub(crate) async fn extend_tags(
         &self,
-        keys: &[String],
+        keys: TagKeys<'_>,
         ttl: Duration,
     ) -> Result<(), CacheError> {
         let mut pipe = redis::pipe();
-        for key in keys {
+        for key in keys.iter() {
             pipe.cmd("PEXPIRE")
                 .arg(key)
                 .arg(millis(ttl))
@@ -369,6 +372,14 @@ impl RedisBackend {
             Err(_) => Err(CacheError::Timeout(self.op_timeout)),
         }
     }
+}
+
+fn unexpected_reply(command: &str) -> CacheError {
+    CacheError::Redis(redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "unexpected reply",
+        command.to_owned(),
+    )))
 }
 
 fn millis(duration: Duration) -> u64 {

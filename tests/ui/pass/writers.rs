@@ -16,7 +16,7 @@ struct Store {
 }
 
 impl Store {
-    #[redis_cached(ttl = "1m", key = "doc:<self.tenant>/<id>", tags = ["tenant:<self.tenant>"], cache = &self.cache)]
+    #[redis_cached(ttl = "1m", key = "doc:<self.tenant>/<id>", tags = ["tenant:<self.tenant>"], invalidate_all, cache = &self.cache)]
     async fn doc(&self, id: u64) -> Option<Doc> {
         Some(Doc { id, body: String::new() })
     }
@@ -37,7 +37,7 @@ impl Store {
 mod reads {
     use redis_memo::redis_cached;
 
-    #[redis_cached(ttl = "1m", key = "count:<name>")]
+    #[redis_cached(ttl = "1m", key = "count:<name>", invalidate_all)]
     pub async fn count<T: redis_memo::KeyPart + Sync>(name: T) -> u64 {
         let _ = name;
         1
