@@ -1,38 +1,68 @@
-//! The quickstart: memoize a slow lookup, watch the second call come from the cache, then
-//! invalidate it with the generated helper.
+//! The quickstart: memoize a slow lookup, watch the second call come from the cache, write a
+//! change through to the cache, then invalidate by tag with a generated helper.
 //!
 //! Runs on Redis when `REDIS_URL` is set (`REDIS_URL=redis://127.0.0.1:6379 cargo run
 //! --example quickstart`), otherwise on the in-memory backend.
 
-use redis_memo::{Cache, MemoryStore, redis_cached};
+use redis_memo::{Cache, MemoryStore, redis_cache_put, redis_cached};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct User {
     id: u64,
+    org_id: u32,
     name: String,
 }
 
 #[derive(Debug)]
 struct DbError;
 
-/// Stands for a database.
-struct Db;
+/// Stands for a database: slow reads.
+#[derive(Default)]
+struct Db {
+    names: Mutex<HashMap<u64, String>>,
+}
 
 impl Db {
-    async fn load_user(&self, id: u64) -> Result<User, DbError> {
+    async fn load_user(&self, id: u64, org_id: u32) -> Result<User, DbError> {
         tokio::time::sleep(Duration::from_millis(200)).await;
+        let name = self.names.lock().unwrap().get(&id).cloned();
         Ok(User {
             id,
-            name: format!("user {id}"),
+            org_id,
+            name: name.unwrap_or_else(|| format!("user {id}")),
         })
+    }
+
+    async fn save_user(&self, user: User) -> Result<User, DbError> {
+        self.names
+            .lock()
+            .unwrap()
+            .insert(user.id, user.name.clone());
+        Ok(user)
     }
 }
 
-#[redis_cached(ttl = "15m", key = "user:<id>")]
-async fn get_user(id: u64, #[cache(skip)] db: &Db) -> Result<User, DbError> {
-    db.load_user(id).await
+/// Cached for 15 minutes under `user:<id>`, tagged with its organization.
+#[redis_cached(ttl = "15m", key = "user:<id>", tags = ["org:<org_id>"])]
+async fn get_user(id: u64, org_id: u32, #[cache(skip)] db: &Db) -> Result<User, DbError> {
+    db.load_user(id, org_id).await
+}
+
+/// Write-through: on success, the saved user is `get_user`'s entry.
+#[redis_cache_put(get_user(user.id, user.org_id))]
+async fn rename_user(user: User, db: &Db) -> Result<User, DbError> {
+    db.save_user(user).await
+}
+
+async fn timed_get(label: &str, db: &Db) -> Result<(), Box<dyn std::error::Error>> {
+    let started = Instant::now();
+    let user = get_user(7, 1, db).await.map_err(|e| format!("{e:?}"))?;
+    println!("{label}: {} in {:?}", user.name, started.elapsed());
+    Ok(())
 }
 
 #[tokio::main]
@@ -53,18 +83,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     redis_memo::install(cache.clone())?;
-    let db = Db;
+    let db = Db::default();
 
-    for attempt in ["first call", "second call"] {
-        let started = Instant::now();
-        let user = get_user(7, &db).await.map_err(|e| format!("{e:?}"))?;
-        println!("{attempt}: {user:?} in {:?}", started.elapsed());
-    }
+    timed_get("first call", &db).await?;
+    timed_get("second call", &db).await?;
     println!("key: {}", cache.full_key(&get_user_cache_key(7)));
-    println!("invalidated: {}", invalidate_get_user(7).await?);
-    let started = Instant::now();
-    get_user(7, &db).await.map_err(|e| format!("{e:?}"))?;
-    println!("after invalidation: {:?}", started.elapsed());
+
+    let renamed = User {
+        id: 7,
+        org_id: 1,
+        name: "Ada".into(),
+    };
+    rename_user(renamed, &db)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    timed_get("after rename_user (written through)", &db).await?;
+
+    println!(
+        "tag org:1 invalidated: {}",
+        invalidate_get_user_by_org_id(1).await?
+    );
+    timed_get("after the tag invalidation", &db).await?;
     let stats = cache.stats();
     println!(
         "stats: {} hits, {} misses, {} fills",

@@ -33,12 +33,49 @@
 //! |---|---|
 //! | `ttl = "15m"` | how long an entry is kept (`"500ms"`, `"1h30m"`; required) |
 //! | `key = "user:<id>"` | the key template (required): `<param>`, `<param.field>`, `<self.field>` |
+//! | `tags = ["org:<org_id>"]` | tags: invalidating one makes all its entries misses, with one command |
+//! | `invalidate_all` | also generate `invalidate_all_<fn>()` (one more key read per hit) |
 //! | `cache = <expr>` | the cache to use (`&Cache`, `Cache` or `Arc<Cache>`); the installed one otherwise |
 //! | `cache_none` | also cache `None` results of `Option` functions |
 //! | `version = N` | bump when the cached type changes shape: old entries become misses |
 //! | `crate = "path"` | where `redis_memo` is, when the dependency is renamed |
 //!
-//! Parameters that are not in the key must be marked `#[cache(skip)]`.
+//! Parameters that are neither in the key nor in a tag must be marked `#[cache(skip)]`.
+//!
+//! ## Write-through and evict
+//!
+//! ```no_run
+//! # use redis_memo::{redis_cache_evict, redis_cache_put, redis_cached};
+//! # #[derive(Clone, serde::Serialize, serde::Deserialize)] struct User { id: u64, org_id: u32 }
+//! # struct Db;
+//! # #[derive(Debug)] struct DbError;
+//! # impl Db {
+//! #     async fn load(&self, id: u64) -> Result<User, DbError> { Ok(User { id, org_id: 1 }) }
+//! #     async fn save(&self, user: User) -> Result<User, DbError> { Ok(user) }
+//! #     async fn delete(&self, id: u64) -> Result<(), DbError> { Ok(()) }
+//! # }
+//! #[redis_cached(ttl = "15m", key = "user:<id>", tags = ["org:<org_id>"])]
+//! async fn get_user(id: u64, org_id: u32, #[cache(skip)] db: &Db) -> Result<User, DbError> {
+//!     db.load(id).await
+//! }
+//!
+//! /// On success, the returned user is `get_user(user.id, user.org_id)`'s entry.
+//! #[redis_cache_put(get_user(user.id, user.org_id))]
+//! async fn update_user(user: User, db: &Db) -> Result<User, DbError> {
+//!     db.save(user).await
+//! }
+//!
+//! /// On success, the entry is gone.
+//! #[redis_cache_evict(get_user(id, org_id))]
+//! async fn delete_user(id: u64, org_id: u32, db: &Db) -> Result<(), DbError> {
+//!     db.delete(id).await
+//! }
+//!
+//! # async fn run() -> Result<(), redis_memo::CacheError> {
+//! invalidate_get_user_by_org_id(7).await?; // every entry tagged org:7, one command
+//! # Ok(()) }
+//! ```
+//!
 //! See the README for the full guide.
 
 #![warn(missing_docs)]
