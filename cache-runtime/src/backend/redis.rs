@@ -154,6 +154,10 @@ impl RedisBackend {
         keys: &[&str],
         ttl: Duration,
     ) -> Result<Vec<Token>, CacheError> {
+        // redis-rs refuses an empty pipeline ("empty command").
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
         let fresh: Vec<Token> = keys.iter().map(|_| tags::new_token()).collect();
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
@@ -206,6 +210,9 @@ impl RedisBackend {
         keys: TagKeys<'_>,
         ttl: Duration,
     ) -> Result<(), CacheError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
         let mut pipe = redis::pipe();
         for key in keys.iter() {
             pipe.cmd("PEXPIRE")
@@ -221,6 +228,9 @@ impl RedisBackend {
     /// Deletes tag version keys, one `DEL` each (they may live in different Cluster slots);
     /// how many existed.
     pub(crate) async fn invalidate_tags(&self, keys: &[String]) -> Result<u64, CacheError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
         let mut pipe = redis::pipe();
         for key in keys {
             pipe.del(key);
