@@ -223,12 +223,7 @@ async fn bytes_per_entry(server: &RedisServer, baseline: &Baseline) -> Vec<(Cont
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    common::runtime().block_on(async {
         let server = RedisServer::start().expect("redis-server (apt-get install -y redis-server)");
         REDIS_URL.set(server.url()).unwrap();
         let client = redis::Client::open(server.url()).unwrap();

@@ -393,12 +393,7 @@ async fn hit_table(connection: &mut ConnectionManager) {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    common::runtime().block_on(async {
         let server = RedisServer::start().expect("redis-server (apt-get install -y redis-server)");
         let client = redis::Client::open(server.url()).unwrap();
         let mut connection = ConnectionManager::new(client).await.unwrap();

@@ -27,23 +27,11 @@ use syn::spanned::Spanned;
 use syn::{ItemFn, Type};
 
 pub(crate) fn redis_cached(args: TokenStream, item: TokenStream) -> TokenStream {
-    let mut function: ItemFn = match syn::parse2(item.clone()) {
-        Ok(function) => function,
-        Err(_) => {
-            let error = syn::Error::new(
-                Span::call_site(),
-                "`#[redis_cached]` goes on an `async fn`, free or in an `impl` block",
-            );
-            let error = error.into_compile_error();
-            return quote!(#error #item);
-        }
+    let (mut function, attr_span) = match parse_item("#[redis_cached]", &args, item) {
+        Ok(parsed) => parsed,
+        Err(tokens) => return tokens,
     };
     let mut errors = Errors::default();
-    let attr_span = if args.is_empty() {
-        Span::call_site()
-    } else {
-        args.span()
-    };
     let options = match syn::parse2::<RawOptions>(args) {
         Ok(raw) => args::check(raw, attr_span, &mut errors),
         Err(error) => {
@@ -64,6 +52,31 @@ pub(crate) fn redis_cached(args: TokenStream, item: TokenStream) -> TokenStream 
         helpers,
     } = expand(&options, &model, &usage, function);
     quote!(#wrapper #helpers)
+}
+
+/// The attributed `async fn`, and where to report errors about the attribute as a whole; or,
+/// for anything but a function, an error next to the item as written.
+pub(crate) fn parse_item(
+    attribute: &str,
+    args: &TokenStream,
+    item: TokenStream,
+) -> Result<(ItemFn, Span), TokenStream> {
+    match syn::parse2::<ItemFn>(item.clone()) {
+        Ok(function) => {
+            let attr_span = if args.is_empty() {
+                Span::call_site()
+            } else {
+                args.span()
+            };
+            Ok((function, attr_span))
+        }
+        Err(_) => {
+            let message =
+                format!("`{attribute}` goes on an `async fn`, free or in an `impl` block");
+            let error = syn::Error::new(Span::call_site(), message).into_compile_error();
+            Err(quote!(#error #item))
+        }
+    }
 }
 
 /// `compile_error!`s next to the function as written (its `#[cache]` parameter attributes
@@ -87,7 +100,7 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
     let output = &model.output;
     let stored = &model.stored;
 
-    let select_cache = select_cache(options, &private, usage.cache_reads_owned);
+    let select_cache = select_cache(options.cache.as_ref(), &private, usage.cache_reads_owned);
     let render_entry_key = render_template(
         &options.key,
         model,
@@ -212,11 +225,11 @@ pub(crate) fn render_tags<'a>(
 /// expression reads a parameter the body takes by value, the handle is cloned out first (a
 /// reference count), so the body can still move that parameter.
 pub(crate) fn select_cache(
-    options: &CachedArgs,
+    cache: Option<&syn::Expr>,
     private: &TokenStream,
     clone_out: bool,
 ) -> TokenStream {
-    match &options.cache {
+    match cache {
         Some(expr) => {
             let borrow = quote_spanned! {expr.span()=>
                 <_ as #private::Borrow<#private::Cache>>::borrow(&(#expr))
@@ -326,13 +339,9 @@ fn helpers(
     let vis = &function.vis;
     let name = &function.sig.ident;
     let generics = &function.sig.generics;
-    let cache_expr = options
-        .cache
-        .as_ref()
-        .map(|expr| quote!(#expr))
-        .unwrap_or_default();
+    let cache_expr = cache_tokens(options);
     // Helpers take the handle by reference where the function may take it by value.
-    let select_cache = select_cache(options, private, false);
+    let select_cache = select_cache(options.cache.as_ref(), private, false);
     let plain_writer = quote!(#private::KeyWriter::new());
     let render_key = render_template(&options.key, model, plain_writer.clone(), private);
     let allow = quote!(#[allow(dead_code, clippy::needless_pass_by_value, clippy::ptr_arg)]);
@@ -460,6 +469,15 @@ fn helpers(
     }
 }
 
+/// The `cache` expression's tokens (empty without one), for finding the generics it uses.
+fn cache_tokens(options: &CachedArgs) -> TokenStream {
+    options
+        .cache
+        .as_ref()
+        .map(|expr| quote!(#expr))
+        .unwrap_or_default()
+}
+
 /// `invalidate_<fn>_by_<params>`: one helper per set of parameters that tags are rendered from,
 /// invalidating every tag rendered from exactly that set.
 fn tag_helpers(
@@ -473,11 +491,7 @@ fn tag_helpers(
     let vis = &function.vis;
     let name = &function.sig.ident;
     let generics = &function.sig.generics;
-    let cache_expr = options
-        .cache
-        .as_ref()
-        .map(|expr| quote!(#expr))
-        .unwrap_or_default();
+    let cache_expr = cache_tokens(options);
     let mut groups: Vec<(&crate::check::HelperInputs, Vec<&Template>)> = Vec::new();
     for (inputs, tag) in usage.tags.iter().zip(&options.tags) {
         if inputs.is_empty() {

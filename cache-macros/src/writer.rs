@@ -12,7 +12,7 @@
 
 use crate::args::tag_templates;
 use crate::errors::Errors;
-use crate::expand::{render_tags, respan};
+use crate::expand::{parse_item, render_tags, respan, select_cache};
 use crate::signature::{self, FnModel, Param};
 use crate::template::Template;
 use proc_macro2::{Span, TokenStream};
@@ -292,26 +292,11 @@ fn check_tags(tags: &[Template], model: &FnModel, errors: &mut Errors) {
 }
 
 pub(crate) fn writer(mode: Mode, args: TokenStream, item: TokenStream) -> TokenStream {
-    let mut function: ItemFn = match syn::parse2(item.clone()) {
-        Ok(function) => function,
-        Err(_) => {
-            let error = syn::Error::new(
-                Span::call_site(),
-                format!(
-                    "{} goes on an `async fn`, free or in an `impl` block",
-                    mode.attribute()
-                ),
-            );
-            let error = error.into_compile_error();
-            return quote!(#error #item);
-        }
+    let (mut function, attr_span) = match parse_item(mode.attribute(), &args, item) {
+        Ok(parsed) => parsed,
+        Err(tokens) => return tokens,
     };
     let mut errors = Errors::default();
-    let attr_span = if args.is_empty() {
-        Span::call_site()
-    } else {
-        args.span()
-    };
     let parsed = match syn::parse2::<Items>(args) {
         Ok(items) => Some(check_args(mode, items, attr_span, &mut errors)),
         Err(error) => {
@@ -380,15 +365,8 @@ fn expand_body(mode: Mode, args: &WriterArgs, model: &FnModel, function: &ItemFn
     let output = &model.output;
     let kind = model.kind.runtime_name();
     let body = &function.block;
-    let cache = match &args.cache {
-        Some(expr) => {
-            let borrow = quote_spanned! {expr.span()=>
-                <_ as #private::Borrow<#private::Cache>>::borrow(&(#expr))
-            };
-            quote!(::core::option::Option::Some(::core::clone::Clone::clone(#borrow)))
-        }
-        None => quote!(#private::global().cloned()),
-    };
+    // Cloned out of its expression: the body may move what the expression reads.
+    let select_cache = select_cache(args.cache.as_ref(), &private, true);
     let written =
         quote!(<#private::#kind as #private::Written<#output>>::written(&__redis_memo_result));
     let (prepare, on_success, before) = match mode {
@@ -459,8 +437,7 @@ fn expand_body(mode: Mode, args: &WriterArgs, model: &FnModel, function: &ItemFn
         }
     };
     quote! {
-        let __redis_memo_cache_owned: ::core::option::Option<#private::Cache> = #cache;
-        let __redis_memo_cache: ::core::option::Option<&#private::Cache> = __redis_memo_cache_owned.as_ref();
+        #select_cache
         #prepare
         #before
         // Not `move`: parameters the body only borrows stay usable in `value = ..`.

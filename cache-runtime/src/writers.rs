@@ -131,10 +131,7 @@ impl Cache {
 
     /// Full version keys of rendered tags.
     fn tag_keys(&self, rendered: &[String]) -> Vec<String> {
-        rendered
-            .iter()
-            .map(|tag| crate::tags::tag_key(&self.inner.namespace, tag))
-            .collect()
+        rendered.iter().map(|tag| self.full_tag_key(tag)).collect()
     }
 
     /// Removes `entries` (rendered keys), and invalidates the tags `tags` (renderings) and
@@ -148,7 +145,7 @@ impl Cache {
         let mut tag_keys = self.tag_keys(tags);
         for function in all_of {
             let tag = function.spec.function_tag(function.body_type);
-            tag_keys.push(crate::tags::tag_key(&self.inner.namespace, &tag));
+            tag_keys.push(self.full_tag_key(&tag));
         }
         // Everything is attempted even after a failure: each removal that lands counts.
         let mut failure = None;

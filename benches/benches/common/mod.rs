@@ -94,3 +94,12 @@ where
         })
         .collect()
 }
+
+/// The runtime every benchmark runs on: Tokio with 2 workers, as many as the machine's cores.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
