@@ -12,10 +12,15 @@
 //! lead a second computation; [`Ticket`]s close that gap. Each completed flight bumps a
 //! counter of its key's stripe; a new leader whose read predates such a bump reads again.
 //!
-//! A flight remembers the tag tokens its leader read. A caller whose own read shows that a tag
-//! was invalidated since (another token, or none where the flight had one) does not join it:
-//! it detaches the flight and leads a new one, so a call that starts after an invalidation,
-//! made by any process, never gets a value computed before it.
+//! Tag invalidations, by any process, are honoured as follows: a call never gets a value
+//! computed before an invalidation that happened before the call started.
+//! - A value the leader computes is given to a caller whose read began before the computation
+//!   started (a process-wide [`Flights`] sequence orders the two), or whose read saw exactly the
+//!   tag tokens the leader computes under (then no tag was invalidated in between), or whose
+//!   read could not see tags at all (Redis unavailable: it knows of no invalidation). Any other
+//!   caller leads a new flight.
+//! - A value the leader found stored (another caller's, or another process's) is checked by
+//!   each waiter against the tokens it read itself; a waiter it does not satisfy reads again.
 
 use crate::lease::HeldLease;
 use crate::tags::Versions;
@@ -28,8 +33,12 @@ use tokio::sync::Notify;
 /// What a leader hands to the callers waiting on its key.
 #[derive(Debug, Clone)]
 pub(crate) enum Shared {
-    /// An encoded entry (envelope bytes), whether or not it was stored.
-    Entry(Bytes),
+    /// An entry the leader computed (envelope bytes), whether or not it was stored. Every
+    /// waiter may take it: joining checked that.
+    Computed(Bytes),
+    /// An entry the leader found stored: valid for a waiter only if its tags' tokens are the
+    /// ones the waiter read.
+    Found(Bytes),
     /// The leader's result cannot be shared (an `Err`, or it did not serialize): each waiter
     /// runs the function itself.
     NotShareable,
@@ -41,48 +50,42 @@ pub(crate) struct Slot {
     /// Set once: `Some` when the leader published, `None` when it went away without doing so.
     outcome: OnceLock<Option<Shared>>,
     changed: Notify,
-    /// The tag tokens the leader read.
-    read: Versions,
-    /// The tokens it computes under, once it made sure every tag has one.
-    computed_under: Mutex<Versions>,
+    /// Set when the leader starts computing.
+    computing: Mutex<Option<Computing>>,
+}
+
+/// When a leader started computing, and under which tag tokens.
+#[derive(Debug)]
+struct Computing {
+    /// The [`Flights`] sequence number taken as it started.
+    started: u64,
+    /// The tokens its result is recorded under (`None` where a tag could not be read).
+    under: Versions,
 }
 
 impl Slot {
-    fn led_under(versions: &Versions) -> Self {
-        Slot {
-            outcome: OnceLock::new(),
-            changed: Notify::new(),
-            read: versions.clone(),
-            computed_under: Mutex::new(Versions::new()),
-        }
-    }
-
-    fn computed_under(&self) -> MutexGuard<'_, Versions> {
-        self.computed_under
+    fn computing(&self) -> MutexGuard<'_, Option<Computing>> {
+        self.computing
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether a caller that read `read` may take this flight's value: no tag it saw was
-    /// invalidated after the flight's leader read it. A tag the leader found missing is being
-    /// created by it: a caller that also found it missing may have read before that (so it
-    /// joins), one that found another token than the created one comes after an invalidation.
-    fn serves(&self, read: &Versions) -> bool {
-        if self.read.len() != read.len() {
-            return true;
+    /// Whether a caller whose read saw the tag tokens `read`, and that took `ticket` before
+    /// reading, may take the value this flight's leader computes (see the module's doc).
+    fn serves(&self, read: &Versions, ticket: Ticket) -> bool {
+        match &*self.computing() {
+            // It starts computing after this caller's read began.
+            None => true,
+            Some(computing) => {
+                ticket.sequence <= computing.started
+                    || read.is_empty()
+                    || (read.len() == computing.under.len()
+                        && read
+                            .iter()
+                            .zip(&computing.under)
+                            .all(|(read, under)| read.is_some() && read == under))
+            }
         }
-        let created = self.computed_under();
-        self.read
-            .iter()
-            .zip(read)
-            .enumerate()
-            .all(
-                |(index, (led, read))| match (led, read, created.get(index).copied().flatten()) {
-                    (Some(led), read, _) => Some(led) == read.as_ref(),
-                    (None, Some(read), Some(created)) => *read == created,
-                    (None, _, _) => true,
-                },
-            )
     }
 }
 
@@ -101,6 +104,8 @@ pub(crate) struct Flights {
     /// instantiations) sharing a key template never wait on each other.
     in_flight: Mutex<FlightMap>,
     completed: [AtomicU64; STRIPES],
+    /// Orders the start of reads against the start of computations (see [`Slot::serves`]).
+    sequence: AtomicU64,
 }
 
 impl Default for Flights {
@@ -109,6 +114,7 @@ impl Default for Flights {
             orphaned_leases: Mutex::default(),
             in_flight: Mutex::default(),
             completed: std::array::from_fn(|_| AtomicU64::new(0)),
+            sequence: AtomicU64::new(0),
         }
     }
 }
@@ -118,6 +124,8 @@ impl Default for Flights {
 pub(crate) struct Ticket {
     stripe: usize,
     completed: u64,
+    /// The [`Flights`] sequence number when the read began.
+    sequence: u64,
 }
 
 // A `Role` lives on the stack for one call; boxing the guard would allocate on every miss.
@@ -200,12 +208,13 @@ impl Flights {
         Ticket {
             stripe,
             completed: self.completed[stripe].load(SeqCst),
+            sequence: self.sequence.load(SeqCst),
         }
     }
 
     /// Leads the flight of `key` for entries with `fingerprint`, or joins the one in progress
-    /// unless the caller's read (`versions`, the tag tokens it saw) shows that the flight's
-    /// tags were invalidated since its leader read them: then the caller leads a new flight.
+    /// if its computation may serve a caller whose read saw the tag tokens `versions` (see
+    /// [`Slot::serves`]); else the caller leads a new flight.
     pub(crate) fn join<'a>(
         &'a self,
         key: &'a str,
@@ -216,13 +225,13 @@ impl Flights {
         let mut map = self.map();
         let flights = map.entry(key.to_owned()).or_default();
         if let Some(index) = flights.iter().position(|(f, _)| *f == fingerprint) {
-            if flights[index].1.serves(versions) {
+            if flights[index].1.serves(versions, ticket) {
                 return Role::Waiter(Arc::clone(&flights[index].1));
             }
             // Detached: its leader and waiters finish with their value, nobody joins it now.
             flights.swap_remove(index);
         }
-        let slot = Arc::new(Slot::led_under(versions));
+        let slot = Arc::new(Slot::default());
         flights.push((fingerprint, Arc::clone(&slot)));
         let read_is_stale = self.completed[ticket.stripe].load(SeqCst) != ticket.completed;
         Role::Leader {
@@ -245,9 +254,18 @@ impl Flights {
 }
 
 impl LeaderGuard<'_> {
-    /// Records the tag tokens the leader computes under (after creating missing ones).
-    pub(crate) fn set_versions(&self, versions: &Versions) {
-        self.slot.computed_under().clone_from(versions);
+    /// Marks the start of the leader's computation, under the tag tokens `versions` (after
+    /// creating missing ones): from now on, only callers that read before, or that read these
+    /// very tokens, join.
+    pub(crate) fn start_computing(&self, versions: &Versions) {
+        let mut computing = self.slot.computing();
+        // Taken under the slot's lock: a caller that found no computation took its ticket
+        // before this.
+        let started = self.flights.sequence.fetch_add(1, SeqCst);
+        *computing = Some(Computing {
+            started,
+            under: versions.clone(),
+        });
     }
 
     /// Keeps `lease` until [`LeaderGuard::take_lease`]; see the field.
@@ -350,10 +368,10 @@ mod tests {
         };
         let waiting = tokio::spawn(wait(slot));
         tokio::task::yield_now().await;
-        guard.publish(Shared::Entry(Bytes::from_static(b"v")));
+        guard.publish(Shared::Computed(Bytes::from_static(b"v")));
         drop(guard);
         assert!(
-            matches!(waiting.await.unwrap(), WaitOutcome::Shared(Shared::Entry(b)) if b == "v")
+            matches!(waiting.await.unwrap(), WaitOutcome::Shared(Shared::Computed(b)) if b == "v")
         );
         assert_eq!(flights.len(), 0);
         assert!(
@@ -385,56 +403,54 @@ mod tests {
     }
 
     #[test]
-    fn a_caller_that_saw_an_invalidated_tag_does_not_join() {
+    fn a_caller_joins_a_computation_that_started_after_its_read_or_under_its_tokens() {
         let flights = Flights::default();
-        let ticket = flights.ticket("k");
         let (old, new) = (Some([1u8; 16]), Some([2u8; 16]));
-        let leads = |role: &Role<'_>| matches!(role, Role::Leader { .. });
-        let first = flights.join("k", 1, &smallvec::smallvec![old], ticket);
-        assert!(leads(&first));
-        assert!(!leads(&flights.join(
-            "k",
-            1,
-            &smallvec::smallvec![old],
-            ticket
-        )));
-        let second = flights.join("k", 1, &smallvec::smallvec![new], ticket);
-        assert!(leads(&second), "another token: invalidated");
-        assert!(!leads(&flights.join(
-            "k",
-            1,
-            &smallvec::smallvec![new],
-            ticket
-        )));
-        let third = flights.join("k", 1, &smallvec::smallvec![None], ticket);
-        assert!(leads(&third), "the tag's version key is gone: invalidated");
-        drop((first, second, third));
-
-        let Role::Leader { guard, .. } = flights.join("c", 1, &smallvec::smallvec![None], ticket)
+        let early = flights.ticket("k");
+        let Role::Leader { guard, .. } = flights.join("k", 1, &smallvec::smallvec![None], early)
         else {
             panic!("first caller leads")
         };
+        let serves = |read: Versions, ticket| guard.slot.serves(&read, ticket);
         assert!(
-            !leads(&flights.join("c", 1, &smallvec::smallvec![old], ticket)),
-            "a tag its leader is creating is compatible with any token"
+            serves(smallvec::smallvec![new], early),
+            "not computing yet: it starts after any read so far"
         );
-        guard.set_versions(&smallvec::smallvec![old]);
-        assert!(!leads(&flights.join(
-            "c",
-            1,
-            &smallvec::smallvec![None],
-            ticket
-        )));
-        assert!(!leads(&flights.join(
-            "c",
-            1,
-            &smallvec::smallvec![old],
-            ticket
-        )));
+        guard.start_computing(&smallvec::smallvec![old]);
         assert!(
-            leads(&flights.join("c", 1, &smallvec::smallvec![new], ticket)),
-            "not the token it created: invalidated since"
+            serves(smallvec::smallvec![None], early),
+            "a read that began before the computation"
         );
+        let late = flights.ticket("k");
+        assert!(
+            serves(smallvec::smallvec![old], late),
+            "the very tokens it computes under"
+        );
+        assert!(
+            serves(Versions::new(), late),
+            "a read that saw no tags (Redis unavailable) knows of no invalidation"
+        );
+        assert!(!serves(smallvec::smallvec![new], late), "another token");
+        assert!(!serves(smallvec::smallvec![None], late), "a deleted tag");
+        assert!(matches!(
+            flights.join("k", 1, &smallvec::smallvec![new], late),
+            Role::Leader { .. }
+        ));
+        drop(guard);
+    }
+
+    #[test]
+    fn a_computation_under_an_unknown_token_serves_only_earlier_reads() {
+        let flights = Flights::default();
+        let early = flights.ticket("k");
+        let Role::Leader { guard, .. } = flights.join("k", 1, &Versions::new(), early) else {
+            panic!("first caller leads")
+        };
+        // Its read failed: it computes under no known token.
+        guard.start_computing(&smallvec::smallvec![None]);
+        let token: Versions = smallvec::smallvec![Some([1u8; 16])];
+        assert!(guard.slot.serves(&token, early));
+        assert!(!guard.slot.serves(&token, flights.ticket("k")));
         drop(guard);
     }
 

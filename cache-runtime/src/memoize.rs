@@ -95,72 +95,89 @@ impl Cache {
             user: &tags,
         };
         let flights = &self.inner.flights;
-        let ticket = flights.ticket(key);
-        let mut read_deadline = Instant::now() + self.inner.op_timeout;
-        let (read, mut versions) = self.read(spec, key, tag_keys, read_deadline).await;
-        let mut read = match read {
-            Read::Entry(bytes) => {
-                match envelope::decode::<Bincode, K::Stored>(&bytes, fingerprint, Some(&versions)) {
-                    Ok((value, _)) => {
-                        self.record(Event::Hit, spec);
-                        return K::from_stored(value);
-                    }
-                    Err(error) => {
-                        self.report_decode_failure(spec, key, &error);
-                        Read::Unusable
-                    }
-                }
-            }
-            other => other,
-        };
-        loop {
-            match flights.join(key, fingerprint, &versions, ticket) {
-                Role::Leader {
-                    guard,
-                    read_is_stale,
-                } => {
-                    // After an outage the first read said all there is to say.
-                    if read_is_stale && !matches!(read, Read::Unavailable) {
-                        (read, versions) = self.read(spec, key, tag_keys, read_deadline).await;
-                    }
-                    let entry = EntryAt {
-                        spec,
-                        key,
-                        tag_keys,
+        'read: loop {
+            let ticket = flights.ticket(key);
+            let mut read_deadline = Instant::now() + self.inner.op_timeout;
+            let (read, mut versions) = self.read(spec, key, tag_keys, read_deadline).await;
+            let mut read = match read {
+                Read::Entry(bytes) => {
+                    match envelope::decode::<Bincode, K::Stored>(
+                        &bytes,
                         fingerprint,
-                    };
-                    return self
-                        .lead::<K, R, F>(&entry, guard, read, versions, compute)
-                        .await;
+                        Some(&versions),
+                    ) {
+                        Ok((value, _)) => {
+                            self.record(Event::Hit, spec);
+                            return K::from_stored(value);
+                        }
+                        Err(error) => {
+                            self.report_decode_failure(spec, key, &error);
+                            Read::Unusable
+                        }
+                    }
                 }
-                Role::Waiter(slot) => {
-                    tracing::trace!(
-                        function = spec.name,
-                        key,
-                        "waiting for this key's in-process leader"
-                    );
-                    match flight::wait(slot).await {
-                        WaitOutcome::Shared(Shared::Entry(bytes)) => {
+                other => other,
+            };
+            loop {
+                match flights.join(key, fingerprint, &versions, ticket) {
+                    Role::Leader {
+                        guard,
+                        read_is_stale,
+                    } => {
+                        // After an outage the first read said all there is to say.
+                        if read_is_stale && !matches!(read, Read::Unavailable) {
+                            (read, versions) = self.read(spec, key, tag_keys, read_deadline).await;
+                        }
+                        let entry = EntryAt {
+                            spec,
+                            key,
+                            tag_keys,
+                            fingerprint,
+                        };
+                        return self
+                            .lead::<K, R, F>(&entry, guard, read, versions, compute)
+                            .await;
+                    }
+                    Role::Waiter(slot) => {
+                        tracing::trace!(
+                            function = spec.name,
+                            key,
+                            "waiting for this key's in-process leader"
+                        );
+                        let (bytes, current) = match flight::wait(slot).await {
+                            // Joining checked that this caller may have it.
+                            WaitOutcome::Shared(Shared::Computed(bytes)) => (bytes, None),
+                            // Stored by someone else: valid under the tokens this caller read
+                            // (a read that saw no tags knows of no invalidation).
+                            WaitOutcome::Shared(Shared::Found(bytes)) => {
+                                let current = (!versions.is_empty()).then_some(&versions[..]);
+                                (bytes, current)
+                            }
+                            // The leader's result was an `Err`: run the function now rather
+                            // than queue behind other callers' failures (each caller's wait
+                            // stays bounded by its own call).
+                            WaitOutcome::Shared(Shared::NotShareable) => return compute.await,
+                            // The leader was cancelled or panicked: start over, maybe as the
+                            // leader. The ticket is kept: the ended flight counts as completed,
+                            // so a new leader reads again (with a fresh deadline: the wait used
+                            // the first).
+                            WaitOutcome::Abandoned => {
+                                read_deadline = Instant::now() + self.inner.op_timeout;
+                                continue;
+                            }
+                        };
+                        match envelope::decode::<Bincode, K::Stored>(&bytes, fingerprint, current) {
+                            Ok((value, _)) => {
+                                self.record(Event::Coalesced, spec);
+                                return K::from_stored(value);
+                            }
+                            // A tag this caller saw differs from the entry's (it read before the
+                            // tag was created, or after an invalidation): read again, which
+                            // settles it.
+                            Err(DecodeError::Invalidated) => continue 'read,
                             // The leader encoded these bytes with the same fingerprint, so
                             // they decode; if they somehow did not, computing is still right.
-                            match envelope::decode::<Bincode, K::Stored>(&bytes, fingerprint, None)
-                            {
-                                Ok((value, _)) => {
-                                    self.record(Event::Coalesced, spec);
-                                    return K::from_stored(value);
-                                }
-                                Err(_) => return compute.await,
-                            }
-                        }
-                        // The leader's result was an `Err`: run the function now rather than
-                        // queue behind other callers' failures (each caller's wait stays
-                        // bounded by its own call).
-                        WaitOutcome::Shared(Shared::NotShareable) => return compute.await,
-                        // The leader was cancelled or panicked: start over, maybe as the leader.
-                        // The ticket is kept: the ended flight counts as completed, so a new
-                        // leader reads again (with a fresh deadline: the wait used the first).
-                        WaitOutcome::Abandoned => {
-                            read_deadline = Instant::now() + self.inner.op_timeout;
+                            Err(_) => return compute.await,
                         }
                     }
                 }
@@ -191,7 +208,7 @@ impl Cache {
                 match envelope::decode::<Bincode, K::Stored>(&bytes, fingerprint, Some(&versions)) {
                     Ok((value, _)) => {
                         self.record(Event::Hit, spec);
-                        guard.publish(Shared::Entry(bytes));
+                        guard.publish(Shared::Found(bytes));
                         return K::from_stored(value);
                     }
                     Err(error) => {
@@ -212,7 +229,6 @@ impl Cache {
         } else {
             None
         };
-        guard.set_versions(&versions);
         // Only a lease holder may fill: another holder (another process) fills this entry.
         // A lease left by a leader of this process that went away is taken over as is.
         let mut lease = match self.inner.flights.adopt_lease(key, fingerprint) {
@@ -228,13 +244,14 @@ impl Cache {
         match lease {
             // Another caller's value after all (filled since the read, or waited for).
             LeaseOutcome::Filled(bytes, value) => {
-                guard.publish(Shared::Entry(bytes));
+                guard.publish(Shared::Found(bytes));
                 return K::from_stored(value);
             }
             LeaseOutcome::Held(lease) => guard.hold_lease(lease),
             LeaseOutcome::Busy | LeaseOutcome::Failed => {}
         }
 
+        guard.start_computing(&versions);
         let started = Instant::now();
         let result = compute.await;
         let computed_in = started.elapsed();
@@ -243,7 +260,7 @@ impl Cache {
         let encoded =
             K::shareable(&result).and_then(|value| self.encode(spec, fingerprint, value, recorded));
         match &encoded {
-            Some(bytes) => guard.publish(Shared::Entry(bytes.clone())),
+            Some(bytes) => guard.publish(Shared::Computed(bytes.clone())),
             None => guard.publish(Shared::NotShareable),
         }
         if let Some(lease) = guard.take_lease() {

@@ -442,23 +442,38 @@ pub async fn a_caller_after_a_tag_invalidation_never_joins_an_older_computation(
     let db = Arc::new(Db::with(&[(1, 7, "old")]));
     // A first call stores a tag version, so the held computation reads one.
     get_account(5, 7, &h.cache, &db).await.ok();
+    joins_no_computation_from_before_an_invalidation(&h, &db).await;
+}
+
+pub async fn a_caller_after_invalidating_a_tag_its_leader_created_never_joins(h: Harness) {
+    // No tag version yet: the held computation creates it, and the invalidation deletes it,
+    // so the later caller reads no version at all, as the leader itself did.
+    let db = Arc::new(Db::with(&[(1, 7, "old")]));
+    joins_no_computation_from_before_an_invalidation(&h, &db).await;
+}
+
+async fn joins_no_computation_from_before_an_invalidation(h: &Harness, db: &Arc<Db>) {
     let (read, release) = db.hold_next_load();
     let computation = tokio::spawn({
-        let (cache, db) = (h.cache.clone(), Arc::clone(&db));
+        let (cache, db) = (h.cache.clone(), Arc::clone(db));
         async move { get_account(1, 7, &cache, &db).await }
     });
     read.notified().await;
     db.write(account(1, 7, "new")).unwrap();
     invalidate_get_account_by_org(7, &h.cache).await.unwrap();
-    // Still held: joining it would hand this caller "old".
+    // Still held: joining it would hand this caller "old", after a wait that only the
+    // release below ends (bounded, so a regression fails instead of hanging).
+    let later = tokio::time::timeout(Duration::from_secs(20), get_account(1, 7, &h.cache, db))
+        .await
+        .expect("the later caller waited for the held computation");
     assert_eq!(
-        get_account(1, 7, &h.cache, &db).await.unwrap().name,
+        later.unwrap().name,
         "new",
         "a call that starts after the invalidation computes anew"
     );
     release.notify_one();
     assert_eq!(computation.await.unwrap().unwrap().name, "old");
-    assert_eq!(get_account(1, 7, &h.cache, &db).await.unwrap().name, "new");
+    assert_eq!(get_account(1, 7, &h.cache, db).await.unwrap().name, "new");
 }
 
 #[redis_cache_evict(tags = ["org:<org>"], cache = cache)]

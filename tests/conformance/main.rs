@@ -54,6 +54,7 @@ conformance!(suite {
     invalidate_all_misses_every_entry_of_one_function_only,
     a_tag_invalidated_during_a_computation_makes_its_fill_a_miss,
     a_caller_after_a_tag_invalidation_never_joins_an_older_computation,
+    a_caller_after_invalidating_a_tag_its_leader_created_never_joins,
     put_stores_the_new_value_only_when_the_writer_succeeds,
     put_with_a_value_expression,
     put_defeats_a_computation_in_flight,
