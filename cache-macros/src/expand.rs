@@ -427,6 +427,7 @@ fn helpers(
     let entry_fn = format_ident!("{}_cache_entry", name);
     let entry_params = helper_inputs(model, &usage.entry);
     let stored = &model.stored;
+    let kind = model.kind.runtime_name();
     let (entry_generics, entry_where) = helper_generics(generics, &entry_params, quote!(#stored));
     let render_tags = render_tags(options.tags.iter(), model, plain_writer, private);
     let key_types = key_types(model, usage);
@@ -462,6 +463,7 @@ fn helpers(
                 #render_key,
                 #render_tags,
                 [__redis_memo_body_type, __redis_memo_key_types],
+                <#private::#kind as #private::StoredKind<#stored>>::storable,
             )
         }
 

@@ -8,7 +8,8 @@
 //! against the reader's.
 //!
 //! The reader arguments (and `tags`) are evaluated before the body, which may move the
-//! parameters they read; `value = <expr>` after it, when it succeeded.
+//! parameters they read (arguments naming a place are cloned, so the body keeps them);
+//! `value = <expr>` after it, when it succeeded.
 
 use crate::args::tag_templates;
 use crate::errors::Errors;
@@ -113,6 +114,9 @@ fn check_args(mode: Mode, items: Items, attr_span: Span, errors: &mut Errors) ->
     for item in items.0 {
         let (name, value) = match item {
             Item::Reader(call) => {
+                if let Expr::Path(func) = &*call.func {
+                    refuse_turbofish(&func.path, errors);
+                }
                 if mode == Mode::Put && !args.readers.is_empty() {
                     errors.spanned(
                         &call,
@@ -139,7 +143,12 @@ fn check_args(mode: Mode, items: Items, attr_span: Span, errors: &mut Errors) ->
                 }
             },
             (Mode::Evict, "tags") => args.tags = tag_templates(&name, value.as_ref(), errors),
-            (Mode::Evict, "all_of") => args.all_of = reader_paths(&name, value, errors),
+            (Mode::Evict, "all_of") => {
+                args.all_of = reader_paths(&name, value, errors);
+                for path in &args.all_of {
+                    refuse_turbofish(path, errors);
+                }
+            }
             (Mode::Evict, "before") => match value {
                 None => args.before = Some(name.span()),
                 Some(value) => errors.spanned(value, "`before` takes no value: write `before`"),
@@ -344,19 +353,41 @@ fn helper_path(path: &Path, suffix: &str) -> Path {
     path
 }
 
+/// `reader(args)` as a call of `<reader>_cache_entry(args)`. Arguments that name a place
+/// (`user.name`, `id`) are cloned, so rendering the key before the body moves nothing the body
+/// uses.
 fn entry_call(call: &ExprCall) -> TokenStream {
     let Expr::Path(func) = &*call.func else {
         return quote!(#call);
     };
     let mut func = func.clone();
     func.path = helper_path(&func.path, "_cache_entry");
-    let entry = ExprCall {
-        attrs: Vec::new(),
-        func: Box::new(Expr::Path(func)),
-        paren_token: call.paren_token,
-        args: call.args.clone(),
-    };
-    quote!(#entry)
+    let args = call.args.iter().map(|arg| match arg {
+        // Not `self`: a method's receiver is a reference already, and cloning it could
+        // clone the value behind it.
+        Expr::Path(path) if path.path.is_ident("self") => quote!(#arg),
+        // A method call keeps the compiler's "expected `u64`, found `String`" on the argument.
+        Expr::Path(_) | Expr::Field(_) => quote_spanned!(arg.span()=> (#arg).clone()),
+        other => quote!(#other),
+    });
+    let mut tokens = quote!(#func);
+    call.paren_token
+        .surround(&mut tokens, |inner| inner.extend(quote!(#(#args),*)));
+    tokens
+}
+
+/// Generic arguments on a reader's name cannot be passed on: its helpers take only the generic
+/// parameters their arguments determine.
+fn refuse_turbofish(path: &Path, errors: &mut Errors) {
+    if let Some(last) = path.segments.last()
+        && !last.arguments.is_none()
+    {
+        errors.spanned(
+            &last.arguments,
+            "name the reader without generic arguments: they are inferred from its key \
+             arguments, so give those the type you mean (`count(7u64)`)",
+        );
+    }
 }
 
 fn expand_body(mode: Mode, args: &WriterArgs, model: &FnModel, function: &ItemFn) -> TokenStream {
@@ -373,6 +404,8 @@ fn expand_body(mode: Mode, args: &WriterArgs, model: &FnModel, function: &ItemFn
         Mode::Put => {
             let entry = args.readers.first().map(entry_call).unwrap_or_default();
             let (bind, value) = match &args.value {
+                // Evaluated only when the writer succeeded; its type checked against the
+                // reader's on the user's expression.
                 Some(expr) => (quote!(_), quote_spanned!(expr.span()=> &(#expr))),
                 None => {
                     let span = match &function.sig.output {
@@ -386,10 +419,23 @@ fn expand_body(mode: Mode, args: &WriterArgs, model: &FnModel, function: &ItemFn
                 }
             };
             (
-                quote!(let __redis_memo_entry = #entry;),
                 quote! {
-                    if let ::core::option::Option::Some(#bind) = #written {
-                        #private::put(__redis_memo_cache, __redis_memo_entry, #value).await;
+                    #[allow(clippy::clone_on_copy, clippy::redundant_clone)]
+                    let __redis_memo_put = #private::begin_put(__redis_memo_cache, #entry).await;
+                },
+                // One statement per arm: a temporary in `value = ..` lives until it is stored.
+                quote! {
+                    match #written {
+                        ::core::option::Option::Some(#bind) => {
+                            #private::finish_put(
+                                __redis_memo_cache,
+                                ::core::option::Option::Some(#private::PendingPut::checked(&__redis_memo_put, #value)),
+                                __redis_memo_put,
+                            ).await;
+                        }
+                        ::core::option::Option::None => {
+                            #private::finish_put(__redis_memo_cache, ::core::option::Option::None, __redis_memo_put).await;
+                        }
                     }
                 },
                 TokenStream::new(),
@@ -421,12 +467,15 @@ fn expand_body(mode: Mode, args: &WriterArgs, model: &FnModel, function: &ItemFn
                 ).await;
             };
             let prepare = quote! {
+                #[allow(clippy::clone_on_copy, clippy::redundant_clone)]
                 let __redis_memo_entries: ::std::vec::Vec<::std::string::String> = ::std::vec![#(#entries),*];
                 let __redis_memo_tags: ::std::vec::Vec<::std::string::String> = #tags;
                 let __redis_memo_all_of: ::std::vec::Vec<#private::FunctionRef> = ::std::vec![#(#all_of),*];
             };
             if args.before.is_some() {
-                (prepare, TokenStream::new(), evict)
+                // Before the body, whatever its outcome; and again once it succeeded, since a
+                // reader may have stored the old value again while it ran.
+                (prepare, quote!(if #written.is_some() { #evict }), evict)
             } else {
                 (
                     prepare,

@@ -18,6 +18,10 @@ pub enum CacheError {
     /// Redis did not answer within the per-operation timeout.
     #[error("redis did not answer within {0:?}")]
     Timeout(Duration),
+    /// Redis was not tried: after repeated failures the circuit breaker skips it for a while
+    /// (see [`CacheBuilder::breaker`](crate::CacheBuilder::breaker)).
+    #[error("redis is skipped while the circuit breaker is open after repeated failures")]
+    Unavailable,
     /// A memoized function or helper without `cache = ...` ran before a global cache was
     /// installed.
     #[error(
@@ -48,7 +52,7 @@ impl CacheError {
     /// feed the circuit breaker.
     pub fn is_outage(&self) -> bool {
         match self {
-            CacheError::Timeout(_) => true,
+            CacheError::Timeout(_) | CacheError::Unavailable => true,
             // Replies that say something about this key or command, from a server that is
             // otherwise serving; anything else (I/O, LOADING, BUSY, NOAUTH, CLUSTERDOWN, ..)
             // means it is not.

@@ -106,17 +106,6 @@ end
 return removed
 ";
 
-/// KEYS: entry, lease (one slot). ARGV: value, ttl in ms, channel. A write-through: stores
-/// the value whoever holds the lease, and deletes the lease, so a computation that began
-/// before this write cannot store its older value after it; announces the value to `lock`
-/// waiters.
-pub(crate) const PUT_SCRIPT: &str = r"
-redis.call('DEL', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('PUBLISH', ARGV[3], ARGV[1])
-return 1
-";
-
 #[cfg(test)]
 mod tests {
     use super::*;

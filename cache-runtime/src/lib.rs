@@ -44,10 +44,10 @@ pub use crate::writers::{EntryRef, FunctionRef};
 pub mod __private {
     pub use crate::key::{KeyPart, KeyWriter};
     pub use crate::returns::{
-        CacheValue, Fallible, FallibleOptional, Optional, Plain, ReturnKind, Written,
+        CacheValue, Fallible, FallibleOptional, Optional, Plain, ReturnKind, StoredKind, Written,
     };
     pub use crate::spec::FnSpec;
-    pub use crate::writers::{AllOf, EntryRef, FunctionRef, WithoutInvalidateAll};
+    pub use crate::writers::{AllOf, EntryRef, FunctionRef, PendingPut, WithoutInvalidateAll};
     pub use crate::{Cache, CacheError};
     pub use core::borrow::Borrow;
     pub use core::time::Duration;
@@ -125,17 +125,25 @@ pub mod __private {
         Ok(cache.evict_counting(&[], &[], &[function]).await? > 0)
     }
 
-    /// Write-through: stores `value` as `entry`. Never fails the writer's call: a failure is
-    /// logged and counted, and the entry is removed instead where Redis still answers, so a
-    /// lost write cannot leave the old value in place.
-    pub async fn put<V: CacheValue>(cache: Option<&Cache>, entry: EntryRef<V>, value: &V) {
-        let Some(cache) = cache else {
-            return;
-        };
-        if let Err(error) = cache.put_entry(&entry, value).await {
-            cache.report_lost_write("put", entry.rendered_key(), &error);
-            let _ = cache.invalidate(entry.rendered_key()).await;
-        }
+    /// Write-through, first step, before the writer's body: takes `entry`'s lease and reads
+    /// its tags' tokens.
+    pub async fn begin_put<V: CacheValue>(
+        cache: Option<&Cache>,
+        entry: EntryRef<V>,
+    ) -> PendingPut<V> {
+        PendingPut::begin(cache, entry).await
+    }
+
+    /// Write-through, second step: stores `value` (the writer succeeded) or gives the lease
+    /// back (`None`). Never fails the writer's call: a failure is logged and counted, and the
+    /// entry is removed instead where Redis still answers, so a lost write cannot leave the
+    /// old value in place.
+    pub async fn finish_put<V: CacheValue>(
+        cache: Option<&Cache>,
+        value: Option<&V>,
+        pending: PendingPut<V>,
+    ) {
+        pending.finish(cache, value).await;
     }
 
     /// Removes entries (rendered keys), tags (renderings) and all entries of functions. Never
@@ -151,7 +159,7 @@ pub mod __private {
         };
         if let Err(error) = cache.evict_counting(&entries, &tags, &all_of).await {
             let what = entries.first().or(tags.first()).map_or("", String::as_str);
-            cache.report_lost_write("evict", what, &error);
+            cache.report_lost_write(crate::writers::LostWrite::Evict, what, &error);
         }
     }
 

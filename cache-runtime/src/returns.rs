@@ -113,6 +113,37 @@ impl<T: CacheValue, E> ReturnKind<Result<Option<T>, E>> for FallibleOptional {
     }
 }
 
+/// Whether a stored value of a kind may be written: what a write-through checks, knowing only
+/// the stored type (`None` is written only with `cache_none`).
+pub trait StoredKind<V> {
+    /// Whether `value` may be written.
+    fn storable(value: &V, cache_none: bool) -> bool;
+}
+
+impl<V> StoredKind<V> for Plain {
+    fn storable(_: &V, _: bool) -> bool {
+        true
+    }
+}
+
+impl<V> StoredKind<V> for Fallible {
+    fn storable(_: &V, _: bool) -> bool {
+        true
+    }
+}
+
+impl<T> StoredKind<Option<T>> for Optional {
+    fn storable(value: &Option<T>, cache_none: bool) -> bool {
+        value.is_some() || cache_none
+    }
+}
+
+impl<T> StoredKind<Option<T>> for FallibleOptional {
+    fn storable(value: &Option<T>, cache_none: bool) -> bool {
+        value.is_some() || cache_none
+    }
+}
+
 /// What a writer (`#[redis_cache_put]`, `#[redis_cache_evict]`) with return type `R` wrote,
 /// when its call succeeded: the `Ok` value of a `Result`, any other value as is.
 pub trait Written<R> {

@@ -2,8 +2,9 @@
 //!
 //! Each tag has a version key, `<namespace>:#tag:{<rendered tag>}`, holding a random token.
 //! An entry records the tokens of its tags as they were before it was computed (in its
-//! envelope); a read fetches the entry and its tags' current tokens in one pipelined round
-//! trip, one `GET` per key, so no command spans two Cluster slots. The entry is valid only if
+//! envelope); a read fetches the entry and its tags' current tokens in one round trip: one
+//! `MGET` of the entry and its tag keys on a single Redis (a Cluster backend must group them
+//! by slot instead, since no command may span two slots). The entry is valid only if
 //! every recorded token is still current. Invalidating a tag deletes its version key (one
 //! `DEL`, whatever the number of entries); the next computation under the tag draws a new
 //! token. A version key that disappeared for any reason (eviction, a partial flush, a hand
@@ -138,6 +139,8 @@ pub(crate) fn owner_of(type_name: &str) -> &str {
     while index < bytes.len() {
         match bytes[index] {
             b'<' => depth += 1,
+            // The arrow of a function pointer type (`fn(u8) -> u8`) closes nothing.
+            b'>' if index > 0 && bytes[index - 1] == b'-' => {}
             b'>' => depth = depth.saturating_sub(1),
             b':' if depth == 0 && bytes.get(index + 1) == Some(&b':') => {
                 last_separator = Some(index);
@@ -195,6 +198,10 @@ mod tests {
             "app::A<u8>"
         );
         assert_eq!(owner_of("get::{{closure}}"), "get");
+        assert_eq!(
+            owner_of("app::Repo<fn(u8) -> core::option::Option<u8>>::get::{{closure}}"),
+            "app::Repo<fn(u8) -> core::option::Option<u8>>"
+        );
     }
 
     #[test]

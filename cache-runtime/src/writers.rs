@@ -2,14 +2,24 @@
 //! named through its generated `<fn>_cache_entry(..)` helper, written or removed after the
 //! writer's body succeeded.
 //!
-//! A put goes through the lease protocol: it takes the entry's lease away from whoever holds
-//! it while storing, so a computation that began before the write cannot store its older value
-//! after it.
+//! A put goes through the lease protocol, in two steps around the writer's body:
+//! - before the body, it takes the entry's lease over from whoever holds it (so a computation
+//!   that began before the write can no longer store its older value) and reads the tokens of
+//!   the entry's tags (so a tag invalidated while the body runs makes the put entry a miss);
+//! - after the body, it stores the value only if it still holds the lease. An eviction or
+//!   another write in the meantime took it: then the entry is removed instead, since which
+//!   of the two writes is newer cannot be told.
+//!
+//! Writers go through the circuit breaker like reads and feed it. A write-through or eviction
+//! that does not happen never fails the writer's call: it is logged and counted, and where
+//! Redis still answers the entry is removed, so a lost write cannot leave the old value.
 
+use crate::lease::{self, HeldLease};
 use crate::memoize::tag_lifetime;
 use crate::spec::FnSpec;
-use crate::tags::TagKeys;
+use crate::tags::{TagKeys, Token};
 use crate::{Cache, CacheError, CacheValue};
+use std::future::Future;
 use std::marker::PhantomData;
 
 /// One entry of a memoized function whose stored values are `V`: what its
@@ -23,6 +33,8 @@ pub struct EntryRef<V: ?Sized> {
     tags: Vec<String>,
     body_type: &'static str,
     key_types: &'static str,
+    /// Whether the reader stores this value (`None` only with `cache_none`).
+    storable: fn(&V, bool) -> bool,
     value: PhantomData<fn() -> V>,
 }
 
@@ -34,6 +46,7 @@ impl<V: ?Sized> EntryRef<V> {
         rendered: String,
         tags: Vec<String>,
         [body_type, key_types]: [&'static str; 2],
+        storable: fn(&V, bool) -> bool,
     ) -> Self {
         EntryRef {
             spec,
@@ -41,6 +54,7 @@ impl<V: ?Sized> EntryRef<V> {
             tags,
             body_type,
             key_types,
+            storable,
             value: PhantomData,
         }
     }
@@ -88,45 +102,188 @@ impl AllOf for FunctionRef {
     }
 }
 
+/// A writer's Redis work that did not happen.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum LostWrite {
+    Put,
+    Evict,
+}
+
+/// A write-through begun before its writer's body (see the module's doc).
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct PendingPut<V: ?Sized> {
+    entry: EntryRef<V>,
+    /// `None` without a cache; an error when the first step failed.
+    began: Option<Result<Began, CacheError>>,
+}
+
+#[derive(Debug)]
+struct Began {
+    key: String,
+    fingerprint: u64,
+    /// The entry's tags' full version keys: its function's own, then its `tags`.
+    function_tag: Option<String>,
+    user_tags: Vec<String>,
+    tokens: Vec<Token>,
+    lease: HeldLease,
+}
+
+impl<V: ?Sized> PendingPut<V> {
+    /// `value`, type-checked against the entry's (generated code passes the writer's value
+    /// through this, so a mismatch is reported on the user's expression).
+    pub fn checked<'a>(&self, value: &'a V) -> &'a V {
+        value
+    }
+}
+
+impl<V: CacheValue> PendingPut<V> {
+    /// Before the writer's body: takes the entry's lease and reads its tags' tokens.
+    pub(crate) async fn begin(cache: Option<&Cache>, entry: EntryRef<V>) -> Self {
+        let began = match cache {
+            Some(cache) => Some(cache.begin_put(&entry).await),
+            None => None,
+        };
+        PendingPut { entry, began }
+    }
+
+    /// After the writer's body: stores `value` (`None` when the writer failed: the lease is
+    /// given back, nothing changes).
+    pub(crate) async fn finish(self, cache: Option<&Cache>, value: Option<&V>) {
+        let (Some(cache), Some(began)) = (cache, self.began) else {
+            return;
+        };
+        let entry = &self.entry;
+        let stored = match (began, value) {
+            (Ok(began), None) => {
+                let _ = cache.guarded("release", began.lease.release(false)).await;
+                return;
+            }
+            (Err(_), None) => return,
+            // The reader never stores this value (`None` without `cache_none`): the entry is
+            // removed instead, so the reader asks its source again.
+            (began, Some(value)) if !(entry.storable)(value, entry.spec.cache_none) => {
+                drop(began);
+                cache.invalidate(&entry.rendered).await.map(drop)
+            }
+            (Ok(began), Some(value)) => cache.commit_put(entry, began, value).await,
+            (Err(error), Some(_)) => Err(error),
+        };
+        if let Err(error) = stored {
+            cache.report_lost_write(LostWrite::Put, &entry.rendered, &error);
+            if cache.inner.health.allows_request() {
+                let _ = cache.invalidate(&entry.rendered).await;
+            }
+        }
+    }
+}
+
 impl Cache {
-    /// Stores `value` as `entry` (write-through), recording the current tokens of its tags,
-    /// and takes its lease away so an older computation in flight cannot overwrite it.
-    ///
-    /// # Errors
-    /// A value that does not serialize; a Redis failure or timeout.
-    pub(crate) async fn put_entry<V: CacheValue>(
+    /// Runs a writer's Redis operation unless the breaker is open, and feeds the breaker.
+    pub(crate) async fn guarded<T>(
         &self,
-        entry: &EntryRef<V>,
-        value: &V,
-    ) -> Result<(), CacheError> {
+        operation: &'static str,
+        op: impl Future<Output = Result<T, CacheError>>,
+    ) -> Result<T, CacheError> {
+        if !self.inner.health.allows_request() {
+            return Err(CacheError::Unavailable);
+        }
+        let result = op.await;
+        match &result {
+            Err(error) if error.is_outage() => self.inner.health.record_failure(operation, error),
+            _ => self.inner.health.record_success(),
+        }
+        result
+    }
+
+    /// The first step of a put: the lease, taken over from any holder, and the tokens of the
+    /// entry's tags (created where missing), in one round trip.
+    async fn begin_put<V: CacheValue>(&self, entry: &EntryRef<V>) -> Result<Began, CacheError> {
         let spec = entry.spec;
         let resolved = spec.resolve::<V>(entry.body_type, entry.key_types, false);
         let key = self.full_key(&entry.rendered);
-        let function_tag = spec
-            .invalidate_all
-            .then(|| resolved.function_tag_key(&self.inner.namespace));
+        let function_tag = spec.invalidate_all.then(|| {
+            resolved
+                .function_tag_key(&self.inner.namespace)
+                .into_owned()
+        });
         let user_tags = self.tag_keys(&entry.tags);
+        let (lease_key, token) = (lease::lease_key(&key), lease::new_token());
+        let backend = &self.inner.backend;
+        let tag_refs: Vec<&str> = function_tag
+            .iter()
+            .chain(&user_tags)
+            .map(String::as_str)
+            .collect();
+        let tokens = self
+            .guarded("begin put", async {
+                let (seized, tokens) = tokio::join!(
+                    backend.seize_lease(&lease_key, &token, spec.lease),
+                    backend.ensure_tags(&tag_refs, tag_lifetime(spec)),
+                );
+                seized?;
+                tokens
+            })
+            .await?;
+        Ok(Began {
+            lease: HeldLease::new(backend.clone(), &key, lease_key, token),
+            key,
+            fingerprint: resolved.fingerprint,
+            function_tag,
+            user_tags,
+            tokens,
+        })
+    }
+
+    /// The second step of a put: stores `value` if the put still holds the lease, else
+    /// removes the entry.
+    async fn commit_put<V: CacheValue>(
+        &self,
+        entry: &EntryRef<V>,
+        began: Began,
+        value: &V,
+    ) -> Result<(), CacheError> {
+        let spec = entry.spec;
+        let bytes = self
+            .encode(spec, began.fingerprint, value, &began.tokens)
+            .ok_or_else(|| {
+                CacheError::Config(format!("the value of `{}` does not serialize", spec.name))
+            })?;
+        let Began {
+            key,
+            function_tag,
+            user_tags,
+            lease,
+            ..
+        } = began;
         let tag_keys = TagKeys {
             function: function_tag.as_deref(),
             user: &user_tags,
         };
-        let tag_refs: Vec<&str> = tag_keys.iter().collect();
         let backend = &self.inner.backend;
-        let tokens = backend.ensure_tags(&tag_refs, tag_lifetime(spec)).await?;
-        let bytes = self
-            .encode(spec, resolved.fingerprint, value, &tokens)
-            .ok_or_else(|| {
-                CacheError::Config(format!("the value of `{}` does not serialize", spec.name))
-            })?;
-        let lease = crate::lease::lease_key(&key);
-        let (stored, _) = tokio::join!(
-            backend.put(&key, &lease, bytes, spec.ttl),
-            backend.extend_tags(tag_keys, tag_lifetime(spec))
-        );
+        let stored = self
+            .guarded("put", async {
+                let (stored, _) = tokio::join!(
+                    lease.fill(bytes, spec.ttl),
+                    backend.extend_tags(tag_keys, tag_lifetime(spec))
+                );
+                stored
+            })
+            .await;
         // Callers of this process that come later must not join a computation that began
         // before the write.
         self.inner.flights.detach(&key);
-        stored
+        if !stored? {
+            // An eviction or another write came while the body ran (or the body outlasted
+            // the lease): which value is newer cannot be told, so neither stays.
+            tracing::debug!(
+                function = spec.name,
+                key = entry.rendered,
+                "redis-memo: the entry changed while the writer ran; removing it"
+            );
+            self.invalidate(&entry.rendered).await?;
+        }
+        Ok(())
     }
 
     /// Full version keys of rendered tags.
@@ -150,13 +307,16 @@ impl Cache {
         // Everything is attempted even after a failure: each removal that lands counts.
         let mut failure = None;
         for entry in entries {
-            if let Err(error) = self.invalidate(entry).await {
+            if let Err(error) = self.guarded("invalidate", self.invalidate(entry)).await {
                 failure = Some(error);
             }
         }
         let mut removed = 0;
         if !tag_keys.is_empty() {
-            match self.invalidate_tag_keys(tag_keys).await {
+            match self
+                .guarded("invalidate tags", self.invalidate_tag_keys(tag_keys))
+                .await
+            {
                 Ok(count) => removed = count,
                 Err(error) => failure = Some(error),
             }
@@ -165,13 +325,20 @@ impl Cache {
     }
 
     /// Logs and counts a write-through or eviction that did not happen.
-    pub(crate) fn report_lost_write(&self, operation: &'static str, key: &str, error: &CacheError) {
+    pub(crate) fn report_lost_write(&self, write: LostWrite, key: &str, error: &CacheError) {
         self.inner.counters.record_lost_write();
-        tracing::error!(
-            operation,
-            key,
-            %error,
-            "redis-memo: a write-through or eviction failed; the entry may be stale until its ttl"
-        );
+        match write {
+            LostWrite::Put => tracing::error!(
+                key,
+                %error,
+                "redis-memo: a write-through failed; removing the entry instead where Redis \
+                 answers (if it does not, the entry may hold the old value until its ttl)"
+            ),
+            LostWrite::Evict => tracing::error!(
+                key,
+                %error,
+                "redis-memo: an eviction failed; the entry may hold the old value until its ttl"
+            ),
+        }
     }
 }

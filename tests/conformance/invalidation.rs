@@ -506,3 +506,149 @@ pub async fn evict_tags_all_of_and_before(h: Harness) {
     load_both().await;
     assert_eq!(db.loads(), 5, "`before` evicted all of get_account first");
 }
+
+/// Holds a writer's body at one point until the test opens it.
+#[derive(Default)]
+struct Gate {
+    reached: Notify,
+    open: Notify,
+}
+
+impl Gate {
+    async fn pass(&self) {
+        self.reached.notify_one();
+        self.open.notified().await;
+    }
+}
+
+/// Writes the database first, then waits at the gate before returning what it wrote.
+#[redis_cache_put(get_account(account.id, account.org), cache = cache)]
+async fn update_account_slowly(
+    account: Account,
+    cache: &Cache,
+    db: &Db,
+    gate: &Gate,
+) -> Result<Account, String> {
+    let written = db.write(account);
+    gate.pass().await;
+    written
+}
+
+pub async fn a_tag_invalidated_while_a_put_runs_makes_the_put_entry_a_miss(h: Harness) {
+    let db = Arc::new(Db::with(&[(1, 7, "old")]));
+    get_account(1, 7, &h.cache, &db).await.unwrap();
+    let gate = Arc::new(Gate::default());
+    let put = tokio::spawn({
+        let (cache, db, gate) = (h.cache.clone(), Arc::clone(&db), Arc::clone(&gate));
+        async move { update_account_slowly(account(1, 7, "new"), &cache, &db, &gate).await }
+    });
+    gate.reached.notified().await;
+    // Whatever the tag stands for changed while the writer ran: its value may embed the old.
+    invalidate_get_account_by_org(7, &h.cache).await.unwrap();
+    gate.open.notify_one();
+    assert_eq!(put.await.unwrap().unwrap().name, "new");
+    get_account(1, 7, &h.cache, &db).await.unwrap();
+    assert_eq!(
+        db.loads(),
+        2,
+        "the put recorded the tag's version from before its body: a miss"
+    );
+}
+
+pub async fn an_evict_while_a_put_runs_leaves_no_entry(h: Harness) {
+    let db = Arc::new(Db::with(&[(1, 7, "old")]));
+    get_account(1, 7, &h.cache, &db).await.unwrap();
+    let gate = Arc::new(Gate::default());
+    let put = tokio::spawn({
+        let (cache, db, gate) = (h.cache.clone(), Arc::clone(&db), Arc::clone(&gate));
+        async move { update_account_slowly(account(1, 7, "new"), &cache, &db, &gate).await }
+    });
+    gate.reached.notified().await;
+    // The delete lands in the database after the update, and its eviction before the put.
+    delete_account(1, 7, &h.cache, &db).await.unwrap();
+    gate.open.notify_one();
+    assert_eq!(put.await.unwrap().unwrap().name, "new");
+    assert_eq!(
+        get_account(1, 7, &h.cache, &db).await,
+        Err("no account 1".into()),
+        "the put that lost its lease to the eviction stored nothing"
+    );
+}
+
+#[redis_cached(ttl = "1m", key = "nickname:<id>", cache = cache)]
+async fn nickname(
+    id: u64,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] names: &Mutex<HashMap<u64, String>>,
+    #[cache(skip)] probe: &Probe,
+) -> Option<String> {
+    probe.ran();
+    names.lock().unwrap().get(&id).cloned()
+}
+
+#[redis_cache_put(nickname(id), cache = cache)]
+async fn set_nickname(
+    id: u64,
+    name: Option<String>,
+    cache: &Cache,
+    names: &Mutex<HashMap<u64, String>>,
+) -> Option<String> {
+    let mut names = names.lock().unwrap();
+    match &name {
+        Some(name) => names.insert(id, name.clone()),
+        None => names.remove(&id),
+    };
+    name
+}
+
+pub async fn put_to_an_untagged_reader_and_a_put_of_none(h: Harness) {
+    let (names, probe) = (Mutex::new(HashMap::new()), Probe::default());
+    assert_eq!(nickname(1, &h.cache, &names, &probe).await, None);
+    set_nickname(1, Some("ada".into()), &h.cache, &names).await;
+    assert_eq!(
+        nickname(1, &h.cache, &names, &probe).await.as_deref(),
+        Some("ada")
+    );
+    assert_eq!(probe.runs(), 1, "served from the put");
+
+    // The reader never stores `None` (no `cache_none`): the put removes the entry instead.
+    set_nickname(1, None, &h.cache, &names).await;
+    assert_eq!(nickname(1, &h.cache, &names, &probe).await, None);
+    assert_eq!(nickname(1, &h.cache, &names, &probe).await, None);
+    assert_eq!(probe.runs(), 3, "no entry: each call asks the source");
+}
+
+/// Evicts before its body and, as it succeeds, again after it.
+#[redis_cache_evict(get_account(id, org), before, cache = cache)]
+async fn delete_account_slowly(
+    id: u64,
+    org: u32,
+    cache: &Cache,
+    db: &Db,
+    gate: &Gate,
+) -> Result<(), String> {
+    gate.pass().await;
+    db.remove(id)
+}
+
+pub async fn before_evicts_again_once_the_body_succeeded(h: Harness) {
+    let db = Arc::new(Db::with(&[(1, 7, "ada")]));
+    get_account(1, 7, &h.cache, &db).await.unwrap();
+    let gate = Arc::new(Gate::default());
+    let delete = tokio::spawn({
+        let (cache, db, gate) = (h.cache.clone(), Arc::clone(&db), Arc::clone(&gate));
+        async move { delete_account_slowly(1, 7, &cache, &db, &gate).await }
+    });
+    gate.reached.notified().await;
+    assert_eq!(db.loads(), 1);
+    // Evicted before the body: a reader meanwhile stores the row the body is about to delete.
+    get_account(1, 7, &h.cache, &db).await.unwrap();
+    assert_eq!(db.loads(), 2);
+    gate.open.notify_one();
+    delete.await.unwrap().unwrap();
+    assert_eq!(
+        get_account(1, 7, &h.cache, &db).await,
+        Err("no account 1".into()),
+        "the value stored during the body was evicted after it"
+    );
+}

@@ -61,4 +61,8 @@ conformance!(suite {
     evict_removes_the_entry_and_only_it_after_success,
     evict_defeats_a_computation_in_flight,
     evict_tags_all_of_and_before,
+    a_tag_invalidated_while_a_put_runs_makes_the_put_entry_a_miss,
+    an_evict_while_a_put_runs_leaves_no_entry,
+    put_to_an_untagged_reader_and_a_put_of_none,
+    before_evicts_again_once_the_body_succeeded,
 });

@@ -31,8 +31,8 @@ pub struct MemoryStore {
     /// Lease key -> (token, expiry). Also serializes fills and invalidations, as Redis's
     /// single thread does.
     leases: Arc<Mutex<HashMap<String, (String, Instant)>>>,
-    /// Tag version key -> (token, expiry).
-    tags: Arc<Mutex<HashMap<String, (Token, Instant)>>>,
+    /// Tag version keys.
+    tags: Arc<Mutex<TagTable>>,
     /// Fill announcements, as Redis pub/sub makes them.
     notices: Notices,
 }
@@ -42,6 +42,33 @@ impl std::fmt::Debug for MemoryStore {
         f.debug_struct("MemoryStore")
             .field("entries", &self.entries.entry_count())
             .finish()
+    }
+}
+
+/// Tag version key -> (token, expiry). Expired versions count as absent, and are purged once
+/// the table has doubled since the last purge, so it stays within twice its live size.
+#[derive(Default)]
+struct TagTable {
+    versions: HashMap<String, (Token, Instant)>,
+    purge_at: usize,
+}
+
+impl TagTable {
+    const MIN_PURGE_AT: usize = 1024;
+
+    fn live(&self, key: &str, now: Instant) -> Option<Token> {
+        self.versions
+            .get(key)
+            .filter(|(_, expiry)| *expiry > now)
+            .map(|(token, _)| *token)
+    }
+
+    fn purge_if_grown(&mut self, now: Instant) {
+        if self.versions.len() < self.purge_at.max(Self::MIN_PURGE_AT) {
+            return;
+        }
+        self.versions.retain(|_, (_, expiry)| *expiry > now);
+        self.purge_at = self.versions.len() * 2;
     }
 }
 
@@ -107,7 +134,7 @@ impl MemoryStore {
         self.leases.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn tags(&self) -> MutexGuard<'_, HashMap<String, (Token, Instant)>> {
+    fn tags(&self) -> MutexGuard<'_, TagTable> {
         self.tags.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -116,14 +143,7 @@ impl MemoryStore {
         let now = Instant::now();
         let versions = {
             let tags = self.tags();
-            tag_keys
-                .iter()
-                .map(|key| {
-                    tags.get(key)
-                        .filter(|(_, expiry)| *expiry > now)
-                        .map(|(token, _)| *token)
-                })
-                .collect()
+            tag_keys.iter().map(|key| tags.live(key, now)).collect()
         };
         (self.get(entry), versions)
     }
@@ -132,9 +152,11 @@ impl MemoryStore {
     pub(crate) fn ensure_tags(&self, keys: &[&str], ttl: Duration) -> Vec<Token> {
         let now = Instant::now();
         let mut tags = self.tags();
+        tags.purge_if_grown(now);
         keys.iter()
             .map(|key| {
                 let slot = tags
+                    .versions
                     .entry((*key).to_owned())
                     .or_insert_with(|| (tags::new_token(), now + ttl));
                 if slot.1 <= now {
@@ -145,12 +167,16 @@ impl MemoryStore {
             .collect()
     }
 
-    /// Extends tag version keys to live at least `ttl` more.
+    /// Extends live tag version keys to live at least `ttl` more (`PEXPIRE .. GT`: an
+    /// expired version is gone, and stays gone).
     pub(crate) fn extend_tags(&self, keys: TagKeys<'_>, ttl: Duration) {
-        let until = Instant::now() + ttl;
+        let now = Instant::now();
+        let until = now + ttl;
         let mut tags = self.tags();
         for key in keys.iter() {
-            if let Some((_, expiry)) = tags.get_mut(key) {
+            if let Some((_, expiry)) = tags.versions.get_mut(key)
+                && *expiry > now
+            {
                 *expiry = (*expiry).max(until);
             }
         }
@@ -162,7 +188,8 @@ impl MemoryStore {
         let mut tags = self.tags();
         keys.iter()
             .filter(|key| {
-                tags.remove(key.as_str())
+                tags.versions
+                    .remove(key.as_str())
                     .is_some_and(|(_, expiry)| expiry > now)
             })
             .count() as u64
@@ -173,13 +200,11 @@ impl MemoryStore {
         self.invalidate_tags(&[full_tag_key.to_owned()]) > 0
     }
 
-    /// The put script: stores the entry whoever holds its lease, and deletes the lease.
-    pub(crate) fn put(&self, entry: &str, lease: &str, value: Bytes, ttl: Duration) {
-        let mut leases = self.leases();
-        leases.remove(lease);
-        self.insert(entry, value.clone(), ttl);
-        self.notices
-            .deliver(&notify::channel(entry), Notice::Filled(value));
+    /// `SET lease token PX ttl`: the lease is `token`'s, whoever held it.
+    pub(crate) fn seize_lease(&self, lease: &str, token: &str, ttl: Duration) {
+        let until = Instant::now() + ttl;
+        self.leases()
+            .insert(lease.to_owned(), (token.to_owned(), until));
     }
 
     /// The bytes stored under a full key (`<namespace>:{<rendered key>}`), if present and not
@@ -308,4 +333,55 @@ fn holds(leases: &HashMap<String, (String, Instant)>, lease: &str, token: &str) 
     leases
         .get(lease)
         .is_some_and(|(holder, expiry)| holder == token && *expiry > Instant::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expire_all_tags(store: &MemoryStore) {
+        let past = Instant::now() - Duration::from_secs(1);
+        for (_, expiry) in store.tags().versions.values_mut() {
+            *expiry = past;
+        }
+    }
+
+    #[test]
+    fn an_expired_tag_version_stays_gone() {
+        let store = MemoryStore::new();
+        let keys = ["ns:#tag:{t}".to_owned()];
+        let tag_keys = TagKeys {
+            function: None,
+            user: &keys,
+        };
+        let first = store.ensure_tags(&[&keys[0]], Duration::from_secs(60))[0];
+        expire_all_tags(&store);
+        store.extend_tags(tag_keys, Duration::from_secs(60));
+        assert_eq!(
+            store.read("ns:{e}", tag_keys).1[..],
+            [None],
+            "extending does not revive it"
+        );
+        let second = store.ensure_tags(&[&keys[0]], Duration::from_secs(60))[0];
+        assert_ne!(first, second, "a new version, never the old one");
+    }
+
+    #[test]
+    fn expired_tag_versions_are_purged_as_the_table_grows() {
+        let store = MemoryStore::new();
+        let ttl = Duration::from_secs(60);
+        for batch in 0..4 {
+            let keys: Vec<String> = (0..1000)
+                .map(|i| format!("ns:#tag:{{{batch}-{i}}}"))
+                .collect();
+            let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+            store.ensure_tags(&refs, ttl);
+            expire_all_tags(&store);
+        }
+        assert!(
+            store.tags().versions.len() <= 2000,
+            "{} versions kept",
+            store.tags().versions.len()
+        );
+    }
 }

@@ -86,18 +86,18 @@ impl Backend {
         }
     }
 
-    /// Stores `value` under `entry` whoever holds its lease, and deletes the lease.
-    pub(crate) async fn put(
+    /// Gives the lease `lease` to `token` for `ttl`, whoever held it (a write-through: the
+    /// holder's fill is then rejected).
+    pub(crate) async fn seize_lease(
         &self,
-        entry: &str,
         lease: &str,
-        value: Bytes,
+        token: &str,
         ttl: Duration,
     ) -> Result<(), CacheError> {
         match self {
-            Backend::Redis(redis) => redis.put(entry, lease, value, ttl).await,
+            Backend::Redis(redis) => redis.seize_lease(lease, token, ttl).await,
             Backend::Memory(memory) => {
-                memory.put(entry, lease, value, ttl);
+                memory.seize_lease(lease, token, ttl);
                 Ok(())
             }
         }

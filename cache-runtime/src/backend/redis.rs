@@ -171,6 +171,7 @@ impl RedisBackend {
                 .ignore()
                 .get(key);
         }
+        // One deadline for both steps: the caller waits one operation timeout at most.
         let deadline = Instant::now() + self.op_timeout;
         let replies: Vec<redis::RedisResult<Option<Vec<u8>>>> =
             self.pipeline_until(&pipe, deadline).await?;
@@ -197,7 +198,6 @@ impl RedisBackend {
             }
         }
         if !overwrite.is_empty() {
-            let deadline = Instant::now() + self.op_timeout;
             let () = self.pipeline_until(&overwrite, deadline).await?;
         }
         Ok(tokens)
@@ -240,25 +240,17 @@ impl RedisBackend {
         Ok(removed.into_iter().sum())
     }
 
-    /// Stores `value` as the entry, taking its lease from whoever holds it (their fill is
-    /// then rejected), and announces it to `lock` waiters.
-    pub(crate) async fn put(
+    /// `SET lease token PX ttl`: the lease is `token`'s, whoever held it.
+    pub(crate) async fn seize_lease(
         &self,
-        entry: &str,
         lease: &str,
-        value: Bytes,
+        token: &str,
         ttl: Duration,
     ) -> Result<(), CacheError> {
-        static PUT: LazyLock<redis::Script> =
-            LazyLock::new(|| redis::Script::new(lease::PUT_SCRIPT));
-        let mut invocation = PUT.key(entry);
-        invocation
-            .key(lease)
-            .arg(value.as_ref())
-            .arg(millis(ttl))
-            .arg(notify::channel(entry));
-        let _: i64 = self.invoke(&invocation).await?;
-        Ok(())
+        let mut command = redis::cmd("SET");
+        command.arg(lease).arg(token).arg("PX").arg(millis(ttl));
+        let deadline = Instant::now() + self.op_timeout;
+        self.run_until(&command, deadline).await
     }
 
     async fn pipeline_until<T: redis::FromRedisValue>(

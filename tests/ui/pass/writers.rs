@@ -55,7 +55,25 @@ async fn forget(name: &str) {
     let _ = name;
 }
 
+#[redis_cached(ttl = "1m", key = "page:<slug>")]
+async fn page(slug: String) -> String {
+    slug
+}
+
+/// The reader's argument is a field the body moves: it is cloned for the key, not moved.
+#[redis_cache_put(page(doc.body))]
+async fn publish(doc: Doc) -> String {
+    let Doc { body, .. } = doc;
+    body
+}
+
+#[redis_cache_evict(page(doc.body))]
+async fn unpublish(doc: Doc) {
+    drop(doc);
+}
+
 fn main() {
+    let _ = (publish(Doc { id: 1, body: String::new() }), unpublish(Doc { id: 1, body: String::new() }));
     let _ = (recount("a"), forget("a"));
     let _ = reads::invalidate_all_count();
 }
