@@ -31,8 +31,8 @@ pub fn redis_cache_put(args: TokenStream, item: TokenStream) -> TokenStream {
     writer::writer(writer::Mode::Put, args.into(), item.into()).into()
 }
 
-/// After the function succeeds (or before it, with `before`), invalidates entries of memoized
-/// functions, tags, or all entries of functions. See the `redis-memo` crate docs.
+/// After the function succeeds (with `before`, also before it), invalidates entries of
+/// memoized functions, tags, or all entries of functions. See the `redis-memo` crate docs.
 #[proc_macro_attribute]
 pub fn redis_cache_evict(args: TokenStream, item: TokenStream) -> TokenStream {
     writer::writer(writer::Mode::Evict, args.into(), item.into()).into()

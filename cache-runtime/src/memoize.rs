@@ -11,8 +11,9 @@
 //!    read before it ran, when the kind allows it and Redis answered.
 //!
 //! Time spent on Redis is bounded: at most the operation timeout before the function runs
-//! (first read and re-read share one deadline; after an outage there is no re-read and no
-//! write), and at most the operation timeout storing the result.
+//! (the read, a re-read, creating missing tag versions and taking the lease share one
+//! deadline; after an outage there is no re-read and no write), and at most the operation
+//! timeout storing the result.
 
 use crate::CacheError;
 use crate::cache::Cache;
@@ -135,7 +136,13 @@ impl Cache {
                             fingerprint,
                         };
                         return self
-                            .lead::<K, R, F>(&entry, guard, read, versions, compute)
+                            .lead::<K, R, F>(
+                                &entry,
+                                guard,
+                                (read, versions),
+                                read_deadline,
+                                compute,
+                            )
                             .await;
                     }
                     Role::Waiter(slot) => {
@@ -189,8 +196,8 @@ impl Cache {
         &self,
         entry: &EntryAt<'_>,
         mut guard: LeaderGuard<'_>,
-        read: Read,
-        mut versions: Versions,
+        (read, mut versions): (Read, Versions),
+        deadline: Instant,
         compute: F,
     ) -> R
     where
@@ -225,7 +232,7 @@ impl Cache {
         // The tokens the result will be stored under: read before it is computed, so an
         // invalidation of a tag from now on makes the stored entry a miss.
         let tokens = if redis_answered {
-            self.tokens_for(entry, &mut versions).await
+            self.tokens_for(entry, &mut versions, deadline).await
         } else {
             None
         };
@@ -233,7 +240,10 @@ impl Cache {
         // A lease left by a leader of this process that went away is taken over as is.
         let mut lease = match self.inner.flights.adopt_lease(key, fingerprint) {
             Some(lease) => LeaseOutcome::Held(lease),
-            None if tokens.is_some() => self.take_lease::<K::Stored>(entry, &versions).await,
+            None if tokens.is_some() => {
+                self.take_lease::<K::Stored>(entry, &versions, deadline)
+                    .await
+            }
             None => LeaseOutcome::Failed,
         };
         if let (LeaseOutcome::Busy, Some(wait)) = (&lease, spec.lock_wait) {
@@ -279,7 +289,12 @@ impl Cache {
 
     /// The tokens of the entry's tags, creating those whose version key is missing (after a
     /// first use, an invalidation or an eviction); `None` if Redis failed.
-    async fn tokens_for(&self, entry: &EntryAt<'_>, versions: &mut Versions) -> Option<Vec<Token>> {
+    async fn tokens_for(
+        &self,
+        entry: &EntryAt<'_>,
+        versions: &mut Versions,
+        deadline: Instant,
+    ) -> Option<Vec<Token>> {
         if versions.len() != entry.tag_keys.len() {
             // The read failed for the entry alone (`WRONGTYPE`): the tags were not read.
             *versions = smallvec::smallvec![None; entry.tag_keys.len()];
@@ -301,7 +316,7 @@ impl Cache {
         let created = self
             .inner
             .backend
-            .ensure_tags(&missing, tag_lifetime(entry.spec))
+            .ensure_tags(&missing, tag_lifetime(entry.spec), deadline)
             .await;
         let mut created = self
             .observe("ensure tags", entry.spec, created)?
@@ -341,6 +356,7 @@ impl Cache {
         &self,
         entry: &EntryAt<'_>,
         versions: &Versions,
+        deadline: Instant,
     ) -> LeaseOutcome<V> {
         let EntryAt {
             spec,
@@ -356,7 +372,7 @@ impl Cache {
         let acquired = self
             .inner
             .backend
-            .acquire_lease(key, &lease_key, &token, spec.lease)
+            .acquire_lease(key, &lease_key, &token, spec.lease, deadline)
             .await;
         let held =
             |lease_key, token| HeldLease::new(self.inner.backend.clone(), key, lease_key, token);
@@ -437,7 +453,7 @@ impl Cache {
                 return LeaseOutcome::Filled(bytes, value);
             }
             // The holder may be gone (released, or expired after a crash).
-            match self.take_lease(entry, versions).await {
+            match self.take_lease(entry, versions, read_by).await {
                 LeaseOutcome::Busy => {}
                 other => return other,
             }
@@ -463,7 +479,8 @@ impl Cache {
                     // The bound is reached. A crashed holder's lease has expired by now if
                     // `wait` is no shorter than it: take it, and this computation is stored.
                     self.record(Event::LockTimeout, spec);
-                    return self.take_lease(entry, versions).await;
+                    let by = Instant::now() + self.inner.op_timeout;
+                    return self.take_lease(entry, versions, by).await;
                 }
             }
         }

@@ -217,9 +217,10 @@ impl Cache {
             .collect();
         let tokens = self
             .guarded("begin put", async {
+                let deadline = tokio::time::Instant::now() + self.inner.op_timeout;
                 let (seized, tokens) = tokio::join!(
                     backend.seize_lease(&lease_key, &token, spec.lease),
-                    backend.ensure_tags(&tag_refs, tag_lifetime(spec)),
+                    backend.ensure_tags(&tag_refs, tag_lifetime(spec), deadline),
                 );
                 seized?;
                 tokens

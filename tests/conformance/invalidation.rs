@@ -534,15 +534,25 @@ async fn update_account_slowly(
     written
 }
 
-pub async fn a_tag_invalidated_while_a_put_runs_makes_the_put_entry_a_miss(h: Harness) {
-    let db = Arc::new(Db::with(&[(1, 7, "old")]));
-    get_account(1, 7, &h.cache, &db).await.unwrap();
+/// Caches account 1 ("old"), then starts `update_account_slowly` to "new" and returns once
+/// its body wrote the database and waits at the gate: the put is in progress.
+async fn a_put_held_in_its_body(
+    h: &Harness,
+    db: &Arc<Db>,
+) -> (tokio::task::JoinHandle<Result<Account, String>>, Arc<Gate>) {
+    get_account(1, 7, &h.cache, db).await.unwrap();
     let gate = Arc::new(Gate::default());
     let put = tokio::spawn({
-        let (cache, db, gate) = (h.cache.clone(), Arc::clone(&db), Arc::clone(&gate));
+        let (cache, db, gate) = (h.cache.clone(), Arc::clone(db), Arc::clone(&gate));
         async move { update_account_slowly(account(1, 7, "new"), &cache, &db, &gate).await }
     });
     gate.reached.notified().await;
+    (put, gate)
+}
+
+pub async fn a_tag_invalidated_while_a_put_runs_makes_the_put_entry_a_miss(h: Harness) {
+    let db = Arc::new(Db::with(&[(1, 7, "old")]));
+    let (put, gate) = a_put_held_in_its_body(&h, &db).await;
     // Whatever the tag stands for changed while the writer ran: its value may embed the old.
     invalidate_get_account_by_org(7, &h.cache).await.unwrap();
     gate.open.notify_one();
@@ -557,13 +567,7 @@ pub async fn a_tag_invalidated_while_a_put_runs_makes_the_put_entry_a_miss(h: Ha
 
 pub async fn an_evict_while_a_put_runs_leaves_no_entry(h: Harness) {
     let db = Arc::new(Db::with(&[(1, 7, "old")]));
-    get_account(1, 7, &h.cache, &db).await.unwrap();
-    let gate = Arc::new(Gate::default());
-    let put = tokio::spawn({
-        let (cache, db, gate) = (h.cache.clone(), Arc::clone(&db), Arc::clone(&gate));
-        async move { update_account_slowly(account(1, 7, "new"), &cache, &db, &gate).await }
-    });
-    gate.reached.notified().await;
+    let (put, gate) = a_put_held_in_its_body(&h, &db).await;
     // The delete lands in the database after the update, and its eviction before the put.
     delete_account(1, 7, &h.cache, &db).await.unwrap();
     gate.open.notify_one();

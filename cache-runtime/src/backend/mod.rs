@@ -51,14 +51,16 @@ impl Backend {
         }
     }
 
-    /// Makes sure each tag version key holds a token (new ones live `ttl`); the tokens.
+    /// Makes sure each tag version key holds a token (new ones live `ttl`), giving up at
+    /// `deadline`; the tokens.
     pub(crate) async fn ensure_tags(
         &self,
         keys: &[&str],
         ttl: Duration,
+        deadline: Instant,
     ) -> Result<Vec<Token>, CacheError> {
         match self {
-            Backend::Redis(redis) => redis.ensure_tags(keys, ttl).await,
+            Backend::Redis(redis) => redis.ensure_tags(keys, ttl, deadline).await,
             Backend::Memory(memory) => Ok(memory.ensure_tags(keys, ttl)),
         }
     }
@@ -104,16 +106,21 @@ impl Backend {
     }
 
     /// Takes the lease `lease` of `entry` for `token`, unless someone holds it; with it, the
-    /// entry as it is at that moment.
+    /// entry as it is at that moment. Gives up at `deadline`.
     pub(crate) async fn acquire_lease(
         &self,
         entry: &str,
         lease: &str,
         token: &str,
         ttl: Duration,
+        deadline: Instant,
     ) -> Result<Acquired, CacheError> {
         match self {
-            Backend::Redis(redis) => redis.acquire_lease(entry, lease, token, ttl).await,
+            Backend::Redis(redis) => {
+                redis
+                    .acquire_lease(entry, lease, token, ttl, deadline)
+                    .await
+            }
             Backend::Memory(memory) => Ok(memory.acquire_lease(entry, lease, token, ttl)),
         }
     }

@@ -153,6 +153,7 @@ impl RedisBackend {
         &self,
         keys: &[&str],
         ttl: Duration,
+        deadline: Instant,
     ) -> Result<Vec<Token>, CacheError> {
         // redis-rs refuses an empty pipeline ("empty command").
         if keys.is_empty() {
@@ -171,8 +172,7 @@ impl RedisBackend {
                 .ignore()
                 .get(key);
         }
-        // One deadline for both steps: the caller waits one operation timeout at most.
-        let deadline = Instant::now() + self.op_timeout;
+        // One deadline for both steps.
         let replies: Vec<redis::RedisResult<Option<Vec<u8>>>> =
             self.pipeline_until(&pipe, deadline).await?;
         let mut tokens = Vec::with_capacity(keys.len());
@@ -271,12 +271,14 @@ impl RedisBackend {
         lease: &str,
         token: &str,
         ttl: Duration,
+        deadline: Instant,
     ) -> Result<Acquired, CacheError> {
         static ACQUIRE: LazyLock<redis::Script> =
             LazyLock::new(|| redis::Script::new(lease::ACQUIRE_SCRIPT));
         let mut invocation = ACQUIRE.key(entry);
         invocation.key(lease).arg(token).arg(millis(ttl));
-        let (acquired, value): (i64, Option<Vec<u8>>) = self.invoke(&invocation).await?;
+        let (acquired, value): (i64, Option<Vec<u8>>) =
+            self.invoke_until(&invocation, deadline).await?;
         Ok(if acquired == 1 {
             Acquired::Held(value.map(Bytes::from))
         } else {
@@ -367,9 +369,17 @@ impl RedisBackend {
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, CacheError> {
+        self.invoke_until(invocation, Instant::now() + self.op_timeout)
+            .await
+    }
+
+    async fn invoke_until<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+        deadline: Instant,
+    ) -> Result<T, CacheError> {
         let mut connection = self.connection.clone();
-        match tokio::time::timeout(self.op_timeout, invocation.invoke_async(&mut connection)).await
-        {
+        match tokio::time::timeout_at(deadline, invocation.invoke_async(&mut connection)).await {
             Ok(result) => Ok(result?),
             Err(_) => Err(CacheError::Timeout(self.op_timeout)),
         }
