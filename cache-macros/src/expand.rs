@@ -120,7 +120,7 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
         quote!(#private::memoize::<#private::#kind, _, _>),
         stored.span(),
     );
-    let key_types = key_types(model, usage);
+    let key_types = key_types(model, usage, false);
     let new_body = quote! {
         #spec
         #key_types
@@ -164,14 +164,16 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
 /// that the key and tags are rendered from. Generic parameters rendered alike (`1u8`, `"1"`)
 /// thus never share entries, and the function and its `_cache_entry` helper, which takes the
 /// same parameters, agree.
-fn key_types(model: &FnModel, usage: &Usage) -> TokenStream {
+fn key_types(model: &FnModel, usage: &Usage, by_reference: bool) -> TokenStream {
     let params = usage
         .entry
         .params
         .iter()
         .map(|&index| &model.params[index].ident);
+    // A tuple of `&T`s: references are taken here, or the parameters are references already.
+    let borrow = (!by_reference).then(|| quote!(&));
     quote! {
-        let __redis_memo_key_types: &'static str = ::core::any::type_name_of_val(&(#(&#params,)*));
+        let __redis_memo_key_types: &'static str = ::core::any::type_name_of_val(&(#(#borrow #params,)*));
     }
 }
 
@@ -425,12 +427,13 @@ fn helpers(
     };
 
     let entry_fn = format_ident!("{}_cache_entry", name);
-    let entry_params = helper_inputs(model, &usage.entry);
+    // By reference: a writer names the entry before its body, which may move what it reads.
+    let entry_params = helper_inputs_by_reference(model, &usage.entry);
     let stored = &model.stored;
     let kind = model.kind.runtime_name();
     let (entry_generics, entry_where) = helper_generics(generics, &entry_params, quote!(#stored));
     let render_tags = render_tags(options.tags.iter(), model, plain_writer, private);
-    let key_types = key_types(model, usage);
+    let key_types = key_types(model, usage, true);
 
     quote! {
         #[doc = #key_doc]
@@ -549,6 +552,17 @@ pub(crate) fn helper_inputs(model: &FnModel, inputs: &HelperInputs) -> TokenStre
         let param = &model.params[index];
         let (ident, ty) = (&param.ident, &param.ty);
         quote!(#ident: #ty)
+    });
+    quote!(#receiver #(#params),*)
+}
+
+/// [`helper_inputs`] with each parameter taken by reference, `id: &u64`.
+fn helper_inputs_by_reference(model: &FnModel, inputs: &HelperInputs) -> TokenStream {
+    let receiver = inputs.takes_self.then(|| quote!(&self,));
+    let params = inputs.params.iter().map(|&index| {
+        let param = &model.params[index];
+        let (ident, ty) = (&param.ident, &param.ty);
+        quote!(#ident: &#ty)
     });
     quote!(#receiver #(#params),*)
 }

@@ -8,7 +8,7 @@
 //! against the reader's.
 //!
 //! The reader arguments (and `tags`) are evaluated before the body, which may move the
-//! parameters they read (arguments naming a place are cloned, so the body keeps them);
+//! parameters they read (the entry helper borrows its arguments, so the body keeps them);
 //! `value = <expr>` after it, when it succeeded.
 
 use crate::args::tag_templates;
@@ -353,9 +353,9 @@ fn helper_path(path: &Path, suffix: &str) -> Path {
     path
 }
 
-/// `reader(args)` as a call of `<reader>_cache_entry(args)`. Arguments that name a place
-/// (`user.name`, `id`) are cloned, so rendering the key before the body moves nothing the body
-/// uses.
+/// `reader(args)` as a call of `<reader>_cache_entry(&args)`: the helper takes its arguments
+/// by reference, so naming the entry before the body moves nothing the body uses, and their
+/// types are exactly the reader's.
 fn entry_call(call: &ExprCall) -> TokenStream {
     let Expr::Path(func) = &*call.func else {
         return quote!(#call);
@@ -363,12 +363,9 @@ fn entry_call(call: &ExprCall) -> TokenStream {
     let mut func = func.clone();
     func.path = helper_path(&func.path, "_cache_entry");
     let args = call.args.iter().map(|arg| match arg {
-        // Not `self`: a method's receiver is a reference already, and cloning it could
-        // clone the value behind it.
+        // A method's receiver, a reference already.
         Expr::Path(path) if path.path.is_ident("self") => quote!(#arg),
-        // A method call keeps the compiler's "expected `u64`, found `String`" on the argument.
-        Expr::Path(_) | Expr::Field(_) => quote_spanned!(arg.span()=> (#arg).clone()),
-        other => quote!(#other),
+        other => quote_spanned!(other.span()=> &(#other)),
     });
     let mut tokens = quote!(#func);
     call.paren_token
@@ -419,10 +416,7 @@ fn expand_body(mode: Mode, args: &WriterArgs, model: &FnModel, function: &ItemFn
                 }
             };
             (
-                quote! {
-                    #[allow(clippy::clone_on_copy, clippy::redundant_clone)]
-                    let __redis_memo_put = #private::begin_put(__redis_memo_cache, #entry).await;
-                },
+                quote!(let __redis_memo_put = #private::begin_put(__redis_memo_cache, #entry).await;),
                 // One statement per arm: a temporary in `value = ..` lives until it is stored.
                 quote! {
                     match #written {
@@ -467,7 +461,6 @@ fn expand_body(mode: Mode, args: &WriterArgs, model: &FnModel, function: &ItemFn
                 ).await;
             };
             let prepare = quote! {
-                #[allow(clippy::clone_on_copy, clippy::redundant_clone)]
                 let __redis_memo_entries: ::std::vec::Vec<::std::string::String> = ::std::vec![#(#entries),*];
                 let __redis_memo_tags: ::std::vec::Vec<::std::string::String> = #tags;
                 let __redis_memo_all_of: ::std::vec::Vec<#private::FunctionRef> = ::std::vec![#(#all_of),*];

@@ -175,12 +175,15 @@ impl Flights {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The lease a previous leader of this key and fingerprint left behind, if any.
+    /// The lease a previous leader of this key and fingerprint left behind, if any and if it
+    /// may still hold.
     pub(crate) fn adopt_lease(&self, key: &str, fingerprint: u64) -> Option<HeldLease> {
         let mut orphans = self.orphaned_leases();
         if orphans.is_empty() {
             return None;
         }
+        // Lapsed ones go, whatever their key: their waiters may have gone too.
+        orphans.retain(|_, orphan| orphan.may_hold());
         orphans.remove(&(key.to_owned(), fingerprint))
     }
 

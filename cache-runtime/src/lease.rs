@@ -32,7 +32,7 @@ pub(crate) const fn default_lease(ttl: Duration) -> Duration {
     }
 }
 
-/// A token no other lease holder has: a per-process random part and a counter.
+/// A token no other lease holder has: a per-process random part and a counter, in hex.
 pub(crate) fn new_token() -> String {
     static PROCESS: LazyLock<u64> =
         LazyLock::new(|| RandomState::new().hash_one(std::process::id()));
@@ -42,11 +42,28 @@ pub(crate) fn new_token() -> String {
     format!("{:016x}{:016x}{count:x}", *PROCESS, random)
 }
 
+/// Starts the tokens of write-throughs; a reader's token (hex) never does.
+const WRITER_MARK: char = 'w';
+
+/// A write-through's token: readers that find the lease held by a writer do not wait for it
+/// (the writer may be reading the entry itself, inside its body).
+pub(crate) fn new_writer_token() -> String {
+    let mut token = String::with_capacity(40);
+    token.push(WRITER_MARK);
+    token.push_str(&new_token());
+    token
+}
+
+/// Whether a lease holder's token is a write-through's.
+pub(crate) fn is_writer_token(token: &[u8]) -> bool {
+    token.first() == Some(&(WRITER_MARK as u8))
+}
+
 /// KEYS: entry, lease. ARGV: token, lease in ms. Takes the lease if free and then returns the
 /// entry as it is now (`{1, value}`, or `{1, nil}`), so a fill that landed since the caller's
-/// read is seen without another round trip; `{0, nil}` if the lease is held. (`false` becomes
-/// a nil reply; a Lua table cannot hold nil.) `pcall`: an entry of another Redis type is
-/// simply not returned (the fill overwrites it).
+/// read is seen without another round trip; `{0, holder}` if the lease is held, with the
+/// holder's token. (`false` becomes a nil reply; a Lua table cannot hold nil.) `pcall`: an
+/// entry of another Redis type is simply not returned (the fill overwrites it).
 pub(crate) const ACQUIRE_SCRIPT: &str = r"
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local value = redis.pcall('GET', KEYS[1])
@@ -55,7 +72,7 @@ if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   end
   return {1, false}
 end
-return {0, false}
+return {0, redis.call('GET', KEYS[2])}
 ";
 
 /// What taking a lease found.
@@ -63,8 +80,8 @@ return {0, false}
 pub(crate) enum Acquired {
     /// The lease is this caller's; the entry as it was at that moment, if any.
     Held(Option<bytes::Bytes>),
-    /// Another caller holds it.
-    Busy,
+    /// Another caller holds it; `writer` when a write-through does.
+    Busy { writer: bool },
 }
 
 /// KEYS: entry, lease. ARGV: token, value, ttl in ms, channel. Stores the value, releases the
@@ -142,18 +159,58 @@ pub(crate) struct HeldLease {
     entry: String,
     key: String,
     token: String,
+    /// When it lapses at the latest: one lease duration after it was asked for.
+    lapses_at: std::time::Instant,
     armed: bool,
+    /// A write-through's lease: dropped unfinished (the writer was cancelled, maybe after its
+    /// write landed), it removes the entry too rather than leave the old value.
+    clear_entry_on_drop: bool,
 }
 
 impl HeldLease {
-    pub(crate) fn new(backend: Backend, entry: &str, key: String, token: String) -> Self {
+    /// Made before the lease is asked for, so that a call cancelled while asking, or whose
+    /// request timed out after Redis ran it, still gives the lease back.
+    pub(crate) fn new(
+        backend: Backend,
+        entry: &str,
+        key: String,
+        token: String,
+        lasts: Duration,
+    ) -> Self {
+        let now = std::time::Instant::now();
         HeldLease {
             backend,
             entry: entry.to_owned(),
             key,
             token,
+            lapses_at: now.checked_add(lasts).unwrap_or(now),
             armed: true,
+            clear_entry_on_drop: false,
         }
+    }
+
+    /// See the field.
+    pub(crate) fn clearing_entry_on_drop(mut self) -> Self {
+        self.clear_entry_on_drop = true;
+        self
+    }
+
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Whether it may still hold.
+    pub(crate) fn may_hold(&self) -> bool {
+        std::time::Instant::now() < self.lapses_at
+    }
+
+    /// Forgets a lease that was never this caller's (another caller held it).
+    pub(crate) fn disarm(mut self) {
+        self.armed = false;
     }
 
     /// Stores `value` in the entry if the lease still holds; true if stored. The lease counts
@@ -195,9 +252,10 @@ impl Drop for HeldLease {
                 std::mem::take(&mut self.key),
                 std::mem::take(&mut self.token),
             );
+            let clear_entry = self.clear_entry_on_drop;
             runtime.spawn(async move {
                 // Best effort: if it fails, the lease expires by itself.
-                let _ = backend.release(&entry, &key, &token, false).await;
+                let _ = backend.release(&entry, &key, &token, clear_entry).await;
             });
         }
     }

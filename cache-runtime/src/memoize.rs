@@ -36,8 +36,10 @@ enum LeaseOutcome<V> {
     Held(HeldLease),
     /// Someone filled the entry since this call's read: its value (the lease was given back).
     Filled(Bytes, V),
-    /// Another caller holds it.
-    Busy,
+    /// Another caller holds it; `writer` when a write-through does.
+    Busy {
+        writer: bool,
+    },
     /// Redis failed or is unavailable.
     Failed,
 }
@@ -246,7 +248,9 @@ impl Cache {
             }
             None => LeaseOutcome::Failed,
         };
-        if let (LeaseOutcome::Busy, Some(wait)) = (&lease, spec.lock_wait) {
+        // Not for a write-through's lease: its writer may be this very call's caller, reading
+        // the entry inside its body, and would wait for itself.
+        if let (LeaseOutcome::Busy { writer: false }, Some(wait)) = (&lease, spec.lock_wait) {
             lease = self
                 .wait_for_holder::<K::Stored>(entry, &versions, wait)
                 .await;
@@ -258,7 +262,7 @@ impl Cache {
                 return K::from_stored(value);
             }
             LeaseOutcome::Held(lease) => guard.hold_lease(lease),
-            LeaseOutcome::Busy | LeaseOutcome::Failed => {}
+            LeaseOutcome::Busy { .. } | LeaseOutcome::Failed => {}
         }
 
         guard.start_computing(&versions);
@@ -309,7 +313,7 @@ impl Cache {
             .filter(|(_, version)| version.is_none())
             .map(|(key, _)| key)
             .collect();
-        if !self.inner.health.allows_request() {
+        if !self.inner.health.allows_request() || Instant::now() >= deadline {
             self.record(Event::FailOpen, entry.spec);
             return None;
         }
@@ -364,37 +368,42 @@ impl Cache {
             fingerprint,
             ..
         } = *entry;
-        if !self.inner.health.allows_request() {
+        if !self.inner.health.allows_request() || Instant::now() >= deadline {
             self.record(Event::FailOpen, spec);
             return LeaseOutcome::Failed;
         }
-        let (lease_key, token) = (lease::lease_key(key), lease::new_token());
+        // Armed before asking: if this call is cancelled while asking, or the request times
+        // out after Redis ran it, the lease this token may hold is given back in the
+        // background rather than left to expire.
+        let held = HeldLease::new(
+            self.inner.backend.clone(),
+            key,
+            lease::lease_key(key),
+            lease::new_token(),
+            spec.lease,
+        );
         let acquired = self
             .inner
             .backend
-            .acquire_lease(key, &lease_key, &token, spec.lease, deadline)
+            .acquire_lease(key, held.key(), held.token(), spec.lease, deadline)
             .await;
-        let held =
-            |lease_key, token| HeldLease::new(self.inner.backend.clone(), key, lease_key, token);
         match self.observe("acquire", spec, acquired) {
             Some(Acquired::Held(Some(bytes))) => {
                 match envelope::decode::<Bincode, V>(&bytes, fingerprint, Some(versions)) {
                     Ok((value, _)) => {
-                        self.release(spec, held(lease_key, token), false).await;
+                        self.release(spec, held, false).await;
                         LeaseOutcome::Filled(bytes, value)
                     }
                     // Unusable bytes: keep the lease, the fill overwrites them.
-                    Err(_) => LeaseOutcome::Held(held(lease_key, token)),
+                    Err(_) => LeaseOutcome::Held(held),
                 }
             }
-            Some(Acquired::Held(None)) => LeaseOutcome::Held(held(lease_key, token)),
-            Some(Acquired::Busy) => LeaseOutcome::Busy,
-            None => {
-                // The script may have run before the failure (a timeout): give back the lease
-                // this token may hold, in the background, rather than leave it to expire.
-                drop(held(lease_key, token));
-                LeaseOutcome::Failed
+            Some(Acquired::Held(None)) => LeaseOutcome::Held(held),
+            Some(Acquired::Busy { writer }) => {
+                held.disarm();
+                LeaseOutcome::Busy { writer }
             }
+            None => LeaseOutcome::Failed,
         }
     }
 
@@ -419,7 +428,7 @@ impl Cache {
             Ok(outcome) => outcome,
             Err(_) => {
                 self.record(Event::LockTimeout, spec);
-                LeaseOutcome::Busy
+                LeaseOutcome::Busy { writer: false }
             }
         }
     }
@@ -454,7 +463,8 @@ impl Cache {
             }
             // The holder may be gone (released, or expired after a crash).
             match self.take_lease(entry, versions, read_by).await {
-                LeaseOutcome::Busy => {}
+                LeaseOutcome::Busy { writer: false } => {}
+                // A write-through took it over: stop waiting (see `lead`).
                 other => return other,
             }
             let notice = match &mut listener {

@@ -163,17 +163,23 @@ impl<V: CacheValue> PendingPut<V> {
             // The reader never stores this value (`None` without `cache_none`): the entry is
             // removed instead, so the reader asks its source again.
             (began, Some(value)) if !(entry.storable)(value, entry.spec.cache_none) => {
-                drop(began);
-                cache.invalidate(&entry.rendered).await.map(drop)
+                if let Ok(began) = began {
+                    // The invalidation deletes the lease with the entry.
+                    began.lease.disarm();
+                }
+                cache
+                    .guarded("invalidate", cache.invalidate(&entry.rendered))
+                    .await
+                    .map(drop)
             }
             (Ok(began), Some(value)) => cache.commit_put(entry, began, value).await,
             (Err(error), Some(_)) => Err(error),
         };
         if let Err(error) = stored {
             cache.report_lost_write(LostWrite::Put, &entry.rendered, &error);
-            if cache.inner.health.allows_request() {
-                let _ = cache.invalidate(&entry.rendered).await;
-            }
+            let _ = cache
+                .guarded("invalidate", cache.invalidate(&entry.rendered))
+                .await;
         }
     }
 }
@@ -208,8 +214,16 @@ impl Cache {
                 .into_owned()
         });
         let user_tags = self.tag_keys(&entry.tags);
-        let (lease_key, token) = (lease::lease_key(&key), lease::new_token());
         let backend = &self.inner.backend;
+        // Made before it is asked for: if this call is cancelled or fails from here on, the
+        // lease is given back in the background.
+        let lease = HeldLease::new(
+            backend.clone(),
+            &key,
+            lease::lease_key(&key),
+            lease::new_writer_token(),
+            spec.lease,
+        );
         let tag_refs: Vec<&str> = function_tag
             .iter()
             .chain(&user_tags)
@@ -219,7 +233,7 @@ impl Cache {
             .guarded("begin put", async {
                 let deadline = tokio::time::Instant::now() + self.inner.op_timeout;
                 let (seized, tokens) = tokio::join!(
-                    backend.seize_lease(&lease_key, &token, spec.lease),
+                    backend.seize_lease(lease.key(), lease.token(), spec.lease),
                     backend.ensure_tags(&tag_refs, tag_lifetime(spec), deadline),
                 );
                 seized?;
@@ -227,7 +241,9 @@ impl Cache {
             })
             .await?;
         Ok(Began {
-            lease: HeldLease::new(backend.clone(), &key, lease_key, token),
+            // From now on the body may write: a writer cancelled before its put lands removes
+            // the entry rather than leave the old value.
+            lease: lease.clearing_entry_on_drop(),
             key,
             fingerprint: resolved.fingerprint,
             function_tag,
@@ -282,7 +298,8 @@ impl Cache {
                 key = entry.rendered,
                 "redis-memo: the entry changed while the writer ran; removing it"
             );
-            self.invalidate(&entry.rendered).await?;
+            self.guarded("invalidate", self.invalidate(&entry.rendered))
+                .await?;
         }
         Ok(())
     }

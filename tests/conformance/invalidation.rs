@@ -656,3 +656,69 @@ pub async fn before_evicts_again_once_the_body_succeeded(h: Harness) {
         "the value stored during the body was evicted after it"
     );
 }
+
+#[redis_cached(ttl = "1m", key = "profile:<id>", lock(wait = "20s", lease = "30s"), cache = cache)]
+async fn profile(
+    id: u64,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] db: &Db,
+) -> Result<Account, String> {
+    db.load(id).await
+}
+
+/// Reads the entry it is about to write, inside its body, as read-modify-write code does.
+#[redis_cache_put(profile(id), cache = cache)]
+async fn rename_profile(id: u64, name: &str, cache: &Cache, db: &Db) -> Result<Account, String> {
+    let mut account = profile(id, cache, db).await?;
+    account.name = name.to_owned();
+    db.write(account)
+}
+
+pub async fn a_writer_reading_its_own_entry_with_lock_does_not_wait_for_itself(h: Harness) {
+    let db = Db::with(&[(1, 7, "ada")]);
+    // Bounded far below the reader's 20 s wait, so waiting for itself fails the test.
+    let renamed = tokio::time::timeout(
+        Duration::from_secs(10),
+        rename_profile(1, "ada lovelace", &h.cache, &db),
+    )
+    .await
+    .expect("the writer waited for its own lease");
+    assert_eq!(renamed.unwrap().name, "ada lovelace");
+    assert_eq!(
+        profile(1, &h.cache, &db).await.unwrap().name,
+        "ada lovelace"
+    );
+    assert_eq!(db.loads(), 1, "the put's value is served");
+}
+
+#[redis_cached(ttl = "1m", key = "label:<name>", cache = cache)]
+async fn label<T: redis_memo::KeyPart + Sync + std::fmt::Display>(
+    name: T,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] probe: &Probe,
+) -> String {
+    probe.ran();
+    format!("label {name}")
+}
+
+#[redis_cache_put(label(name), value = text, cache = cache)]
+async fn relabel(name: &str, text: String, cache: &Cache) {
+    let _ = name;
+}
+
+pub async fn a_put_to_a_generic_reader_is_read_by_the_same_instantiation(h: Harness) {
+    let probe = Probe::default();
+    relabel("a", "custom".into(), &h.cache).await;
+    assert_eq!(label("a", &h.cache, &probe).await, "custom");
+    assert_eq!(
+        probe.runs(),
+        0,
+        "the reader's `&str` instantiation reads the put entry"
+    );
+    assert_eq!(label(String::from("a"), &h.cache, &probe).await, "label a");
+    assert_eq!(
+        probe.runs(),
+        1,
+        "another instantiation has entries of its own"
+    );
+}

@@ -65,4 +65,6 @@ conformance!(suite {
     an_evict_while_a_put_runs_leaves_no_entry,
     put_to_an_untagged_reader_and_a_put_of_none,
     before_evicts_again_once_the_body_succeeded,
+    a_writer_reading_its_own_entry_with_lock_does_not_wait_for_itself,
+    a_put_to_a_generic_reader_is_read_by_the_same_instantiation,
 });

@@ -256,8 +256,11 @@ impl MemoryStore {
     ) -> Acquired {
         let mut leases = self.leases();
         let now = Instant::now();
-        if leases.get(lease).is_some_and(|(_, expiry)| *expiry > now) {
-            return Acquired::Busy;
+        if let Some((holder, expiry)) = leases.get(lease)
+            && *expiry > now
+        {
+            let writer = crate::lease::is_writer_token(holder.as_bytes());
+            return Acquired::Busy { writer };
         }
         leases.insert(lease.to_owned(), (token.to_owned(), now + ttl));
         Acquired::Held(self.get(entry))

@@ -282,7 +282,8 @@ impl RedisBackend {
         Ok(if acquired == 1 {
             Acquired::Held(value.map(Bytes::from))
         } else {
-            Acquired::Busy
+            let writer = value.as_deref().is_some_and(lease::is_writer_token);
+            Acquired::Busy { writer }
         })
     }
 
