@@ -14,17 +14,10 @@ use syn::spanned::Spanned;
 use syn::{Expr, Ident, LitInt, LitStr, Path, Token};
 
 /// The options this version accepts, listed in error messages.
-const VALID: &str =
-    "`ttl`, `key`, `tags`, `invalidate_all`, `cache`, `cache_none`, `lock`, `version`, `crate`";
+const VALID: &str = "`ttl`, `key`, `tags`, `invalidate_all`, `cache`, `cache_none`, `lock`, \
+     `stale`, `jitter`, `version`, `crate`";
 /// Options of the design that later versions add; refused with a clearer message.
-const PLANNED: &[&str] = &[
-    "stale",
-    "fail_safe",
-    "soft_timeout",
-    "hard_timeout",
-    "early",
-    "jitter",
-];
+const PLANNED: &[&str] = &["fail_safe", "soft_timeout", "hard_timeout", "early"];
 
 /// The options of one `#[redis_cached]`, checked for form but not yet against the function.
 pub(crate) struct CachedArgs {
@@ -40,6 +33,10 @@ pub(crate) struct CachedArgs {
     pub(crate) lock: Option<Lock>,
     /// `cache_none`, where it was written.
     pub(crate) cache_none: Option<Span>,
+    /// `stale = "1m"`, and where it was written.
+    pub(crate) stale: Option<(Duration, Span)>,
+    /// `jitter = "10%"`, in thousandths of the ttl.
+    pub(crate) jitter_per_mille: u16,
     pub(crate) version: u32,
     /// `crate = "path"`: the facade's path when the dependency is renamed.
     pub(crate) krate: Path,
@@ -96,6 +93,8 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
     let mut cache_none = None;
     let mut version = 0;
     let mut krate: Option<Path> = None;
+    let mut stale = None;
+    let mut jitter_per_mille = 0;
 
     let mut lock = None;
     for RawOption { name, value, list } in raw.0 {
@@ -147,6 +146,22 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
                     version = parsed;
                 }
             }
+            "stale" => {
+                if let Some(lit) = string_value(&name, value.as_ref(), "\"1m\"", errors) {
+                    match duration::parse(&lit, "stale") {
+                        Ok(parsed) => stale = Some((parsed, name.span())),
+                        Err(error) => errors.push(error),
+                    }
+                }
+            }
+            "jitter" => {
+                if let Some(lit) = string_value(&name, value.as_ref(), "\"10%\"", errors) {
+                    match percentage(&lit, "jitter") {
+                        Ok(parsed) => jitter_per_mille = parsed,
+                        Err(error) => errors.push(error),
+                    }
+                }
+            }
             "crate" => {
                 if let Some(lit) = string_value(&name, value.as_ref(), "\"my_redis_memo\"", errors) {
                     match lit.parse::<Path>() {
@@ -168,10 +183,10 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
     }
 
     if !seen.iter().any(|s| s == "ttl") {
-        errors.at(
-            attr_span,
-            "missing `ttl`: add `ttl = \"15m\"` (how long an entry stays fresh)",
-        );
+        match stale {
+            Some((_, stale_span)) => errors.at(stale_span, "`stale` needs a `ttl`: the stale window starts when the ttl ends; add `ttl = \"15m\"`"),
+            None => errors.at(attr_span, "missing `ttl`: add `ttl = \"15m\"` (how long an entry stays fresh)"),
+        }
     }
     if !seen.iter().any(|s| s == "key") {
         errors.at(attr_span, "missing `key`: add `key = \"name:<param>\"`, naming the parameters that identify a call");
@@ -185,6 +200,8 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
         invalidate_all,
         cache,
         cache_none,
+        stale,
+        jitter_per_mille,
         lock: lock.map(|lock| lock.resolve(ttl_or_default(ttl), errors)),
         version,
         krate: krate.unwrap_or_else(|| syn::parse_quote!(::redis_memo)),
@@ -273,6 +290,44 @@ fn string_value(
             );
             None
         }
+    }
+}
+
+/// `"10%"` or `"12.5%"`, more than 0 and at most 100, in thousandths.
+fn percentage(lit: &LitStr, option: &str) -> syn::Result<u16> {
+    let text = lit.value();
+    let refuse = |why: &str| {
+        syn::Error::new_spanned(
+            lit,
+            format!("`{option}` {why}; write a share of the ttl like \"10%\" or \"2.5%\""),
+        )
+    };
+    let number = text
+        .trim()
+        .strip_suffix('%')
+        .ok_or_else(|| refuse("is a percentage"))?
+        .trim();
+    let (whole, tenths) = match number.split_once('.') {
+        Some((whole, tenths)) if tenths.len() == 1 => (whole, tenths),
+        Some(_) => return Err(refuse("takes at most one decimal")),
+        None => (number, "0"),
+    };
+    let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole) || !digits(tenths) {
+        return Err(refuse("is a percentage"));
+    }
+    let per_mille = whole
+        .parse::<u32>()
+        .ok()
+        .and_then(|whole| whole.checked_mul(10))
+        .and_then(|tens| tens.checked_add(tenths.parse::<u32>().ok()?))
+        .ok_or_else(|| refuse("is over 100%"))?;
+    match per_mille {
+        0 => Err(refuse("of 0% spreads nothing: remove it")),
+        1..=1000 => Ok(u16::try_from(per_mille).unwrap_or(1000)),
+        _ => Err(refuse(
+            "is over 100%: it cannot shorten a ttl by more than all of it",
+        )),
     }
 }
 
@@ -397,6 +452,26 @@ fn ttl_or_default(ttl: Option<Duration>) -> Duration {
 mod tests {
     use super::*;
 
+    #[test]
+    fn percentages_are_shares_of_at_most_all() {
+        let lit = |text: &str| LitStr::new(text, Span::call_site());
+        assert_eq!(percentage(&lit("10%"), "jitter").unwrap(), 100);
+        assert_eq!(percentage(&lit("2.5%"), "jitter").unwrap(), 25);
+        assert_eq!(percentage(&lit("100%"), "jitter").unwrap(), 1000);
+        for bad in [
+            "0%",
+            "101%",
+            "10",
+            "1.25%",
+            "-5%",
+            "%",
+            "ten%",
+            "99999999999%",
+        ] {
+            assert!(percentage(&lit(bad), "jitter").is_err(), "{bad}");
+        }
+    }
+
     fn check_str(options: &str) -> (Option<CachedArgs>, Errors) {
         let raw: RawOptions = syn::parse_str(options).expect("parses as options");
         let mut errors = Errors::default();
@@ -466,7 +541,7 @@ mod tests {
 
     #[test]
     fn collects_every_error() {
-        let (_, errors) = check_str(r#"ttl = 5, ttl = "1m", stale, bogus, version = "1""#);
+        let (_, errors) = check_str(r#"ttl = 5, ttl = "1m", early, bogus, version = "1""#);
         let message = errors.into_compile_errors().to_string();
         for expected in [
             "string literal",

@@ -31,6 +31,56 @@ pub(crate) struct Usage {
     pub(crate) tags: Vec<HelperInputs>,
 }
 
+/// `stale` runs the body again in the background, after the call returned: everything it
+/// takes must be owned. (`Clone + Send + 'static` is checked by the compiler on the generated
+/// code; what is refused here is what could never satisfy it.)
+fn check_refreshable(model: &FnModel, errors: &mut Errors) {
+    if let Some(receiver) = model.receiver {
+        errors.spanned(
+            receiver,
+            "`stale` is not available on methods yet: its refresh runs in the background after \
+             the call returned, which a borrowed `self` cannot outlive; memoize a free function \
+             that takes the handle by value, like `async fn get(repo: Repo, id: u64)`",
+        );
+    }
+    for param in &model.params {
+        if borrows(&param.ty) {
+            let name = &param.ident;
+            errors.spanned(
+                &param.ty,
+                format!(
+                    "with `stale`, the body runs again in the background after the call returned, \
+                     so `{name}` must be owned: take a `Clone + Send + 'static` type, such as \
+                     `Arc<Db>` instead of `&Db` or `String` instead of `&str`"
+                ),
+            );
+        }
+    }
+}
+
+/// Whether `ty` borrows something that does not live forever (`&T`, `'a`).
+fn borrows(ty: &syn::Type) -> bool {
+    struct Borrows(bool);
+    impl<'ast> syn::visit::Visit<'ast> for Borrows {
+        fn visit_type_reference(&mut self, reference: &'ast syn::TypeReference) {
+            if reference
+                .lifetime
+                .as_ref()
+                .is_none_or(|lifetime| lifetime.ident != "static")
+            {
+                self.0 = true;
+            }
+            syn::visit::visit_type_reference(self, reference);
+        }
+        fn visit_lifetime(&mut self, lifetime: &'ast syn::Lifetime) {
+            self.0 |= lifetime.ident != "static";
+        }
+    }
+    let mut visitor = Borrows(false);
+    syn::visit::Visit::visit_type(&mut visitor, ty);
+    visitor.0
+}
+
 /// The inputs of a generated helper.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub(crate) struct HelperInputs {
@@ -159,6 +209,9 @@ pub(crate) fn check(args: &CachedArgs, model: &FnModel, errors: &mut Errors) -> 
         )
     {
         errors.at(span, "`cache_none` applies to functions returning `Option<T>` or `Result<Option<T>, E>`; remove it");
+    }
+    if args.stale.is_some() {
+        check_refreshable(model, errors);
     }
     let mut cache_reads_owned = cache_uses_self && model.receiver_by_value;
     let mut read_by_cache = BTreeSet::new();

@@ -117,17 +117,12 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
     // Every token of the callee carries the stored type's span, so a value type that is not
     // serializable is reported on the user's type rather than on the whole attribute.
     let memoize_call = respan(
-        quote!(#private::memoize::<#private::#kind, _, _>),
+        quote!(#private::memoize::<#private::#kind, _, _, _>),
         stored.span(),
     );
     let key_types = key_types(model, usage, false);
-    let new_body = quote! {
-        #spec
-        #key_types
-        #select_cache
-        let __redis_memo_key: ::std::string::String = #render_entry_key;
-        let __redis_memo_tags: ::std::vec::Vec<::std::string::String> = #render_tags;
-        let __redis_memo_body = async move {
+    let body_block = quote! {
+        async move {
             // Pins the block's output type for `?` and `return` in the body (as in
             // tracing-attributes).
             #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::let_unit_value)]
@@ -136,7 +131,23 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
                 return __redis_memo_fake_return;
             }
             #body
-        };
+        }
+    };
+    let (compute, refresh) = if options.stale.is_some() {
+        stale_compute(model, body_block, &private)
+    } else {
+        (
+            quote!(let __redis_memo_body = #body_block;),
+            quote!(#private::NoRefresh),
+        )
+    };
+    let new_body = quote! {
+        #spec
+        #key_types
+        #select_cache
+        let __redis_memo_key: ::std::string::String = #render_entry_key;
+        let __redis_memo_tags: ::std::vec::Vec<::std::string::String> = #render_tags;
+        #compute
         // The body's type names the function's owner (the `impl` type of a method), so
         // same-named methods of different types never share entries.
         let __redis_memo_body_type: &'static str = ::core::any::type_name_of_val(&__redis_memo_body);
@@ -147,6 +158,7 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
             __redis_memo_tags,
             [__redis_memo_body_type, __redis_memo_key_types],
             __redis_memo_body,
+            #refresh,
         )
         .await
     };
@@ -177,6 +189,38 @@ fn key_types(model: &FnModel, usage: &Usage, by_reference: bool) -> TokenStream 
     }
 }
 
+/// With `stale`, the body is built by a factory of `'static` futures, each from its own clones
+/// of the parameters (moved into the factory once the key is rendered): the call's own
+/// computation is one of them (made only when it runs), a background refresh another.
+/// Binds `__redis_memo_body` and returns the `refresh` argument of `memoize`.
+fn stale_compute(
+    model: &FnModel,
+    body_block: TokenStream,
+    private: &TokenStream,
+) -> (TokenStream, TokenStream) {
+    // Each copy is made by a function whose bound says what `stale` needs, on the
+    // parameter's type.
+    let copies = model.params.iter().map(|param| {
+        let ident = &param.ident;
+        // The body may not use it (a parameter of the key or the `cache` expression only).
+        quote_spanned! {param.ty.span()=>
+            #[allow(unused_variables)]
+            let #ident = #private::refresh_copy(&#ident);
+        }
+    });
+    let compute = quote! {
+        let __redis_memo_factory = move || {
+            #(#copies)*
+            #body_block
+        };
+        let __redis_memo_body = {
+            let __redis_memo_factory = &__redis_memo_factory;
+            async move { __redis_memo_factory().await }
+        };
+    };
+    (compute, quote!(&__redis_memo_factory))
+}
+
 /// `static __REDIS_MEMO_SPEC: FnSpec = ..;`, the function's compile-time facts. The function
 /// and each helper that needs them declare their own copy (a `static` cannot be shared between
 /// the items of an `impl` block); the runtime identifies a function by its facts, not by the
@@ -196,6 +240,11 @@ fn spec_static(options: &CachedArgs, name_text: &str, private: &TokenStream) -> 
     });
     let tags = options.tags.iter().map(|tag| &tag.source);
     let invalidate_all = options.invalidate_all;
+    let jitter = options.jitter_per_mille;
+    let stale = options.stale.map(|(stale, _)| {
+        let stale_ms = u64::try_from(stale.as_millis()).unwrap_or(u64::MAX);
+        quote!(.stale(#private::Duration::from_millis(#stale_ms)))
+    });
     quote! {
         static __REDIS_MEMO_SPEC: #private::FnSpec = #private::FnSpec::new(
             #name_text,
@@ -207,6 +256,8 @@ fn spec_static(options: &CachedArgs, name_text: &str, private: &TokenStream) -> 
         .cache_none(#cache_none)
         .tags(&[#(#tags),*])
         .invalidate_all(#invalidate_all)
+        .jitter_per_mille(#jitter)
+        #stale
         #lock;
     }
 }

@@ -2,12 +2,14 @@
 
 use crate::CacheError;
 use crate::backend::{Backend, MemoryStore, RedisBackend};
+use crate::clock::{Clock, SystemClock};
 use crate::flight::Flights;
 use crate::health::Health;
 use crate::notify::Notices;
 use crate::stats::{Counters, Stats};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// A handle to a cache: where entries live (Redis or an in-process [`MemoryStore`]), their
@@ -39,6 +41,30 @@ pub(crate) struct Inner {
     pub(crate) health: Health,
     pub(crate) counters: Counters,
     pub(crate) flights: Flights,
+    /// Where freshness reads the time.
+    pub(crate) clock: Arc<dyn Clock>,
+    /// Draws for jitter.
+    pub(crate) random: Mutex<fastrand::Rng>,
+    /// Keys whose background refresh runs in this process (one at a time per key).
+    pub(crate) refreshing: Mutex<HashSet<String>>,
+    /// Notified whenever a background refresh ends.
+    pub(crate) refresh_ended: tokio::sync::Notify,
+}
+
+impl Inner {
+    /// A random number in `[0, 1)`.
+    pub(crate) fn random_unit(&self) -> f64 {
+        self.random
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .f64()
+    }
+
+    pub(crate) fn refreshing(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.refreshing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// Builds a [`Cache`]. Start with [`Cache::builder`].
@@ -50,6 +76,8 @@ pub struct CacheBuilder {
     op_timeout: Duration,
     breaker_threshold: u32,
     breaker_cooldown: Duration,
+    clock: Arc<dyn Clock>,
+    random_seed: Option<u64>,
 }
 
 enum Source {
@@ -117,6 +145,21 @@ impl CacheBuilder {
     pub fn breaker(mut self, threshold: u32, cooldown: Duration) -> Self {
         self.breaker_threshold = threshold;
         self.breaker_cooldown = cooldown;
+        self
+    }
+
+    /// Reads the time for freshness (ttl, `stale`) from `clock` instead of the system's: in
+    /// tests, a [`ManualClock`](crate::ManualClock) moves entries past their ttl without
+    /// sleeping. Redis still expires keys by its own clock, after the longest time an entry
+    /// can be served.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Seeds the random draws of jitter, so a test sees the same ones on every run.
+    pub fn random_seed(mut self, seed: u64) -> Self {
+        self.random_seed = Some(seed);
         self
     }
 
@@ -191,6 +234,13 @@ impl CacheBuilder {
                 health: Health::new(self.breaker_threshold, self.breaker_cooldown),
                 counters: Counters::default(),
                 flights: Flights::default(),
+                clock: self.clock,
+                random: Mutex::new(
+                    self.random_seed
+                        .map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed),
+                ),
+                refreshing: Mutex::default(),
+                refresh_ended: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -220,6 +270,8 @@ impl Cache {
             op_timeout: CacheBuilder::DEFAULT_OP_TIMEOUT,
             breaker_threshold: CacheBuilder::DEFAULT_BREAKER_THRESHOLD,
             breaker_cooldown: CacheBuilder::DEFAULT_BREAKER_COOLDOWN,
+            clock: Arc::new(SystemClock),
+            random_seed: None,
         }
     }
 
@@ -331,6 +383,28 @@ impl Cache {
         let deadline = tokio::time::Instant::now() + self.inner.op_timeout;
         let key = self.full_key("redis-memo:ping");
         self.inner.backend.get(&key, deadline).await.map(drop)
+    }
+
+    /// Waits until the background refreshes (of functions with `stale`) that run in this
+    /// process have ended: for a graceful shutdown, and for tests that check what a refresh
+    /// stored.
+    ///
+    /// ```no_run
+    /// # async fn f(cache: redis_memo_runtime::Cache) {
+    /// cache.refreshes_done().await;
+    /// # }
+    /// ```
+    pub async fn refreshes_done(&self) {
+        loop {
+            // Registered before looking, so an end in between is not missed.
+            let ended = self.inner.refresh_ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self.inner.refreshing().is_empty() {
+                return;
+            }
+            ended.await;
+        }
     }
 
     /// The counters since this cache was built.

@@ -14,6 +14,7 @@ pub mod codec;
 pub mod envelope;
 mod error;
 mod flight;
+mod freshness;
 mod global;
 mod health;
 mod key;
@@ -21,6 +22,7 @@ mod lease;
 mod memoize;
 mod notify;
 mod pattern;
+mod refresh;
 mod returns;
 mod spec;
 mod stats;
@@ -29,6 +31,7 @@ mod writers;
 
 pub use crate::backend::MemoryStore;
 pub use crate::cache::{Cache, CacheBuilder};
+pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::codec::{Bincode, Codec};
 pub use crate::error::CacheError;
 pub use crate::global::install;
@@ -43,6 +46,7 @@ pub use crate::writers::{EntryRef, FunctionRef};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::key::{KeyPart, KeyWriter};
+    pub use crate::refresh::{NoRefresh, RefreshJob, Refresher};
     pub use crate::returns::{
         CacheValue, Fallible, FallibleOptional, Optional, Plain, ReturnKind, StoredKind, Written,
     };
@@ -82,22 +86,25 @@ pub mod __private {
     /// from [`entry_key_writer`], `tags` from [`tag_key_writer`]; `identity` is the type name
     /// of `compute` (an async block of the function), which names the function's owner, and
     /// that of a tuple of references to the parameters keys and tags are rendered from.
-    pub async fn memoize<K, R, F>(
+    /// `refresh` is [`NoRefresh`], or for `stale` the factory of the body's futures.
+    pub async fn memoize<K, R, F, B>(
         cache: Option<&Cache>,
         spec: &'static FnSpec,
         entry_key: String,
         tags: Vec<String>,
         identity: [&'static str; 2],
         compute: F,
+        refresh: B,
     ) -> R
     where
-        K: ReturnKind<R>,
+        K: ReturnKind<R> + 'static,
         F: Future<Output = R>,
+        B: Refresher<R>,
     {
         match cache {
             Some(cache) => {
                 cache
-                    .memoize::<K, R, F>(spec, &entry_key, tags, identity, compute)
+                    .memoize::<K, R, F, B>(spec, &entry_key, tags, identity, compute, refresh)
                     .await
             }
             None => compute.await,
@@ -176,4 +183,9 @@ pub mod __private {
 
     /// Type-checks the cached value type with a readable error.
     pub fn assert_cache_value<T: CacheValue>() {}
+
+    /// `stale`: the copy of a parameter that one run of the body takes.
+    pub fn refresh_copy<T: crate::refresh::RefreshArgument>(value: &T) -> T {
+        value.clone()
+    }
 }

@@ -20,8 +20,10 @@ use crate::cache::Cache;
 use crate::codec::Bincode;
 use crate::envelope::{self, DecodeError, EntryTimes};
 use crate::flight::{self, LeaderGuard, Role, Shared, WaitOutcome};
+use crate::freshness::{Freshness, Lifetime};
 use crate::lease::{self, Acquired, HeldLease};
 use crate::notify::Notice;
+use crate::refresh::{RefreshJob, Refresher};
 use crate::returns::ReturnKind;
 use crate::spec::FnSpec;
 use crate::stats::Event;
@@ -32,7 +34,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// What taking an entry's lease gave.
-enum LeaseOutcome<V> {
+pub(crate) enum LeaseOutcome<V> {
     Held(HeldLease),
     /// Someone filled the entry since this call's read: its value (the lease was given back).
     Filled(Bytes, V),
@@ -46,19 +48,26 @@ enum LeaseOutcome<V> {
 
 /// The entry a leader works on.
 #[derive(Clone, Copy)]
-struct EntryAt<'a> {
-    spec: &'static FnSpec,
+pub(crate) struct EntryAt<'a> {
+    pub(crate) spec: &'static FnSpec,
     /// Its full key.
-    key: &'a str,
+    pub(crate) key: &'a str,
     /// The full version keys of its tags.
-    tag_keys: TagKeys<'a>,
-    fingerprint: u64,
+    pub(crate) tag_keys: TagKeys<'a>,
+    pub(crate) fingerprint: u64,
 }
 
-/// How long a tag version key lives at least: as long as the entries that record it (each fill
-/// extends it; an entry outliving its tags would only be a miss).
+/// An encoded entry and how long Redis keeps it.
+#[derive(Debug, Clone)]
+pub(crate) struct Encoded {
+    pub(crate) bytes: Bytes,
+    pub(crate) stored_for: Duration,
+}
+
+/// How long a tag version key lives at least: as long as the entries that record it may be
+/// served (each fill extends it; an entry outliving its tags would only be a miss).
 pub(crate) fn tag_lifetime(spec: &FnSpec) -> Duration {
-    spec.ttl
+    spec.ttl.saturating_add(spec.stale.unwrap_or_default())
 }
 
 /// What a read found.
@@ -76,17 +85,21 @@ impl Cache {
     /// `key` is the entry's full key (see [`Cache::entry_key_writer`]), `tags` the full keys
     /// of its `tags` (see [`Cache::tag_key_writer`]); `body_type` and `key_types` are passed to
     /// [`FnSpec::resolve`].
-    pub(crate) async fn memoize<K, R, F>(
+    ///
+    /// `refresh` recomputes a stale entry in the background (functions with `stale`).
+    pub(crate) async fn memoize<K, R, F, B>(
         &self,
         spec: &'static FnSpec,
         key: &str,
         tags: Vec<String>,
         [body_type, key_types]: [&'static str; 2],
         compute: F,
+        refresh: B,
     ) -> R
     where
-        K: ReturnKind<R>,
+        K: ReturnKind<R> + 'static,
         F: Future<Output = R>,
+        B: Refresher<R>,
     {
         let resolved = spec.resolve::<K::Stored>(body_type, key_types, true);
         let fingerprint = resolved.fingerprint;
@@ -109,10 +122,25 @@ impl Cache {
                         fingerprint,
                         Some(&versions),
                     ) {
-                        Ok((value, _)) => {
-                            self.record(Event::Hit, spec);
-                            return K::from_stored(value);
-                        }
+                        Ok((value, times)) => match Freshness::of(spec, times, self.now_ms()) {
+                            Freshness::Fresh => {
+                                self.record(Event::Hit, spec);
+                                return K::from_stored(value);
+                            }
+                            Freshness::Stale => {
+                                self.record(Event::StaleServed, spec);
+                                let entry = EntryAt {
+                                    spec,
+                                    key,
+                                    tag_keys,
+                                    fingerprint,
+                                };
+                                refresh.start::<K>(self, RefreshJob::new(&entry, &versions));
+                                return K::from_stored(value);
+                            }
+                            // Still in Redis, past its time by this cache's clock.
+                            Freshness::Expired => Read::Unusable,
+                        },
                         Err(error) => {
                             self.report_decode_failure(spec, key, &error);
                             Read::Unusable
@@ -215,11 +243,12 @@ impl Cache {
         let (redis_answered, unusable) = match read {
             Read::Entry(bytes) => {
                 match envelope::decode::<Bincode, K::Stored>(&bytes, fingerprint, Some(&versions)) {
-                    Ok((value, _)) => {
+                    Ok((value, times)) if self.is_fresh(spec, times) => {
                         self.record(Event::Hit, spec);
                         guard.publish(Shared::Found(bytes));
                         return K::from_stored(value);
                     }
+                    Ok(_) => (true, true),
                     Err(error) => {
                         self.report_decode_failure(spec, key, &error);
                         (true, true)
@@ -274,16 +303,14 @@ impl Cache {
         let encoded =
             K::shareable(&result).and_then(|value| self.encode(spec, fingerprint, value, recorded));
         match &encoded {
-            Some(bytes) => guard.publish(Shared::Computed(bytes.clone())),
+            Some(encoded) => guard.publish(Shared::Computed(encoded.bytes.clone())),
             None => guard.publish(Shared::NotShareable),
         }
         if let Some(lease) = guard.take_lease() {
-            match encoded.filter(|_| K::storable(&result, spec.cache_none) && tokens.is_some()) {
-                Some(bytes) => self.fill(entry, lease, bytes, computed_in).await,
-                // Nothing to store: give the lease up now rather than make others wait for it,
-                // and remove an unusable entry that nothing replaced.
-                None => self.release(spec, lease, unusable).await,
-            }
+            let storable =
+                encoded.filter(|_| K::storable(&result, spec.cache_none) && tokens.is_some());
+            self.store(entry, lease, storable, unusable, computed_in)
+                .await;
         }
         // Dropping the guard ends the flight only now, after the fill: a caller that arrives
         // later reads the stored entry instead of computing again.
@@ -293,7 +320,7 @@ impl Cache {
 
     /// The tokens of the entry's tags, creating those whose version key is missing (after a
     /// first use, an invalidation or an eviction); `None` if Redis failed.
-    async fn tokens_for(
+    pub(crate) async fn tokens_for(
         &self,
         entry: &EntryAt<'_>,
         versions: &mut Versions,
@@ -331,21 +358,36 @@ impl Cache {
         versions.iter().copied().collect()
     }
 
+    /// The time by this cache's clock.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.inner.clock.now_unix_ms()
+    }
+
+    pub(crate) fn is_fresh(&self, spec: &FnSpec, times: EntryTimes) -> bool {
+        Freshness::of(spec, times, self.now_ms()) == Freshness::Fresh
+    }
+
+    /// Encodes `value` as an entry of `spec` written now, with its lifetime (the ttl, less a
+    /// random part of the jitter, then the `stale` window).
     pub(crate) fn encode<V: crate::CacheValue>(
         &self,
         spec: &'static FnSpec,
         fingerprint: u64,
         value: &V,
         tags: &[Token],
-    ) -> Option<Bytes> {
-        let now = crate::clock::now_unix_ms();
-        let ttl_ms = u64::try_from(spec.ttl.as_millis()).unwrap_or(u64::MAX);
-        let times = EntryTimes {
-            written_at_ms: now,
-            fresh_until_ms: now.saturating_add(ttl_ms),
+    ) -> Option<Encoded> {
+        let unit = if spec.jitter_per_mille == 0 {
+            0.0
+        } else {
+            self.inner.random_unit()
         };
+        let lifetime = Lifetime::of(spec, unit);
+        let times = lifetime.times(self.now_ms());
         match envelope::encode::<Bincode, _>(value, fingerprint, times, tags) {
-            Ok(bytes) => Some(Bytes::from(bytes)),
+            Ok(bytes) => Some(Encoded {
+                bytes: Bytes::from(bytes),
+                stored_for: lifetime.stored_for,
+            }),
             Err(error) => {
                 self.record(Event::EncodeFailure, spec);
                 tracing::warn!(function = spec.name, %error, "redis-memo: return value does not serialize; not cached");
@@ -356,7 +398,7 @@ impl Cache {
 
     /// Takes the entry's lease for this call. If the entry was filled since this call's read
     /// (the acquire script returns it), the lease goes back and the value is used.
-    async fn take_lease<V: crate::CacheValue>(
+    pub(crate) async fn take_lease<V: crate::CacheValue>(
         &self,
         entry: &EntryAt<'_>,
         versions: &Versions,
@@ -390,12 +432,12 @@ impl Cache {
         match self.observe("acquire", spec, acquired) {
             Some(Acquired::Held(Some(bytes))) => {
                 match envelope::decode::<Bincode, V>(&bytes, fingerprint, Some(versions)) {
-                    Ok((value, _)) => {
+                    Ok((value, times)) if self.is_fresh(spec, times) => {
                         self.release(spec, held, false).await;
                         LeaseOutcome::Filled(bytes, value)
                     }
-                    // Unusable bytes: keep the lease, the fill overwrites them.
-                    Err(_) => LeaseOutcome::Held(held),
+                    // Unusable or past its time: keep the lease, the fill overwrites it.
+                    _ => LeaseOutcome::Held(held),
                 }
             }
             Some(Acquired::Held(None)) => LeaseOutcome::Held(held),
@@ -456,8 +498,9 @@ impl Cache {
             // The fill may have come before the subscription did.
             let read_by = Instant::now() + self.inner.op_timeout;
             if let (Read::Entry(bytes), now) = self.read(spec, key, entry.tag_keys, read_by).await
-                && let Ok((value, _)) =
+                && let Ok((value, times)) =
                     envelope::decode::<Bincode, V>(&bytes, fingerprint, Some(&now))
+                && self.is_fresh(spec, times)
             {
                 return LeaseOutcome::Filled(bytes, value);
             }
@@ -496,11 +539,28 @@ impl Cache {
         }
     }
 
+    /// Stores `encoded` through `lease`; with nothing to store, gives the lease up now rather
+    /// than make others wait for it (removing with `clear_entry` an unusable entry that
+    /// nothing replaced).
+    pub(crate) async fn store(
+        &self,
+        entry: &EntryAt<'_>,
+        lease: HeldLease,
+        encoded: Option<Encoded>,
+        clear_entry: bool,
+        computed_in: Duration,
+    ) {
+        match encoded {
+            Some(encoded) => self.fill(entry, lease, encoded, computed_in).await,
+            None => self.release(entry.spec, lease, clear_entry).await,
+        }
+    }
+
     async fn fill(
         &self,
         entry: &EntryAt<'_>,
         lease: HeldLease,
-        bytes: Bytes,
+        encoded: Encoded,
         computed_in: Duration,
     ) {
         let EntryAt {
@@ -513,7 +573,7 @@ impl Cache {
         // fill on the multiplexed connection, so no extra round trip.
         let backend = &self.inner.backend;
         let (filled, _) = tokio::join!(
-            lease.fill(bytes, spec.ttl),
+            lease.fill(encoded.bytes, encoded.stored_for),
             backend.extend_tags(tag_keys, tag_lifetime(spec))
         );
         match self.observe("fill", spec, filled) {
@@ -630,7 +690,7 @@ impl Cache {
         }
     }
 
-    fn record(&self, event: Event, spec: &'static FnSpec) {
+    pub(crate) fn record(&self, event: Event, spec: &'static FnSpec) {
         self.inner.counters.record(event, spec.metrics());
     }
 }

@@ -21,6 +21,10 @@ pub struct FnSpec {
     /// `invalidate_all`: entries also record the function's own tag.
     pub(crate) invalidate_all: bool,
     pub(crate) ttl: Duration,
+    /// `stale`: how long after its ttl an entry is still served while one refresh runs.
+    pub(crate) stale: Option<Duration>,
+    /// `jitter`: the most an entry's ttl is shortened by, in thousandths of it.
+    pub(crate) jitter_per_mille: u16,
     /// How long a miss's lease holds the entry for its computation.
     pub(crate) lease: Duration,
     /// `lock`: how long a caller waits for another process's value before computing.
@@ -94,6 +98,8 @@ impl FnSpec {
             tags: &[],
             invalidate_all: false,
             ttl,
+            stale: None,
+            jitter_per_mille: 0,
             lease: crate::lease::default_lease(ttl),
             lock_wait: None,
             version: 0,
@@ -114,6 +120,21 @@ impl FnSpec {
     /// The function's `invalidate_all` option: its entries record its own tag.
     pub const fn invalidate_all(mut self, invalidate_all: bool) -> Self {
         self.invalidate_all = invalidate_all;
+        self
+    }
+
+    /// The function's `stale` option: after its ttl, an entry is served for up to `stale` more
+    /// while one background refresh runs.
+    pub const fn stale(mut self, stale: Duration) -> Self {
+        self.stale = Some(stale);
+        self
+    }
+
+    /// The function's `jitter` option, in thousandths of the ttl (at most 1000): each entry's
+    /// ttl is shortened by a random part of up to this much, so entries written together do
+    /// not expire together.
+    pub const fn jitter_per_mille(mut self, jitter: u16) -> Self {
+        self.jitter_per_mille = if jitter > 1000 { 1000 } else { jitter };
         self
     }
 

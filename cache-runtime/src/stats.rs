@@ -12,8 +12,13 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Calls answered from the cache.
+    /// Calls answered from the cache with a fresh value.
     pub hits: u64,
+    /// Calls answered with a value past its ttl, inside the function's `stale` window, while
+    /// a refresh ran in the background.
+    pub stale_served: u64,
+    /// Background refreshes that computed a value (one per stale entry across processes).
+    pub refreshes: u64,
     /// Calls that found no usable entry and ran the function.
     pub misses: u64,
     /// Calls that waited for another call of the same key in this process and took its value.
@@ -44,6 +49,8 @@ pub struct Stats {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     hits: AtomicU64,
+    stale_served: AtomicU64,
+    refreshes: AtomicU64,
     misses: AtomicU64,
     coalesced: AtomicU64,
     fills: AtomicU64,
@@ -61,6 +68,8 @@ pub(crate) struct Counters {
 #[repr(usize)]
 pub(crate) enum Event {
     Hit,
+    StaleServed,
+    Refresh,
     Miss,
     Coalesced,
     Fill,
@@ -73,8 +82,10 @@ pub(crate) enum Event {
 }
 
 impl Event {
-    const ALL: [Event; 10] = [
+    const ALL: [Event; 12] = [
         Event::Hit,
+        Event::StaleServed,
+        Event::Refresh,
         Event::Miss,
         Event::Coalesced,
         Event::Fill,
@@ -89,6 +100,8 @@ impl Event {
     fn metric_name(self) -> &'static str {
         match self {
             Event::Hit => "redis_memo_hits_total",
+            Event::StaleServed => "redis_memo_stale_served_total",
+            Event::Refresh => "redis_memo_refreshes_total",
             Event::Miss => "redis_memo_misses_total",
             Event::Coalesced => "redis_memo_coalesced_total",
             Event::Fill => "redis_memo_fills_total",
@@ -122,6 +135,8 @@ impl Counters {
     pub(crate) fn record(&self, event: Event, metrics: &FnMetrics) {
         let counter = match event {
             Event::Hit => &self.hits,
+            Event::StaleServed => &self.stale_served,
+            Event::Refresh => &self.refreshes,
             Event::Miss => &self.misses,
             Event::Coalesced => &self.coalesced,
             Event::Fill => &self.fills,
@@ -145,6 +160,8 @@ impl Counters {
     pub(crate) fn snapshot(&self) -> Stats {
         Stats {
             hits: self.hits.load(Relaxed),
+            stale_served: self.stale_served.load(Relaxed),
+            refreshes: self.refreshes.load(Relaxed),
             misses: self.misses.load(Relaxed),
             coalesced: self.coalesced.load(Relaxed),
             fills: self.fills.load(Relaxed),

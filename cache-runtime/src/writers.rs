@@ -261,7 +261,7 @@ impl Cache {
         value: &V,
     ) -> Result<(), CacheError> {
         let spec = entry.spec;
-        let bytes = self
+        let encoded = self
             .encode(spec, began.fingerprint, value, &began.tokens)
             .ok_or_else(|| {
                 CacheError::Config(format!("the value of `{}` does not serialize", spec.name))
@@ -281,7 +281,7 @@ impl Cache {
         let stored = self
             .guarded("put", async {
                 let (stored, _) = tokio::join!(
-                    lease.fill(bytes, spec.ttl),
+                    lease.fill(encoded.bytes, encoded.stored_for),
                     backend.extend_tags(tag_keys, tag_lifetime(spec))
                 );
                 stored

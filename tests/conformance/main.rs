@@ -1,6 +1,7 @@
 //! The conformance suite: every behaviour of cache-aside, run against Redis and against the
 //! in-memory backend. Each test in `suite` is instantiated once per backend.
 
+mod freshness;
 mod invalidation;
 mod suite;
 #[path = "../support/mod.rs"]
@@ -67,4 +68,36 @@ conformance!(suite {
     before_evicts_again_once_the_body_succeeded,
     a_writer_reading_its_own_entry_with_lock_does_not_wait_for_itself,
     a_put_to_a_generic_reader_is_read_by_the_same_instantiation,
+});
+
+/// Tests that build their own cache on a backend (with a manual clock).
+macro_rules! conformance_on_backend {
+    ($name:ident: $module:ident { $($test:ident),* $(,)? }) => {
+        mod $name {
+            mod redis_backend {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $test() {
+                        crate::$module::$test(crate::support::Backend::Redis).await;
+                    }
+                )*
+            }
+            mod memory_backend {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $test() {
+                        crate::$module::$test(crate::support::Backend::Memory).await;
+                    }
+                )*
+            }
+        }
+    };
+}
+
+conformance_on_backend!(freshness_conformance: freshness {
+    stale_values_are_served_at_once_while_one_refresh_runs,
+    past_its_stale_window_an_entry_is_a_miss,
+    an_invalidated_entry_is_never_served_stale,
+    a_tag_invalidated_during_a_refresh_makes_its_value_a_miss,
+    jitter_spreads_the_ttls_of_entries_written_together,
 });

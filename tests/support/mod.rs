@@ -35,9 +35,20 @@ impl Harness {
     }
 
     pub fn with_timeout(backend: Backend, op_timeout: Duration) -> Harness {
-        let builder = Cache::builder()
-            .namespace(unique_namespace())
-            .op_timeout(op_timeout);
+        Self::with(backend, |builder| builder.op_timeout(op_timeout))
+    }
+
+    /// A harness whose cache is built with `configure` applied to the builder (its clock, a
+    /// random seed).
+    pub fn with(
+        backend: Backend,
+        configure: impl FnOnce(redis_memo::CacheBuilder) -> redis_memo::CacheBuilder,
+    ) -> Harness {
+        let builder = configure(
+            Cache::builder()
+                .namespace(unique_namespace())
+                .op_timeout(Duration::from_millis(250)),
+        );
         match backend {
             Backend::Redis => {
                 let server = RedisServer::start().expect("the test suite needs redis-server");
@@ -153,6 +164,13 @@ impl Harness {
                 .filter(|(name, _)| name != "info")
                 .collect(),
         )
+    }
+
+    /// How long Redis keeps the entry `rendered` (`PTTL`, ms); `None` for the in-memory backend.
+    pub async fn pttl_ms(&self, rendered: &str) -> Option<i64> {
+        let server = self.server.as_ref()?;
+        let key = self.cache.full_key(rendered);
+        Some(Self::redis(server, redis::cmd("PTTL").arg(&key)).await)
     }
 
     /// The raw bytes stored for `rendered`, if any.

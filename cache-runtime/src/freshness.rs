@@ -1,0 +1,100 @@
+//! How long an entry is fresh, how long it may still be served stale, and which of the two it
+//! is now, judged by the cache's [`Clock`](crate::Clock) from the times in its envelope.
+
+use crate::envelope::EntryTimes;
+use crate::spec::FnSpec;
+use std::time::Duration;
+
+/// The lifetime of an entry being written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lifetime {
+    /// Its ttl, shortened by the function's jitter.
+    pub(crate) fresh_for: Duration,
+    /// How long Redis keeps it: `fresh_for` plus the `stale` window.
+    pub(crate) stored_for: Duration,
+}
+
+impl Lifetime {
+    /// The lifetime of an entry of `spec` written now; `unit` is a random number in `[0, 1)`
+    /// that picks how much of the jitter applies.
+    pub(crate) fn of(spec: &FnSpec, unit: f64) -> Lifetime {
+        let cut = spec.ttl.as_secs_f64() * f64::from(spec.jitter_per_mille) / 1000.0 * unit;
+        // At least 1 ms: a zero ttl would mean "no expiry" to Redis.
+        let fresh_for = spec
+            .ttl
+            .saturating_sub(Duration::from_secs_f64(cut))
+            .max(Duration::from_millis(1));
+        Lifetime {
+            fresh_for,
+            stored_for: fresh_for.saturating_add(spec.stale.unwrap_or_default()),
+        }
+    }
+
+    /// The envelope times of an entry with this lifetime written at `now_ms`.
+    pub(crate) fn times(self, now_ms: u64) -> EntryTimes {
+        EntryTimes {
+            written_at_ms: now_ms,
+            fresh_until_ms: now_ms.saturating_add(crate::clock::millis(self.fresh_for)),
+        }
+    }
+}
+
+/// What an entry that decoded is worth now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Freshness {
+    Fresh,
+    /// Past its ttl, within the function's `stale` window: served while one refresh runs.
+    Stale,
+    /// Past both: a miss.
+    Expired,
+}
+
+impl Freshness {
+    pub(crate) fn of(spec: &FnSpec, times: EntryTimes, now_ms: u64) -> Freshness {
+        if now_ms < times.fresh_until_ms {
+            return Freshness::Fresh;
+        }
+        match spec.stale {
+            Some(stale)
+                if now_ms
+                    < times
+                        .fresh_until_ms
+                        .saturating_add(crate::clock::millis(stale)) =>
+            {
+                Freshness::Stale
+            }
+            _ => Freshness::Expired,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(100);
+
+    #[test]
+    fn jitter_shortens_the_ttl_by_up_to_its_share() {
+        let spec = FnSpec::new("f", "m::f", "k", TTL).jitter_per_mille(200);
+        assert_eq!(Lifetime::of(&spec, 0.0).fresh_for, TTL);
+        assert_eq!(Lifetime::of(&spec, 0.5).fresh_for, Duration::from_secs(90));
+        let almost_all = Lifetime::of(&spec, 0.999_999).fresh_for;
+        assert!(almost_all > Duration::from_secs(80) && almost_all < Duration::from_secs(81));
+    }
+
+    #[test]
+    fn the_stale_window_follows_the_ttl() {
+        let spec = FnSpec::new("f", "m::f", "k", TTL).stale(Duration::from_secs(60));
+        let lifetime = Lifetime::of(&spec, 0.3);
+        assert_eq!(lifetime.stored_for, Duration::from_secs(160));
+        let times = lifetime.times(1_000);
+        assert_eq!(times.fresh_until_ms, 101_000);
+        assert_eq!(Freshness::of(&spec, times, 100_999), Freshness::Fresh);
+        assert_eq!(Freshness::of(&spec, times, 101_000), Freshness::Stale);
+        assert_eq!(Freshness::of(&spec, times, 160_999), Freshness::Stale);
+        assert_eq!(Freshness::of(&spec, times, 161_000), Freshness::Expired);
+        let without = FnSpec::new("f", "m::f", "k", TTL);
+        assert_eq!(Freshness::of(&without, times, 101_000), Freshness::Expired);
+    }
+}

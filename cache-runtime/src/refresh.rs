@@ -1,0 +1,172 @@
+//! Stale-while-revalidate: a caller that finds its entry past its ttl but inside the function's
+//! `stale` window gets the stale value at once, and one refresh runs in the background.
+//!
+//! One refresh per key runs at a time in a process (a set of keys being refreshed), and one
+//! across processes: the refresh computes only while it holds the entry's lease, so the
+//! processes that find the same stale entry agree on a single computation. Its value is
+//! stored as a fill is, recording the tag tokens read before it ran, so an invalidation during
+//! the refresh makes its result a miss, never a fresh-looking stale value.
+//!
+//! The refresh runs the function's body again, after the call that triggered it has returned:
+//! the generated code hands over a factory of `'static` futures, built from owned copies of
+//! the arguments (which is why `stale` asks for `Clone + Send + 'static` parameters).
+
+use crate::Cache;
+use crate::memoize::{EntryAt, LeaseOutcome};
+use crate::returns::ReturnKind;
+use crate::spec::FnSpec;
+use crate::stats::Event;
+use crate::tags::{TagKeys, Versions};
+use std::future::Future;
+
+/// What a memoized call can refresh in the background with. Generated code passes
+/// [`NoRefresh`] for functions without `stale`, and a reference to the factory of the body's
+/// futures for those with it.
+#[diagnostic::on_unimplemented(
+    message = "with `stale`, the function's body runs again in the background, after the call returned",
+    label = "its future must be `Send + 'static`",
+    note = "take every parameter by value as a `Clone + Send + 'static` type (an `Arc<Db>` rather than a `&Db`), and hold nothing that is not `Send` across an `.await`"
+)]
+pub trait Refresher<R> {
+    /// Starts the background refresh of `job`'s entry, unless this function has none.
+    fn start<K: ReturnKind<R> + 'static>(&self, cache: &Cache, job: RefreshJob);
+}
+
+/// What a function with `stale` takes: its background refresh runs on copies of the arguments
+/// after the call returned.
+#[diagnostic::on_unimplemented(
+    message = "with `stale`, the parameter type `{Self}` must be `Clone + Send + 'static`",
+    label = "the background refresh runs on a copy of this argument, after the call returned",
+    note = "take an owned, shareable handle: `Arc<Db>` instead of `&Db`, `String` instead of `&str`"
+)]
+pub trait RefreshArgument: Clone + Send + 'static {}
+
+impl<T: Clone + Send + 'static> RefreshArgument for T {}
+
+/// Functions without `stale`.
+#[derive(Debug, Clone, Copy)]
+pub struct NoRefresh;
+
+impl<R> Refresher<R> for NoRefresh {
+    fn start<K: ReturnKind<R> + 'static>(&self, _: &Cache, _: RefreshJob) {}
+}
+
+impl<F, Fut, R> Refresher<R> for &F
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = R> + Send + 'static,
+    R: Send + 'static,
+{
+    fn start<K: ReturnKind<R> + 'static>(&self, cache: &Cache, job: RefreshJob) {
+        cache.spawn_refresh::<K, R, Fut>(job, self());
+    }
+}
+
+/// The entry a background refresh recomputes, owned, so the refresh outlives the call.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct RefreshJob {
+    pub(crate) spec: &'static FnSpec,
+    pub(crate) key: String,
+    pub(crate) function_tag: Option<String>,
+    pub(crate) user_tags: Vec<String>,
+    pub(crate) fingerprint: u64,
+    /// The tag tokens the stale read saw.
+    pub(crate) versions: Versions,
+}
+
+impl RefreshJob {
+    pub(crate) fn new(entry: &EntryAt<'_>, versions: &Versions) -> Self {
+        RefreshJob {
+            spec: entry.spec,
+            key: entry.key.to_owned(),
+            function_tag: entry.tag_keys.function.map(str::to_owned),
+            user_tags: entry.tag_keys.user.to_vec(),
+            fingerprint: entry.fingerprint,
+            versions: versions.clone(),
+        }
+    }
+
+    fn entry(&self) -> EntryAt<'_> {
+        EntryAt {
+            spec: self.spec,
+            key: &self.key,
+            tag_keys: TagKeys {
+                function: self.function_tag.as_deref(),
+                user: &self.user_tags,
+            },
+            fingerprint: self.fingerprint,
+        }
+    }
+}
+
+/// Removes a key from the set of keys being refreshed when its refresh ends, however it ends
+/// (a panic in the body included).
+struct Refreshing {
+    cache: Cache,
+    key: String,
+}
+
+impl Drop for Refreshing {
+    fn drop(&mut self) {
+        self.cache.inner.refreshing().remove(&self.key);
+        self.cache.inner.refresh_ended.notify_waiters();
+    }
+}
+
+impl Cache {
+    /// Runs `compute` in the background to refresh `job`'s entry, unless a refresh of it
+    /// already runs in this process.
+    fn spawn_refresh<K, R, Fut>(&self, job: RefreshJob, compute: Fut)
+    where
+        K: ReturnKind<R> + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if !self.inner.refreshing().insert(job.key.clone()) {
+            return;
+        }
+        let guard = Refreshing {
+            cache: self.clone(),
+            key: job.key.clone(),
+        };
+        runtime.spawn(async move {
+            guard.cache.refresh::<K, R, Fut>(&job, compute).await;
+            drop(guard);
+        });
+    }
+
+    /// Recomputes `job`'s entry under its lease; nothing if another caller holds the lease
+    /// (it refreshes) or filled the entry since (the acquire script returns it fresh).
+    async fn refresh<K, R, Fut>(&self, job: &RefreshJob, compute: Fut)
+    where
+        K: ReturnKind<R>,
+        Fut: Future<Output = R>,
+    {
+        let entry = job.entry();
+        let spec = job.spec;
+        let mut versions = job.versions.clone();
+        let deadline = tokio::time::Instant::now() + self.inner.op_timeout;
+        let Some(tokens) = self.tokens_for(&entry, &mut versions, deadline).await else {
+            return;
+        };
+        let lease = match self
+            .take_lease::<K::Stored>(&entry, &versions, deadline)
+            .await
+        {
+            LeaseOutcome::Held(lease) => lease,
+            LeaseOutcome::Filled(..) | LeaseOutcome::Busy { .. } | LeaseOutcome::Failed => return,
+        };
+        self.record(Event::Refresh, spec);
+        let started = tokio::time::Instant::now();
+        let result = compute.await;
+        let encoded = K::shareable(&result)
+            .filter(|_| K::storable(&result, spec.cache_none))
+            .and_then(|value| self.encode(spec, entry.fingerprint, value, &tokens));
+        self.store(&entry, lease, encoded, false, started.elapsed())
+            .await;
+    }
+}

@@ -1,0 +1,205 @@
+//! Freshness: stale-while-revalidate and jitter, on each backend, driven by a manual clock
+//! (tests move time past a ttl instead of sleeping through it).
+
+use crate::support::{Backend, Harness};
+use redis_memo::{Cache, ManualClock, redis_cached};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// A price source whose answer is the number of loads so far, and that can hold a load.
+#[derive(Default)]
+pub struct Prices {
+    loads: AtomicU64,
+    /// (reached, release) for the next load.
+    hold: Mutex<Option<(Arc<Notify>, Arc<Notify>)>>,
+}
+
+impl Prices {
+    async fn load(&self) -> u64 {
+        let answer = self.loads.fetch_add(1, Ordering::SeqCst) + 1;
+        let hold = self.hold.lock().unwrap().take();
+        if let Some((reached, release)) = hold {
+            reached.notify_one();
+            release.notified().await;
+        }
+        answer
+    }
+
+    fn loads(&self) -> u64 {
+        self.loads.load(Ordering::SeqCst)
+    }
+
+    fn hold_next_load(&self) -> (Arc<Notify>, Arc<Notify>) {
+        let pair = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        *self.hold.lock().unwrap() = Some(pair.clone());
+        pair
+    }
+}
+
+#[redis_cached(
+    ttl = "10s",
+    stale = "1m",
+    key = "quote:<symbol>",
+    tags = ["market:<market>"],
+    cache = cache
+)]
+async fn quote(
+    symbol: String,
+    market: u32,
+    #[cache(skip)] cache: Cache,
+    #[cache(skip)] prices: Arc<Prices>,
+) -> u64 {
+    let _ = symbol;
+    prices.load().await
+}
+
+/// A cache on `backend` whose clock the test moves.
+fn clocked(backend: Backend) -> (Harness, ManualClock) {
+    let clock = ManualClock::starting_now();
+    let harness = Harness::with(backend, |builder| builder.clock(clock.clone()));
+    (harness, clock)
+}
+
+async fn quote_of(h: &Harness, prices: &Arc<Prices>) -> u64 {
+    quote("ACME".into(), 1, h.cache.clone(), Arc::clone(prices)).await
+}
+
+pub async fn stale_values_are_served_at_once_while_one_refresh_runs(backend: Backend) {
+    let (h, clock) = clocked(backend);
+    let prices = Arc::new(Prices::default());
+    assert_eq!(quote_of(&h, &prices).await, 1);
+    clock.advance(Duration::from_secs(11));
+    let (reached, release) = prices.hold_next_load();
+
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let (cache, prices) = (h.cache.clone(), Arc::clone(&prices));
+        callers.spawn(async move { quote("ACME".into(), 1, cache, prices).await });
+    }
+    // The refresh is held: every caller returns, and with the stale value (bounded, so a
+    // caller that waited for the refresh fails the test instead of hanging it).
+    let answers = tokio::time::timeout(Duration::from_secs(20), callers.join_all())
+        .await
+        .expect("a caller waited for the refresh");
+    assert!(answers.iter().all(|&answer| answer == 1), "{answers:?}");
+    reached.notified().await;
+    assert_eq!(prices.loads(), 2, "one refresh for a hundred stale reads");
+    assert_eq!(h.cache.stats().stale_served, 100);
+
+    release.notify_one();
+    h.cache.refreshes_done().await;
+    assert_eq!(h.cache.stats().refreshes, 1);
+    assert_eq!(quote_of(&h, &prices).await, 2, "the refreshed value, fresh");
+    assert_eq!(prices.loads(), 2);
+    assert_eq!(h.cache.stats().stale_served, 100, "a hit, not a stale read");
+}
+
+pub async fn past_its_stale_window_an_entry_is_a_miss(backend: Backend) {
+    let (h, clock) = clocked(backend);
+    let prices = Arc::new(Prices::default());
+    assert_eq!(quote_of(&h, &prices).await, 1);
+    clock.advance(Duration::from_secs(10 + 60));
+    assert_eq!(
+        quote_of(&h, &prices).await,
+        2,
+        "computed by the call itself"
+    );
+    assert_eq!(h.cache.stats().stale_served, 0);
+    assert_eq!(quote_of(&h, &prices).await, 2);
+}
+
+pub async fn an_invalidated_entry_is_never_served_stale(backend: Backend) {
+    let (h, clock) = clocked(backend);
+    let prices = Arc::new(Prices::default());
+    assert_eq!(quote_of(&h, &prices).await, 1);
+    clock.advance(Duration::from_secs(11));
+    invalidate_quote("ACME".into(), h.cache.clone())
+        .await
+        .unwrap();
+    assert_eq!(quote_of(&h, &prices).await, 2, "the entry is gone: a miss");
+
+    clock.advance(Duration::from_secs(11));
+    assert!(
+        invalidate_quote_by_market(1, h.cache.clone())
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        quote_of(&h, &prices).await,
+        3,
+        "its tag is invalidated: a miss"
+    );
+    assert_eq!(h.cache.stats().stale_served, 0);
+}
+
+pub async fn a_tag_invalidated_during_a_refresh_makes_its_value_a_miss(backend: Backend) {
+    let (h, clock) = clocked(backend);
+    let prices = Arc::new(Prices::default());
+    assert_eq!(quote_of(&h, &prices).await, 1);
+    clock.advance(Duration::from_secs(11));
+    let (reached, release) = prices.hold_next_load();
+    assert_eq!(
+        quote_of(&h, &prices).await,
+        1,
+        "stale, and a refresh starts"
+    );
+    reached.notified().await;
+    invalidate_quote_by_market(1, h.cache.clone())
+        .await
+        .unwrap();
+    release.notify_one();
+    h.cache.refreshes_done().await;
+    assert_eq!(
+        quote_of(&h, &prices).await,
+        3,
+        "the refresh recorded the tag's old version: its value is a miss"
+    );
+}
+
+#[redis_cached(ttl = "100s", jitter = "20%", key = "spread:<id>", cache = cache)]
+async fn spread(id: u32, #[cache(skip)] cache: &Cache) -> u32 {
+    id
+}
+
+pub async fn jitter_spreads_the_ttls_of_entries_written_together(backend: Backend) {
+    let clock = ManualClock::starting_now();
+    let h = Harness::with(backend, |builder| {
+        builder.clock(clock.clone()).random_seed(7)
+    });
+    const ENTRIES: u32 = 1000;
+    for id in 0..ENTRIES {
+        spread(id, &h.cache).await;
+    }
+    // The envelope's times (layout in `redis_memo::envelope`): written at, fresh until.
+    let mut fresh_for = Vec::new();
+    for id in 0..ENTRIES {
+        let rendered = spread_cache_key(id);
+        let bytes = h.read_raw(&rendered).await.expect("stored");
+        let at = |offset: usize| u64::from_le_bytes(bytes[offset..offset + 8].try_into().unwrap());
+        let ttl_ms = at(21) - at(13);
+        if let Some(pttl) = h.pttl_ms(&rendered).await {
+            let pttl = u64::try_from(pttl).expect("an expiry");
+            assert!(
+                pttl <= ttl_ms && pttl + 5_000 > ttl_ms,
+                "Redis keeps it as long: {pttl} vs {ttl_ms}"
+            );
+        }
+        fresh_for.push(ttl_ms);
+    }
+    assert!(
+        fresh_for.iter().all(|&ms| (80_000..=100_000).contains(&ms)),
+        "within the ttl less 20%"
+    );
+    // Uniform over 80 s..100 s: each 5 s quarter holds about 250 of 1000 (a standard
+    // deviation of about 14); 150..350 fails only if the draws are not spread.
+    let mut quarters = [0u32; 4];
+    for ms in &fresh_for {
+        quarters[usize::try_from((ms - 80_000) / 5_000).unwrap().min(3)] += 1;
+    }
+    assert!(
+        quarters.iter().all(|&count| (150..=350).contains(&count)),
+        "{quarters:?}"
+    );
+}

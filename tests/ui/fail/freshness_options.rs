@@ -1,0 +1,23 @@
+use redis_memo::redis_cached;
+
+#[redis_cached(key = "a:<id>", stale = "1m")]
+async fn stale_without_ttl(id: u64) -> u64 {
+    id
+}
+
+#[redis_cached(ttl = "1m", key = "b:<id>", jitter = "120%")]
+async fn jitter_over_all(id: u64) -> u64 {
+    id
+}
+
+#[redis_cached(ttl = "1m", key = "c:<id>", jitter = "0%")]
+async fn jitter_of_nothing(id: u64) -> u64 {
+    id
+}
+
+#[redis_cached(ttl = "1m", key = "d:<id>", jitter = "10", stale = "0s")]
+async fn malformed(id: u64) -> u64 {
+    id
+}
+
+fn main() {}
