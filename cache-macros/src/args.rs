@@ -15,9 +15,9 @@ use syn::{Expr, Ident, LitInt, LitStr, Path, Token};
 
 /// The options this version accepts, listed in error messages.
 const VALID: &str = "`ttl`, `key`, `tags`, `invalidate_all`, `cache`, `cache_none`, `lock`, \
-     `stale`, `jitter`, `version`, `crate`";
+     `stale`, `fail_safe`, `jitter`, `version`, `crate`";
 /// Options of the design that later versions add; refused with a clearer message.
-const PLANNED: &[&str] = &["fail_safe", "soft_timeout", "hard_timeout", "early"];
+const PLANNED: &[&str] = &["soft_timeout", "hard_timeout", "early"];
 
 /// The options of one `#[redis_cached]`, checked for form but not yet against the function.
 pub(crate) struct CachedArgs {
@@ -35,6 +35,8 @@ pub(crate) struct CachedArgs {
     pub(crate) cache_none: Option<Span>,
     /// `stale = "1m"`, and where it was written.
     pub(crate) stale: Option<(Duration, Span)>,
+    /// `fail_safe = "1h"`, and where it was written.
+    pub(crate) fail_safe: Option<(Duration, Span)>,
     /// `jitter = "10%"`, in thousandths of the ttl.
     pub(crate) jitter_per_mille: u16,
     pub(crate) version: u32,
@@ -94,6 +96,7 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
     let mut version = 0;
     let mut krate: Option<Path> = None;
     let mut stale = None;
+    let mut fail_safe = None;
     let mut jitter_per_mille = 0;
 
     let mut lock = None;
@@ -154,6 +157,14 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
                     }
                 }
             }
+            "fail_safe" => {
+                if let Some(lit) = string_value(&name, value.as_ref(), "\"1h\"", errors) {
+                    match duration::parse(&lit, "fail_safe") {
+                        Ok(parsed) => fail_safe = Some((parsed, lit.span())),
+                        Err(error) => errors.push(error),
+                    }
+                }
+            }
             "jitter" => {
                 if let Some(lit) = string_value(&name, value.as_ref(), "\"10%\"", errors) {
                     match percentage(&lit, "jitter") {
@@ -188,6 +199,15 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
             None => errors.at(attr_span, "missing `ttl`: add `ttl = \"15m\"` (how long an entry stays fresh)"),
         }
     }
+    if let (Some(ttl), Some((fail_safe, span))) = (ttl, fail_safe)
+        && fail_safe <= ttl
+    {
+        errors.at(
+            span,
+            "`fail_safe` is how old a value may be and still stand in for a failed call: make it \
+             longer than the `ttl`, during which the value is fresh anyway",
+        );
+    }
     if !seen.iter().any(|s| s == "key") {
         errors.at(attr_span, "missing `key`: add `key = \"name:<param>\"`, naming the parameters that identify a call");
     }
@@ -201,6 +221,7 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
         cache,
         cache_none,
         stale,
+        fail_safe,
         jitter_per_mille,
         lock: lock.map(|lock| lock.resolve(ttl_or_default(ttl), errors)),
         version,

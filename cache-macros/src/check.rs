@@ -213,6 +213,14 @@ pub(crate) fn check(args: &CachedArgs, model: &FnModel, errors: &mut Errors) -> 
     if args.stale.is_some() {
         check_refreshable(model, errors);
     }
+    if let Some((_, span)) = args.fail_safe
+        && !matches!(
+            model.kind,
+            ReturnKind::Fallible | ReturnKind::FallibleOptional
+        )
+    {
+        errors.at(span, "`fail_safe` serves the last good value when the function fails, and this one cannot: it applies to functions returning `Result`");
+    }
     let mut cache_reads_owned = cache_uses_self && model.receiver_by_value;
     let mut read_by_cache = BTreeSet::new();
     for (index, param) in model.params.iter().enumerate() {

@@ -245,6 +245,10 @@ fn spec_static(options: &CachedArgs, name_text: &str, private: &TokenStream) -> 
         let stale_ms = u64::try_from(stale.as_millis()).unwrap_or(u64::MAX);
         quote!(.stale(#private::Duration::from_millis(#stale_ms)))
     });
+    let fail_safe = options.fail_safe.map(|(fail_safe, _)| {
+        let fail_safe_ms = u64::try_from(fail_safe.as_millis()).unwrap_or(u64::MAX);
+        quote!(.fail_safe(#private::Duration::from_millis(#fail_safe_ms)))
+    });
     quote! {
         static __REDIS_MEMO_SPEC: #private::FnSpec = #private::FnSpec::new(
             #name_text,
@@ -258,6 +262,7 @@ fn spec_static(options: &CachedArgs, name_text: &str, private: &TokenStream) -> 
         .invalidate_all(#invalidate_all)
         .jitter_per_mille(#jitter)
         #stale
+        #fail_safe
         #lock;
     }
 }

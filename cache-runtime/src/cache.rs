@@ -49,6 +49,7 @@ pub(crate) struct Inner {
     pub(crate) refreshing: Mutex<HashSet<String>>,
     /// Notified whenever a background refresh ends.
     pub(crate) refresh_ended: tokio::sync::Notify,
+    pub(crate) refresh_backoff: crate::refresh::RefreshBackoff,
 }
 
 impl Inner {
@@ -241,6 +242,7 @@ impl CacheBuilder {
                 ),
                 refreshing: Mutex::default(),
                 refresh_ended: tokio::sync::Notify::new(),
+                refresh_backoff: crate::refresh::RefreshBackoff::default(),
             }),
         })
     }

@@ -10,7 +10,8 @@ use std::time::Duration;
 pub(crate) struct Lifetime {
     /// Its ttl, shortened by the function's jitter.
     pub(crate) fresh_for: Duration,
-    /// How long Redis keeps it: `fresh_for` plus the `stale` window.
+    /// How long Redis keeps it: `fresh_for` plus the `stale` window, or the `fail_safe` age
+    /// if that is longer.
     pub(crate) stored_for: Duration,
 }
 
@@ -24,9 +25,10 @@ impl Lifetime {
             .ttl
             .saturating_sub(Duration::from_secs_f64(cut))
             .max(Duration::from_millis(1));
+        let servable = fresh_for.saturating_add(spec.stale.unwrap_or_default());
         Lifetime {
             fresh_for,
-            stored_for: fresh_for.saturating_add(spec.stale.unwrap_or_default()),
+            stored_for: servable.max(spec.fail_safe.unwrap_or_default()),
         }
     }
 
@@ -47,6 +49,16 @@ pub(crate) enum Freshness {
     Stale,
     /// Past both: a miss.
     Expired,
+}
+
+/// Whether an entry written at `times` may still stand in for a failed computation.
+pub(crate) fn within_fail_safe(spec: &FnSpec, times: EntryTimes, now_ms: u64) -> bool {
+    spec.fail_safe.is_some_and(|fail_safe| {
+        now_ms
+            < times
+                .written_at_ms
+                .saturating_add(crate::clock::millis(fail_safe))
+    })
 }
 
 impl Freshness {
@@ -96,5 +108,17 @@ mod tests {
         assert_eq!(Freshness::of(&spec, times, 161_000), Freshness::Expired);
         let without = FnSpec::new("f", "m::f", "k", TTL);
         assert_eq!(Freshness::of(&without, times, 101_000), Freshness::Expired);
+    }
+
+    #[test]
+    fn fail_safe_keeps_values_for_its_age() {
+        let spec = FnSpec::new("f", "m::f", "k", TTL).fail_safe(Duration::from_secs(3600));
+        let lifetime = Lifetime::of(&spec, 0.0);
+        assert_eq!(lifetime.stored_for, Duration::from_secs(3600));
+        let times = lifetime.times(1_000);
+        assert!(within_fail_safe(&spec, times, 3_600_999));
+        assert!(!within_fail_safe(&spec, times, 3_601_000));
+        let without = FnSpec::new("f", "m::f", "k", TTL);
+        assert!(!within_fail_safe(&without, times, 2_000));
     }
 }

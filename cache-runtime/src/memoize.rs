@@ -20,7 +20,7 @@ use crate::cache::Cache;
 use crate::codec::Bincode;
 use crate::envelope::{self, DecodeError, EntryTimes};
 use crate::flight::{self, LeaderGuard, Role, Shared, WaitOutcome};
-use crate::freshness::{Freshness, Lifetime};
+use crate::freshness::{Freshness, Lifetime, within_fail_safe};
 use crate::lease::{self, Acquired, HeldLease};
 use crate::notify::Notice;
 use crate::refresh::{RefreshJob, Refresher};
@@ -67,7 +67,9 @@ pub(crate) struct Encoded {
 /// How long a tag version key lives at least: as long as the entries that record it may be
 /// served (each fill extends it; an entry outliving its tags would only be a miss).
 pub(crate) fn tag_lifetime(spec: &FnSpec) -> Duration {
-    spec.ttl.saturating_add(spec.stale.unwrap_or_default())
+    spec.ttl
+        .saturating_add(spec.stale.unwrap_or_default())
+        .max(spec.fail_safe.unwrap_or_default())
 }
 
 /// What a read found.
@@ -77,6 +79,9 @@ enum Read {
     /// Redis answered, but not with a usable entry (bytes that do not decode, or an error
     /// reply such as `WRONGTYPE`): a miss whose key the fill overwrites.
     Unusable,
+    /// An entry past its time: a miss, kept until the fill replaces it (it may stand in for a
+    /// failed computation, with `fail_safe`).
+    Expired,
     /// Redis failed, timed out, or the breaker is open: run the function, store nothing.
     Unavailable,
 }
@@ -111,6 +116,8 @@ impl Cache {
             user: &tags,
         };
         let flights = &self.inner.flights;
+        // With `fail_safe`: an expired value that may stand in if the computation fails.
+        let mut fallback: Option<K::Stored> = None;
         'read: loop {
             let ticket = flights.ticket(key);
             let mut read_deadline = Instant::now() + self.inner.op_timeout;
@@ -139,7 +146,12 @@ impl Cache {
                                 return K::from_stored(value);
                             }
                             // Still in Redis, past its time by this cache's clock.
-                            Freshness::Expired => Read::Unusable,
+                            Freshness::Expired => {
+                                if within_fail_safe(spec, times, self.now_ms()) {
+                                    fallback = Some(value);
+                                }
+                                Read::Expired
+                            }
                         },
                         Err(error) => {
                             self.report_decode_failure(spec, key, &error);
@@ -165,7 +177,7 @@ impl Cache {
                             tag_keys,
                             fingerprint,
                         };
-                        return self
+                        let result = self
                             .lead::<K, R, F>(
                                 &entry,
                                 guard,
@@ -174,6 +186,7 @@ impl Cache {
                                 compute,
                             )
                             .await;
+                        return self.fail_safe::<K, R>(spec, result, fallback);
                     }
                     Role::Waiter(slot) => {
                         tracing::trace!(
@@ -193,7 +206,10 @@ impl Cache {
                             // The leader's result was an `Err`: run the function now rather
                             // than queue behind other callers' failures (each caller's wait
                             // stays bounded by its own call).
-                            WaitOutcome::Shared(Shared::NotShareable) => return compute.await,
+                            WaitOutcome::Shared(Shared::NotShareable) => {
+                                let result = compute.await;
+                                return self.fail_safe::<K, R>(spec, result, fallback);
+                            }
                             // The leader was cancelled or panicked: start over, maybe as the
                             // leader. The ticket is kept: the ended flight counts as completed,
                             // so a new leader reads again (with a fresh deadline: the wait used
@@ -256,7 +272,7 @@ impl Cache {
                 }
             }
             Read::Unusable => (true, true),
-            Read::Missing => (true, false),
+            Read::Missing | Read::Expired => (true, false),
             Read::Unavailable => (false, false),
         };
         self.record(Event::Miss, spec);
@@ -356,6 +372,26 @@ impl Cache {
             *version = created.next();
         }
         versions.iter().copied().collect()
+    }
+
+    /// With `fail_safe`: `fallback` instead of a failed `result`, counted.
+    fn fail_safe<K: ReturnKind<R>, R>(
+        &self,
+        spec: &'static FnSpec,
+        result: R,
+        fallback: Option<K::Stored>,
+    ) -> R {
+        match fallback {
+            Some(value) if K::is_failure(&result) => {
+                self.record(Event::FailSafe, spec);
+                tracing::debug!(
+                    function = spec.name,
+                    "redis-memo: the function failed; serving its last good value (fail_safe)"
+                );
+                K::from_stored(value)
+            }
+            _ => result,
+        }
     }
 
     /// The time by this cache's clock.

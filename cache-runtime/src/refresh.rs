@@ -17,7 +17,9 @@ use crate::returns::ReturnKind;
 use crate::spec::FnSpec;
 use crate::stats::Event;
 use crate::tags::{TagKeys, Versions};
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::{Mutex, PoisonError};
 
 /// What a memoized call can refresh in the background with. Generated code passes
 /// [`NoRefresh`] for functions without `stale`, and a reference to the factory of the body's
@@ -100,6 +102,49 @@ impl RefreshJob {
     }
 }
 
+/// Keys whose last background refresh failed, and when the next may start: a source that is
+/// down is asked again after 1 s, 2 s, 4 s … up to a minute, not on every stale read, while
+/// the stale value goes on being served.
+#[derive(Debug, Default)]
+pub(crate) struct RefreshBackoff {
+    /// Key -> (next refresh allowed at, by the cache's clock; consecutive failures).
+    failing: Mutex<HashMap<String, (u64, u32)>>,
+}
+
+impl RefreshBackoff {
+    const FIRST_MS: u64 = 1_000;
+    const MAX_MS: u64 = 60_000;
+
+    fn failing(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, u32)>> {
+        self.failing.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn allows(&self, key: &str, now_ms: u64) -> bool {
+        let failing = self.failing();
+        failing.is_empty() || failing.get(key).is_none_or(|&(next, _)| now_ms >= next)
+    }
+
+    fn failed(&self, key: &str, now_ms: u64) {
+        let mut failing = self.failing();
+        if failing.len() >= 4096 {
+            // Keys whose wait is over would be allowed anyway; forget them.
+            failing.retain(|_, (next, _)| *next > now_ms);
+        }
+        let failures = failing.get(key).map_or(0, |&(_, failures)| failures) + 1;
+        let wait = Self::FIRST_MS
+            .saturating_mul(1 << (failures - 1).min(16))
+            .min(Self::MAX_MS);
+        failing.insert(key.to_owned(), (now_ms.saturating_add(wait), failures));
+    }
+
+    fn succeeded(&self, key: &str) {
+        let mut failing = self.failing();
+        if !failing.is_empty() {
+            failing.remove(key);
+        }
+    }
+}
+
 /// Removes a key from the set of keys being refreshed when its refresh ends, however it ends
 /// (a panic in the body included).
 struct Refreshing {
@@ -126,6 +171,9 @@ impl Cache {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        if !self.inner.refresh_backoff.allows(&job.key, self.now_ms()) {
+            return;
+        }
         if !self.inner.refreshing().insert(job.key.clone()) {
             return;
         }
@@ -163,10 +211,38 @@ impl Cache {
         self.record(Event::Refresh, spec);
         let started = tokio::time::Instant::now();
         let result = compute.await;
+        // A failed refresh stores nothing: the stale value stays, and is served on.
+        if K::is_failure(&result) {
+            self.inner.refresh_backoff.failed(&job.key, self.now_ms());
+        } else {
+            self.inner.refresh_backoff.succeeded(&job.key);
+        }
         let encoded = K::shareable(&result)
             .filter(|_| K::storable(&result, spec.cache_none))
             .and_then(|value| self.encode(spec, entry.fingerprint, value, &tokens));
         self.store(&entry, lease, encoded, false, started.elapsed())
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_refreshes_back_off_exponentially_up_to_a_minute() {
+        let backoff = RefreshBackoff::default();
+        assert!(backoff.allows("k", 0));
+        backoff.failed("k", 0);
+        assert!(!backoff.allows("k", 999) && backoff.allows("k", 1_000));
+        backoff.failed("k", 1_000);
+        assert!(!backoff.allows("k", 2_999) && backoff.allows("k", 3_000));
+        assert!(backoff.allows("other", 1), "per key");
+        for _ in 0..20 {
+            backoff.failed("k", 3_000);
+        }
+        assert!(!backoff.allows("k", 62_999) && backoff.allows("k", 63_000));
+        backoff.succeeded("k");
+        assert!(backoff.allows("k", 3_000));
     }
 }

@@ -30,6 +30,12 @@ pub trait ReturnKind<R> {
 
     /// Rebuilds a return value from a stored one.
     fn from_stored(stored: Self::Stored) -> R;
+
+    /// Whether `result` is a failure (an `Err`), which `fail_safe` may replace.
+    fn is_failure(result: &R) -> bool {
+        let _ = result;
+        false
+    }
 }
 
 /// Return type `T`: always stored.
@@ -95,6 +101,10 @@ impl<T: CacheValue, E> ReturnKind<Result<T, E>> for Fallible {
     fn from_stored(stored: T) -> Result<T, E> {
         Ok(stored)
     }
+
+    fn is_failure(result: &Result<T, E>) -> bool {
+        result.is_err()
+    }
 }
 
 impl<T: CacheValue, E> ReturnKind<Result<Option<T>, E>> for FallibleOptional {
@@ -110,6 +120,10 @@ impl<T: CacheValue, E> ReturnKind<Result<Option<T>, E>> for FallibleOptional {
 
     fn from_stored(stored: Option<T>) -> Result<Option<T>, E> {
         Ok(stored)
+    }
+
+    fn is_failure(result: &Result<Option<T>, E>) -> bool {
+        result.is_err()
     }
 }
 

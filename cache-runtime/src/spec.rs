@@ -23,6 +23,8 @@ pub struct FnSpec {
     pub(crate) ttl: Duration,
     /// `stale`: how long after its ttl an entry is still served while one refresh runs.
     pub(crate) stale: Option<Duration>,
+    /// `fail_safe`: how old a value may be and still be served when the body fails.
+    pub(crate) fail_safe: Option<Duration>,
     /// `jitter`: the most an entry's ttl is shortened by, in thousandths of it.
     pub(crate) jitter_per_mille: u16,
     /// How long a miss's lease holds the entry for its computation.
@@ -99,6 +101,7 @@ impl FnSpec {
             invalidate_all: false,
             ttl,
             stale: None,
+            fail_safe: None,
             jitter_per_mille: 0,
             lease: crate::lease::default_lease(ttl),
             lock_wait: None,
@@ -127,6 +130,13 @@ impl FnSpec {
     /// while one background refresh runs.
     pub const fn stale(mut self, stale: Duration) -> Self {
         self.stale = Some(stale);
+        self
+    }
+
+    /// The function's `fail_safe` option: when the body fails, a value written no longer than
+    /// `fail_safe` ago is returned instead of the error.
+    pub const fn fail_safe(mut self, fail_safe: Duration) -> Self {
+        self.fail_safe = Some(fail_safe);
         self
     }
 

@@ -19,6 +19,8 @@ pub struct Stats {
     pub stale_served: u64,
     /// Background refreshes that computed a value (one per stale entry across processes).
     pub refreshes: u64,
+    /// Calls whose function failed and that got the last good value instead (`fail_safe`).
+    pub fail_safe_served: u64,
     /// Calls that found no usable entry and ran the function.
     pub misses: u64,
     /// Calls that waited for another call of the same key in this process and took its value.
@@ -51,6 +53,7 @@ pub(crate) struct Counters {
     hits: AtomicU64,
     stale_served: AtomicU64,
     refreshes: AtomicU64,
+    fail_safe_served: AtomicU64,
     misses: AtomicU64,
     coalesced: AtomicU64,
     fills: AtomicU64,
@@ -70,6 +73,7 @@ pub(crate) enum Event {
     Hit,
     StaleServed,
     Refresh,
+    FailSafe,
     Miss,
     Coalesced,
     Fill,
@@ -82,10 +86,11 @@ pub(crate) enum Event {
 }
 
 impl Event {
-    const ALL: [Event; 12] = [
+    const ALL: [Event; 13] = [
         Event::Hit,
         Event::StaleServed,
         Event::Refresh,
+        Event::FailSafe,
         Event::Miss,
         Event::Coalesced,
         Event::Fill,
@@ -102,6 +107,7 @@ impl Event {
             Event::Hit => "redis_memo_hits_total",
             Event::StaleServed => "redis_memo_stale_served_total",
             Event::Refresh => "redis_memo_refreshes_total",
+            Event::FailSafe => "redis_memo_fail_safe_served_total",
             Event::Miss => "redis_memo_misses_total",
             Event::Coalesced => "redis_memo_coalesced_total",
             Event::Fill => "redis_memo_fills_total",
@@ -137,6 +143,7 @@ impl Counters {
             Event::Hit => &self.hits,
             Event::StaleServed => &self.stale_served,
             Event::Refresh => &self.refreshes,
+            Event::FailSafe => &self.fail_safe_served,
             Event::Miss => &self.misses,
             Event::Coalesced => &self.coalesced,
             Event::Fill => &self.fills,
@@ -162,6 +169,7 @@ impl Counters {
             hits: self.hits.load(Relaxed),
             stale_served: self.stale_served.load(Relaxed),
             refreshes: self.refreshes.load(Relaxed),
+            fail_safe_served: self.fail_safe_served.load(Relaxed),
             misses: self.misses.load(Relaxed),
             coalesced: self.coalesced.load(Relaxed),
             fills: self.fills.load(Relaxed),

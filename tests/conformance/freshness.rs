@@ -203,3 +203,126 @@ pub async fn jitter_spreads_the_ttls_of_entries_written_together(backend: Backen
         "{quarters:?}"
     );
 }
+
+/// A rate feed whose answer is the number of its loads so far, and that can be made to fail.
+#[derive(Default)]
+pub struct Feed {
+    loads: AtomicU64,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl Feed {
+    fn load(&self) -> Result<u64, String> {
+        let answer = self.loads.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.down.load(Ordering::SeqCst) {
+            return Err("the feed is down".into());
+        }
+        Ok(answer)
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    fn loads(&self) -> u64 {
+        self.loads.load(Ordering::SeqCst)
+    }
+}
+
+#[redis_cached(ttl = "10s", fail_safe = "1h", key = "rate:<pair>", tags = ["fx"], cache = cache)]
+async fn rate(
+    pair: &str,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] feed: &Feed,
+) -> Result<u64, String> {
+    let _ = pair;
+    feed.load()
+}
+
+pub async fn a_failing_body_gets_the_last_good_value_within_fail_safe(backend: Backend) {
+    let (h, clock) = clocked(backend);
+    let feed = Feed::default();
+    assert_eq!(rate("EURUSD", &h.cache, &feed).await, Ok(1));
+    clock.advance(Duration::from_secs(11));
+    feed.set_down(true);
+    assert_eq!(
+        rate("EURUSD", &h.cache, &feed).await,
+        Ok(1),
+        "past its ttl, the body ran and failed: the last good value"
+    );
+    assert_eq!(feed.loads(), 2);
+    assert_eq!(h.cache.stats().fail_safe_served, 1);
+
+    clock.advance(Duration::from_secs(3600));
+    assert_eq!(
+        rate("EURUSD", &h.cache, &feed).await,
+        Err("the feed is down".into()),
+        "older than fail_safe: the error"
+    );
+    feed.set_down(false);
+    assert_eq!(rate("EURUSD", &h.cache, &feed).await, Ok(4));
+    assert_eq!(rate("EURUSD", &h.cache, &feed).await, Ok(4), "stored again");
+}
+
+pub async fn an_invalidated_entry_is_never_served_by_fail_safe(backend: Backend) {
+    let (h, clock) = clocked(backend);
+    let feed = Feed::default();
+    assert_eq!(rate("EURUSD", &h.cache, &feed).await, Ok(1));
+    assert_eq!(rate("USDJPY", &h.cache, &feed).await, Ok(2));
+    clock.advance(Duration::from_secs(11));
+    feed.set_down(true);
+    invalidate_rate("EURUSD", &h.cache).await.unwrap();
+    assert_eq!(
+        rate("EURUSD", &h.cache, &feed).await,
+        Err("the feed is down".into()),
+        "the entry is gone"
+    );
+    h.cache.invalidate_tag("fx").await.unwrap();
+    assert_eq!(
+        rate("USDJPY", &h.cache, &feed).await,
+        Err("the feed is down".into()),
+        "its tag is invalidated"
+    );
+    assert_eq!(h.cache.stats().fail_safe_served, 0);
+}
+
+#[redis_cached(ttl = "10s", stale = "1m", fail_safe = "1h", key = "index:<name>", cache = cache)]
+async fn index(
+    name: String,
+    #[cache(skip)] cache: Cache,
+    #[cache(skip)] feed: Arc<Feed>,
+) -> Result<u64, String> {
+    let _ = name;
+    feed.load()
+}
+
+pub async fn a_failed_refresh_keeps_serving_stale_and_backs_off(backend: Backend) {
+    let (h, clock) = clocked(backend);
+    let feed = Arc::new(Feed::default());
+    let call = || index("DAX".into(), h.cache.clone(), Arc::clone(&feed));
+    assert_eq!(call().await, Ok(1));
+    clock.advance(Duration::from_secs(11));
+    feed.set_down(true);
+    assert_eq!(call().await, Ok(1), "stale");
+    h.cache.refreshes_done().await;
+    assert_eq!(feed.loads(), 2, "the refresh ran and failed");
+    assert_eq!(call().await, Ok(1), "still the stale value");
+    h.cache.refreshes_done().await;
+    assert_eq!(feed.loads(), 2, "no new refresh right after a failure");
+
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(call().await, Ok(1));
+    h.cache.refreshes_done().await;
+    assert_eq!(feed.loads(), 3, "retried after 1 s");
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(call().await, Ok(1));
+    h.cache.refreshes_done().await;
+    assert_eq!(feed.loads(), 3, "the next wait is 2 s");
+
+    feed.set_down(false);
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(call().await, Ok(1));
+    h.cache.refreshes_done().await;
+    assert_eq!(call().await, Ok(4), "refreshed once the feed answers");
+    assert_eq!(h.cache.stats().refreshes, 3);
+}

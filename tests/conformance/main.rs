@@ -100,4 +100,7 @@ conformance_on_backend!(freshness_conformance: freshness {
     an_invalidated_entry_is_never_served_stale,
     a_tag_invalidated_during_a_refresh_makes_its_value_a_miss,
     jitter_spreads_the_ttls_of_entries_written_together,
+    a_failing_body_gets_the_last_good_value_within_fail_safe,
+    an_invalidated_entry_is_never_served_by_fail_safe,
+    a_failed_refresh_keeps_serving_stale_and_backs_off,
 });

@@ -20,4 +20,15 @@ async fn malformed(id: u64) -> u64 {
     id
 }
 
+
+
+#[redis_cached(ttl = "1m", key = "e:<id>", fail_safe = "1h")]
+async fn cannot_fail(id: u64) -> u64 {
+    id
+}
+
+#[redis_cached(ttl = "1h", key = "f:<id>", fail_safe = "30m")]
+async fn fail_safe_within_ttl(id: u64) -> Result<u64, String> {
+    Ok(id)
+}
 fn main() {}

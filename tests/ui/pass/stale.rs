@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 struct Db;
 
-#[redis_cached(ttl = "1m", stale = "5m", jitter = "10%", key = "user:<id>/<region>", cache = cache)]
+#[redis_cached(ttl = "1m", stale = "5m", fail_safe = "1h", jitter = "10%", key = "user:<id>/<region>", cache = cache)]
 async fn get_user(
     id: u64,
     region: &'static str,
