@@ -15,9 +15,9 @@ use syn::{Expr, Ident, LitInt, LitStr, Path, Token};
 
 /// The options this version accepts, listed in error messages.
 const VALID: &str = "`ttl`, `key`, `tags`, `invalidate_all`, `cache`, `cache_none`, `lock`, \
-     `stale`, `fail_safe`, `jitter`, `version`, `crate`";
+     `stale`, `fail_safe`, `early`, `jitter`, `version`, `crate`";
 /// Options of the design that later versions add; refused with a clearer message.
-const PLANNED: &[&str] = &["soft_timeout", "hard_timeout", "early"];
+const PLANNED: &[&str] = &["soft_timeout", "hard_timeout"];
 
 /// The options of one `#[redis_cached]`, checked for form but not yet against the function.
 pub(crate) struct CachedArgs {
@@ -37,6 +37,8 @@ pub(crate) struct CachedArgs {
     pub(crate) stale: Option<(Duration, Span)>,
     /// `fail_safe = "1h"`, and where it was written.
     pub(crate) fail_safe: Option<(Duration, Span)>,
+    /// `early`, where it was written.
+    pub(crate) early: Option<Span>,
     /// `jitter = "10%"`, in thousandths of the ttl.
     pub(crate) jitter_per_mille: u16,
     pub(crate) version: u32,
@@ -97,6 +99,7 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
     let mut krate: Option<Path> = None;
     let mut stale = None;
     let mut fail_safe = None;
+    let mut early = None;
     let mut jitter_per_mille = 0;
 
     let mut lock = None;
@@ -165,6 +168,10 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
                     }
                 }
             }
+            "early" => match value {
+                None => early = Some(name.span()),
+                Some(value) => errors.spanned(value, "`early` takes no value: write `early`"),
+            },
             "jitter" => {
                 if let Some(lit) = string_value(&name, value.as_ref(), "\"10%\"", errors) {
                     match percentage(&lit, "jitter") {
@@ -222,6 +229,7 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
         cache_none,
         stale,
         fail_safe,
+        early,
         jitter_per_mille,
         lock: lock.map(|lock| lock.resolve(ttl_or_default(ttl), errors)),
         version,
@@ -562,7 +570,7 @@ mod tests {
 
     #[test]
     fn collects_every_error() {
-        let (_, errors) = check_str(r#"ttl = 5, ttl = "1m", early, bogus, version = "1""#);
+        let (_, errors) = check_str(r#"ttl = 5, ttl = "1m", soft_timeout, bogus, version = "1""#);
         let message = errors.into_compile_errors().to_string();
         for expected in [
             "string literal",

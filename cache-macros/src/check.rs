@@ -31,16 +31,18 @@ pub(crate) struct Usage {
     pub(crate) tags: Vec<HelperInputs>,
 }
 
-/// `stale` runs the body again in the background, after the call returned: everything it
-/// takes must be owned. (`Clone + Send + 'static` is checked by the compiler on the generated
-/// code; what is refused here is what could never satisfy it.)
-fn check_refreshable(model: &FnModel, errors: &mut Errors) {
+/// `stale` and `early` run the body again in the background, after the call returned:
+/// everything it takes must be owned. (`Clone + Send + 'static` is checked by the compiler on
+/// the generated code; what is refused here is what could never satisfy it.)
+fn check_refreshable(option: &str, model: &FnModel, errors: &mut Errors) {
     if let Some(receiver) = model.receiver {
         errors.spanned(
             receiver,
-            "`stale` is not available on methods yet: its refresh runs in the background after \
-             the call returned, which a borrowed `self` cannot outlive; memoize a free function \
-             that takes the handle by value, like `async fn get(repo: Repo, id: u64)`",
+            format!(
+                "`{option}` is not available on methods yet: its refresh runs in the background \
+                 after the call returned, which a borrowed `self` cannot outlive; memoize a free \
+                 function that takes the handle by value, like `async fn get(repo: Repo, id: u64)`"
+            ),
         );
     }
     for param in &model.params {
@@ -49,9 +51,9 @@ fn check_refreshable(model: &FnModel, errors: &mut Errors) {
             errors.spanned(
                 &param.ty,
                 format!(
-                    "with `stale`, the body runs again in the background after the call returned, \
-                     so `{name}` must be owned: take a `Clone + Send + 'static` type, such as \
-                     `Arc<Db>` instead of `&Db` or `String` instead of `&str`"
+                    "with `{option}`, the body runs again in the background after the call \
+                     returned, so `{name}` must be owned: take a `Clone + Send + 'static` type, \
+                     such as `Arc<Db>` instead of `&Db` or `String` instead of `&str`"
                 ),
             );
         }
@@ -210,8 +212,13 @@ pub(crate) fn check(args: &CachedArgs, model: &FnModel, errors: &mut Errors) -> 
     {
         errors.at(span, "`cache_none` applies to functions returning `Option<T>` or `Result<Option<T>, E>`; remove it");
     }
-    if args.stale.is_some() {
-        check_refreshable(model, errors);
+    let background = match (args.stale, args.early) {
+        (Some(_), _) => Some("stale"),
+        (None, Some(_)) => Some("early"),
+        (None, None) => None,
+    };
+    if let Some(option) = background {
+        check_refreshable(option, model, errors);
     }
     if let Some((_, span)) = args.fail_safe
         && !matches!(

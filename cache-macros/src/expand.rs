@@ -133,7 +133,7 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
             #body
         }
     };
-    let (compute, refresh) = if options.stale.is_some() {
+    let (compute, refresh) = if options.stale.is_some() || options.early.is_some() {
         stale_compute(model, body_block, &private)
     } else {
         (
@@ -241,6 +241,7 @@ fn spec_static(options: &CachedArgs, name_text: &str, private: &TokenStream) -> 
     let tags = options.tags.iter().map(|tag| &tag.source);
     let invalidate_all = options.invalidate_all;
     let jitter = options.jitter_per_mille;
+    let early = options.early.is_some();
     let stale = options.stale.map(|(stale, _)| {
         let stale_ms = u64::try_from(stale.as_millis()).unwrap_or(u64::MAX);
         quote!(.stale(#private::Duration::from_millis(#stale_ms)))
@@ -263,6 +264,7 @@ fn spec_static(options: &CachedArgs, name_text: &str, private: &TokenStream) -> 
         .jitter_per_mille(#jitter)
         #stale
         #fail_safe
+        .early(#early)
         #lock;
     }
 }

@@ -5,15 +5,16 @@
 //! | bytes | field |
 //! |---|---|
 //! | 0..2 | magic `RM` |
-//! | 2 | layout version (1) |
+//! | 2 | layout version (2) |
 //! | 3 | codec id |
 //! | 4 | flags (no flag is defined yet: a set bit is an unknown feature, so a miss) |
 //! | 5..13 | fingerprint of the value type, the key template and the function's `version` |
 //! | 13..21 | written at, milliseconds since the Unix epoch |
 //! | 21..29 | fresh until, milliseconds since the Unix epoch |
-//! | 29 | number of tag tokens that follow, `n` |
-//! | 30..30+16n | the tokens of the entry's tags when it was computed, in the function's tag order |
-//! | 30+16n.. | the codec's bytes |
+//! | 29..33 | how long the value took to compute, in milliseconds (early refresh uses it) |
+//! | 33 | number of tag tokens that follow, `n` |
+//! | 34..34+16n | the tokens of the entry's tags when it was computed, in the function's tag order |
+//! | 34+16n.. | the codec's bytes |
 //!
 //! Anything that does not match is a [`DecodeError`]: the caller treats it as a miss and
 //! overwrites the entry.
@@ -24,8 +25,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 const MAGIC: [u8; 2] = *b"RM";
-const LAYOUT_VERSION: u8 = 1;
-const HEADER_LEN: usize = 30;
+const LAYOUT_VERSION: u8 = 2;
+const HEADER_LEN: usize = 34;
 
 /// Freshness times recorded with an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +35,8 @@ pub struct EntryTimes {
     pub written_at_ms: u64,
     /// Until when the value is fresh, in milliseconds since the Unix epoch.
     pub fresh_until_ms: u64,
+    /// How long the value took to compute, in milliseconds.
+    pub computed_in_ms: u32,
 }
 
 /// Why stored bytes are not a usable entry.
@@ -94,6 +97,7 @@ pub fn encode<C: Codec, T: Serialize + ?Sized>(
     out.extend_from_slice(&fingerprint.to_le_bytes());
     out.extend_from_slice(&times.written_at_ms.to_le_bytes());
     out.extend_from_slice(&times.fresh_until_ms.to_le_bytes());
+    out.extend_from_slice(&times.computed_in_ms.to_le_bytes());
     out.push(count);
     for token in tags {
         out.extend_from_slice(token);
@@ -121,7 +125,7 @@ pub fn decode<C: Codec, T: DeserializeOwned>(
     if read_u64(bytes, 5) != fingerprint {
         return Err(DecodeError::Fingerprint);
     }
-    let count = usize::from(bytes[29]);
+    let count = usize::from(bytes[33]);
     let body = HEADER_LEN + TOKEN_LEN * count;
     if bytes.len() < body {
         return Err(DecodeError::Foreign);
@@ -136,9 +140,12 @@ pub fn decode<C: Codec, T: DeserializeOwned>(
             return Err(DecodeError::Invalidated);
         }
     }
+    let mut computed_in = [0u8; 4];
+    computed_in.copy_from_slice(&bytes[29..33]);
     let times = EntryTimes {
         written_at_ms: read_u64(bytes, 13),
         fresh_until_ms: read_u64(bytes, 21),
+        computed_in_ms: u32::from_le_bytes(computed_in),
     };
     let value = C::decode(&bytes[body..])?;
     Ok((value, times))
@@ -158,6 +165,7 @@ mod tests {
     const TIMES: EntryTimes = EntryTimes {
         written_at_ms: 1,
         fresh_until_ms: 2,
+        computed_in_ms: 3,
     };
 
     #[test]

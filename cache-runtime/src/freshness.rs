@@ -32,11 +32,13 @@ impl Lifetime {
         }
     }
 
-    /// The envelope times of an entry with this lifetime written at `now_ms`.
-    pub(crate) fn times(self, now_ms: u64) -> EntryTimes {
+    /// The envelope times of an entry with this lifetime written at `now_ms`, whose value
+    /// took `computed_in_ms` to compute.
+    pub(crate) fn times(self, now_ms: u64, computed_in_ms: u32) -> EntryTimes {
         EntryTimes {
             written_at_ms: now_ms,
             fresh_until_ms: now_ms.saturating_add(crate::clock::millis(self.fresh_for)),
+            computed_in_ms,
         }
     }
 }
@@ -59,6 +61,17 @@ pub(crate) fn within_fail_safe(spec: &FnSpec, times: EntryTimes, now_ms: u64) ->
                 .written_at_ms
                 .saturating_add(crate::clock::millis(fail_safe))
     })
+}
+
+/// Early refresh (XFetch: Vattani, Chierichetti and Lowenstein, "Optimal Probabilistic Cache
+/// Stampede Prevention", VLDB 2015): a fresh entry is refreshed ahead of its expiry with a
+/// probability that grows as the expiry nears, the faster the longer the value takes to
+/// compute. `unit` is a random number in `[0, 1)`; with β = 1, the refresh is due when
+/// `computed_in · -ln(1 - unit) ≥ time left`.
+pub(crate) fn early_refresh_due(times: EntryTimes, now_ms: u64, unit: f64) -> bool {
+    let left = times.fresh_until_ms.saturating_sub(now_ms) as f64;
+    let draw = -(1.0 - unit).ln();
+    f64::from(times.computed_in_ms) * draw >= left
 }
 
 impl Freshness {
@@ -100,7 +113,7 @@ mod tests {
         let spec = FnSpec::new("f", "m::f", "k", TTL).stale(Duration::from_secs(60));
         let lifetime = Lifetime::of(&spec, 0.3);
         assert_eq!(lifetime.stored_for, Duration::from_secs(160));
-        let times = lifetime.times(1_000);
+        let times = lifetime.times(1_000, 0);
         assert_eq!(times.fresh_until_ms, 101_000);
         assert_eq!(Freshness::of(&spec, times, 100_999), Freshness::Fresh);
         assert_eq!(Freshness::of(&spec, times, 101_000), Freshness::Stale);
@@ -111,11 +124,38 @@ mod tests {
     }
 
     #[test]
+    fn early_refresh_grows_likelier_as_the_expiry_nears() {
+        let times = EntryTimes {
+            written_at_ms: 0,
+            fresh_until_ms: 10_000,
+            computed_in_ms: 1_000,
+        };
+        let share_due = |now_ms: u64| {
+            let draws = 10_000;
+            (0..draws)
+                .filter(|&draw| {
+                    early_refresh_due(times, now_ms, f64::from(draw) / f64::from(draws))
+                })
+                .count() as f64
+                / f64::from(draws)
+        };
+        // P(due) = exp(-left / computed_in): e^-9, e^-1 and e^-0.1.
+        assert!(share_due(1_000) < 0.001);
+        assert!((share_due(9_000) - (-1.0f64).exp()).abs() < 0.01);
+        assert!((share_due(9_900) - (-0.1f64).exp()).abs() < 0.01);
+        let instant = EntryTimes {
+            computed_in_ms: 0,
+            ..times
+        };
+        assert!(!early_refresh_due(instant, 9_999, 0.999), "nothing to win");
+    }
+
+    #[test]
     fn fail_safe_keeps_values_for_its_age() {
         let spec = FnSpec::new("f", "m::f", "k", TTL).fail_safe(Duration::from_secs(3600));
         let lifetime = Lifetime::of(&spec, 0.0);
         assert_eq!(lifetime.stored_for, Duration::from_secs(3600));
-        let times = lifetime.times(1_000);
+        let times = lifetime.times(1_000, 0);
         assert!(within_fail_safe(&spec, times, 3_600_999));
         assert!(!within_fail_safe(&spec, times, 3_601_000));
         let without = FnSpec::new("f", "m::f", "k", TTL);

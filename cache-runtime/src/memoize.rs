@@ -20,7 +20,7 @@ use crate::cache::Cache;
 use crate::codec::Bincode;
 use crate::envelope::{self, DecodeError, EntryTimes};
 use crate::flight::{self, LeaderGuard, Role, Shared, WaitOutcome};
-use crate::freshness::{Freshness, Lifetime, within_fail_safe};
+use crate::freshness::{Freshness, Lifetime, early_refresh_due, within_fail_safe};
 use crate::lease::{self, Acquired, HeldLease};
 use crate::notify::Notice;
 use crate::refresh::{RefreshJob, Refresher};
@@ -132,6 +132,22 @@ impl Cache {
                         Ok((value, times)) => match Freshness::of(spec, times, self.now_ms()) {
                             Freshness::Fresh => {
                                 self.record(Event::Hit, spec);
+                                if spec.early
+                                    && early_refresh_due(
+                                        times,
+                                        self.now_ms(),
+                                        self.inner.random_unit(),
+                                    )
+                                {
+                                    let entry = EntryAt {
+                                        spec,
+                                        key,
+                                        tag_keys,
+                                        fingerprint,
+                                    };
+                                    let job = RefreshJob::new(&entry, &versions, times);
+                                    refresh.start::<K>(self, job);
+                                }
                                 return K::from_stored(value);
                             }
                             Freshness::Stale => {
@@ -142,7 +158,8 @@ impl Cache {
                                     tag_keys,
                                     fingerprint,
                                 };
-                                refresh.start::<K>(self, RefreshJob::new(&entry, &versions));
+                                let job = RefreshJob::new(&entry, &versions, times);
+                                refresh.start::<K>(self, job);
                                 return K::from_stored(value);
                             }
                             // Still in Redis, past its time by this cache's clock.
@@ -288,7 +305,7 @@ impl Cache {
         let mut lease = match self.inner.flights.adopt_lease(key, fingerprint) {
             Some(lease) => LeaseOutcome::Held(lease),
             None if tokens.is_some() => {
-                self.take_lease::<K::Stored>(entry, &versions, deadline)
+                self.take_lease::<K::Stored>(entry, &versions, deadline, None)
                     .await
             }
             None => LeaseOutcome::Failed,
@@ -311,13 +328,14 @@ impl Cache {
         }
 
         guard.start_computing(&versions);
-        let started = Instant::now();
+        let (started, started_ms) = (Instant::now(), self.now_ms());
         let result = compute.await;
         let computed_in = started.elapsed();
+        let computed_ms = self.ms_since(started_ms);
 
         let recorded = tokens.as_deref().unwrap_or_default();
-        let encoded =
-            K::shareable(&result).and_then(|value| self.encode(spec, fingerprint, value, recorded));
+        let encoded = K::shareable(&result)
+            .and_then(|value| self.encode(spec, fingerprint, value, recorded, computed_ms));
         match &encoded {
             Some(encoded) => guard.publish(Shared::Computed(encoded.bytes.clone())),
             None => guard.publish(Shared::NotShareable),
@@ -399,6 +417,12 @@ impl Cache {
         self.inner.clock.now_unix_ms()
     }
 
+    /// Milliseconds since `start_ms` by this cache's clock (what early refresh weighs a
+    /// computation by: a test's clock moves while its "slow" body runs).
+    pub(crate) fn ms_since(&self, start_ms: u64) -> u32 {
+        u32::try_from(self.now_ms().saturating_sub(start_ms)).unwrap_or(u32::MAX)
+    }
+
     pub(crate) fn is_fresh(&self, spec: &FnSpec, times: EntryTimes) -> bool {
         Freshness::of(spec, times, self.now_ms()) == Freshness::Fresh
     }
@@ -411,6 +435,7 @@ impl Cache {
         fingerprint: u64,
         value: &V,
         tags: &[Token],
+        computed_in_ms: u32,
     ) -> Option<Encoded> {
         let unit = if spec.jitter_per_mille == 0 {
             0.0
@@ -418,7 +443,7 @@ impl Cache {
             self.inner.random_unit()
         };
         let lifetime = Lifetime::of(spec, unit);
-        let times = lifetime.times(self.now_ms());
+        let times = lifetime.times(self.now_ms(), computed_in_ms);
         match envelope::encode::<Bincode, _>(value, fingerprint, times, tags) {
             Ok(bytes) => Some(Encoded {
                 bytes: Bytes::from(bytes),
@@ -433,12 +458,14 @@ impl Cache {
     }
 
     /// Takes the entry's lease for this call. If the entry was filled since this call's read
-    /// (the acquire script returns it), the lease goes back and the value is used.
+    /// (the acquire script returns it fresh, and written after `replacing` when given: the
+    /// entry a refresh replaces), the lease goes back and the value is used.
     pub(crate) async fn take_lease<V: crate::CacheValue>(
         &self,
         entry: &EntryAt<'_>,
         versions: &Versions,
         deadline: Instant,
+        replacing: Option<u64>,
     ) -> LeaseOutcome<V> {
         let EntryAt {
             spec,
@@ -468,7 +495,10 @@ impl Cache {
         match self.observe("acquire", spec, acquired) {
             Some(Acquired::Held(Some(bytes))) => {
                 match envelope::decode::<Bincode, V>(&bytes, fingerprint, Some(versions)) {
-                    Ok((value, times)) if self.is_fresh(spec, times) => {
+                    Ok((value, times))
+                        if self.is_fresh(spec, times)
+                            && replacing.is_none_or(|seen| times.written_at_ms > seen) =>
+                    {
                         self.release(spec, held, false).await;
                         LeaseOutcome::Filled(bytes, value)
                     }
@@ -541,7 +571,7 @@ impl Cache {
                 return LeaseOutcome::Filled(bytes, value);
             }
             // The holder may be gone (released, or expired after a crash).
-            match self.take_lease(entry, versions, read_by).await {
+            match self.take_lease(entry, versions, read_by, None).await {
                 LeaseOutcome::Busy { writer: false } => {}
                 // A write-through took it over: stop waiting (see `lead`).
                 other => return other,
@@ -569,7 +599,7 @@ impl Cache {
                     // `wait` is no shorter than it: take it, and this computation is stored.
                     self.record(Event::LockTimeout, spec);
                     let by = Instant::now() + self.inner.op_timeout;
-                    return self.take_lease(entry, versions, by).await;
+                    return self.take_lease(entry, versions, by, None).await;
                 }
             }
         }

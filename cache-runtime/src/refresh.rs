@@ -12,6 +12,7 @@
 //! the arguments (which is why `stale` asks for `Clone + Send + 'static` parameters).
 
 use crate::Cache;
+use crate::envelope::EntryTimes;
 use crate::memoize::{EntryAt, LeaseOutcome};
 use crate::returns::ReturnKind;
 use crate::spec::FnSpec;
@@ -75,10 +76,12 @@ pub struct RefreshJob {
     pub(crate) fingerprint: u64,
     /// The tag tokens the stale read saw.
     pub(crate) versions: Versions,
+    /// When the entry it replaces was written: a newer one means another caller refreshed.
+    pub(crate) replacing_written_at_ms: u64,
 }
 
 impl RefreshJob {
-    pub(crate) fn new(entry: &EntryAt<'_>, versions: &Versions) -> Self {
+    pub(crate) fn new(entry: &EntryAt<'_>, versions: &Versions, replacing: EntryTimes) -> Self {
         RefreshJob {
             spec: entry.spec,
             key: entry.key.to_owned(),
@@ -86,6 +89,7 @@ impl RefreshJob {
             user_tags: entry.tag_keys.user.to_vec(),
             fingerprint: entry.fingerprint,
             versions: versions.clone(),
+            replacing_written_at_ms: replacing.written_at_ms,
         }
     }
 
@@ -202,15 +206,21 @@ impl Cache {
             return;
         };
         let lease = match self
-            .take_lease::<K::Stored>(&entry, &versions, deadline)
+            .take_lease::<K::Stored>(
+                &entry,
+                &versions,
+                deadline,
+                Some(job.replacing_written_at_ms),
+            )
             .await
         {
             LeaseOutcome::Held(lease) => lease,
             LeaseOutcome::Filled(..) | LeaseOutcome::Busy { .. } | LeaseOutcome::Failed => return,
         };
         self.record(Event::Refresh, spec);
-        let started = tokio::time::Instant::now();
+        let (started, started_ms) = (tokio::time::Instant::now(), self.now_ms());
         let result = compute.await;
+        let computed_ms = self.ms_since(started_ms);
         // A failed refresh stores nothing: the stale value stays, and is served on.
         if K::is_failure(&result) {
             self.inner.refresh_backoff.failed(&job.key, self.now_ms());
@@ -219,7 +229,7 @@ impl Cache {
         }
         let encoded = K::shareable(&result)
             .filter(|_| K::storable(&result, spec.cache_none))
-            .and_then(|value| self.encode(spec, entry.fingerprint, value, &tokens));
+            .and_then(|value| self.encode(spec, entry.fingerprint, value, &tokens, computed_ms));
         self.store(&entry, lease, encoded, false, started.elapsed())
             .await;
     }

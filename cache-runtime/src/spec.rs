@@ -25,6 +25,8 @@ pub struct FnSpec {
     pub(crate) stale: Option<Duration>,
     /// `fail_safe`: how old a value may be and still be served when the body fails.
     pub(crate) fail_safe: Option<Duration>,
+    /// `early`: fresh entries are refreshed ahead of their expiry (XFetch).
+    pub(crate) early: bool,
     /// `jitter`: the most an entry's ttl is shortened by, in thousandths of it.
     pub(crate) jitter_per_mille: u16,
     /// How long a miss's lease holds the entry for its computation.
@@ -102,6 +104,7 @@ impl FnSpec {
             ttl,
             stale: None,
             fail_safe: None,
+            early: false,
             jitter_per_mille: 0,
             lease: crate::lease::default_lease(ttl),
             lock_wait: None,
@@ -137,6 +140,13 @@ impl FnSpec {
     /// `fail_safe` ago is returned instead of the error.
     pub const fn fail_safe(mut self, fail_safe: Duration) -> Self {
         self.fail_safe = Some(fail_safe);
+        self
+    }
+
+    /// The function's `early` option: a fresh entry is refreshed in the background ahead of
+    /// its expiry, with a probability that grows as the expiry nears (XFetch).
+    pub const fn early(mut self, early: bool) -> Self {
+        self.early = early;
         self
     }
 

@@ -262,7 +262,7 @@ impl Cache {
     ) -> Result<(), CacheError> {
         let spec = entry.spec;
         let encoded = self
-            .encode(spec, began.fingerprint, value, &began.tokens)
+            .encode(spec, began.fingerprint, value, &began.tokens, 0)
             .ok_or_else(|| {
                 CacheError::Config(format!("the value of `{}` does not serialize", spec.name))
             })?;

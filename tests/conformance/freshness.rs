@@ -326,3 +326,53 @@ pub async fn a_failed_refresh_keeps_serving_stale_and_backs_off(backend: Backend
     assert_eq!(call().await, Ok(4), "refreshed once the feed answers");
     assert_eq!(h.cache.stats().refreshes, 3);
 }
+
+/// Takes a second to compute, by the test's clock.
+#[redis_cached(ttl = "10s", early, key = "board:<name>", cache = cache)]
+async fn board(
+    name: String,
+    #[cache(skip)] cache: Cache,
+    #[cache(skip)] clock: ManualClock,
+    #[cache(skip)] runs: Arc<AtomicU64>,
+) -> u64 {
+    let _ = name;
+    clock.advance(Duration::from_secs(1));
+    runs.fetch_add(1, Ordering::SeqCst) + 1
+}
+
+pub async fn early_refresh_renews_a_hot_key_before_it_expires(backend: Backend) {
+    let clock = ManualClock::starting_now();
+    let h = Harness::with(backend, |builder| {
+        builder.clock(clock.clone()).random_seed(42)
+    });
+    let runs = Arc::new(AtomicU64::new(0));
+    let call = || {
+        board(
+            "top".into(),
+            h.cache.clone(),
+            clock.clone(),
+            Arc::clone(&runs),
+        )
+    };
+    assert_eq!(call().await, 1);
+    // Steady load for three ttls: a call every 100 ms of the clock.
+    let mut last = 1;
+    for _ in 0..300 {
+        clock.advance(Duration::from_millis(100));
+        let value = call().await;
+        assert!(value >= last, "values only get newer");
+        last = value;
+        h.cache.refreshes_done().await;
+    }
+    let stats = h.cache.stats();
+    assert_eq!(
+        stats.misses, 1,
+        "no caller ever saw a miss: only the first call"
+    );
+    assert!(
+        stats.refreshes >= 3,
+        "refreshed ahead of each expiry, {} times",
+        stats.refreshes
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1 + stats.refreshes);
+}

@@ -103,4 +103,5 @@ conformance_on_backend!(freshness_conformance: freshness {
     a_failing_body_gets_the_last_good_value_within_fail_safe,
     an_invalidated_entry_is_never_served_by_fail_safe,
     a_failed_refresh_keeps_serving_stale_and_backs_off,
+    early_refresh_renews_a_hot_key_before_it_expires,
 });

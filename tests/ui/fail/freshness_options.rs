@@ -31,4 +31,16 @@ async fn cannot_fail(id: u64) -> u64 {
 async fn fail_safe_within_ttl(id: u64) -> Result<u64, String> {
     Ok(id)
 }
+
+#[redis_cached(ttl = "1m", key = "g:<id>", early)]
+async fn early_borrowed(id: u64, #[cache(skip)] db: &str) -> u64 {
+    let _ = db;
+    id
+}
+
+#[redis_cached(ttl = "1m", key = "h:<id>", early = true)]
+async fn early_with_a_value(id: u64) -> u64 {
+    id
+}
+
 fn main() {}
