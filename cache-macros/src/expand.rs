@@ -134,6 +134,14 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
         }
     };
     let (compute, refresh) = if options.stale.is_some() || options.early.is_some() {
+        // The body mutates its own copies of the parameters, not the originals.
+        for input in &mut function.sig.inputs {
+            if let syn::FnArg::Typed(typed) = input
+                && let syn::Pat::Ident(pat) = &mut *typed.pat
+            {
+                pat.mutability = None;
+            }
+        }
         stale_compute(model, body_block, &private)
     } else {
         (
@@ -202,10 +210,12 @@ fn stale_compute(
     // parameter's type.
     let copies = model.params.iter().map(|param| {
         let ident = &param.ident;
-        // The body may not use it (a parameter of the key or the `cache` expression only).
+        // `mut` moves here from the signature (see `expand`); the body may not use the copy
+        // (a parameter of the key or the `cache` expression only).
+        let mutability = param.mutable.then(|| quote!(mut));
         quote_spanned! {param.ty.span()=>
-            #[allow(unused_variables)]
-            let #ident = #private::refresh_copy(&#ident);
+            #[allow(unused_variables, unused_mut)]
+            let #mutability #ident = #private::refresh_copy(&#ident);
         }
     });
     let compute = quote! {

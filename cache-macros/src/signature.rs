@@ -12,6 +12,8 @@ pub(crate) struct Param {
     pub(crate) ty: Type,
     /// Marked `#[cache(skip)]`.
     pub(crate) skip: Option<Span>,
+    /// Declared `mut name: T`.
+    pub(crate) mutable: bool,
 }
 
 /// How the return value maps to what is stored (mirrors the runtime's `ReturnKind`s).
@@ -90,6 +92,7 @@ pub(crate) fn analyze(sig: &mut Signature, errors: &mut Errors) -> Option<FnMode
                             ident: pat.ident.clone(),
                             ty: (*typed.ty).clone(),
                             skip,
+                            mutable: pat.mutability.is_some(),
                         })
                     }
                     other => {

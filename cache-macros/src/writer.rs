@@ -249,6 +249,7 @@ fn writer_model(mode: Mode, function: &ItemFn, errors: &mut Errors) -> Option<Fn
                         ident: pat.ident.clone(),
                         ty: (*typed.ty).clone(),
                         skip: None,
+                        mutable: pat.mutability.is_some(),
                     });
                 }
             }

@@ -54,6 +54,10 @@ pub enum DecodeError {
         /// The flags found.
         flags: u8,
     },
+    /// Written by a version of redis-memo with another envelope layout (during a rolling
+    /// deploy, say): a miss, overwritten.
+    #[error("written with envelope layout {0}, which this version does not read")]
+    Layout(u8),
     /// Written for another value type, key template or `version` of the function.
     #[error("written for another type, key template or version of the function")]
     Fingerprint,
@@ -72,6 +76,7 @@ impl DecodeError {
         match self {
             DecodeError::Foreign => "foreign",
             DecodeError::Format { .. } => "format",
+            DecodeError::Layout(_) => "layout",
             DecodeError::Fingerprint => "fingerprint",
             DecodeError::Invalidated => "invalidated",
             DecodeError::Corrupt(_) => "corrupt",
@@ -115,7 +120,13 @@ pub fn decode<C: Codec, T: DeserializeOwned>(
     fingerprint: u64,
     current: Option<&[Option<[u8; TOKEN_LEN]>]>,
 ) -> Result<(T, EntryTimes), DecodeError> {
-    if bytes.len() < HEADER_LEN || bytes[0..2] != MAGIC || bytes[2] != LAYOUT_VERSION {
+    if bytes.len() < 3 || bytes[0..2] != MAGIC {
+        return Err(DecodeError::Foreign);
+    }
+    if bytes[2] != LAYOUT_VERSION {
+        return Err(DecodeError::Layout(bytes[2]));
+    }
+    if bytes.len() < HEADER_LEN {
         return Err(DecodeError::Foreign);
     }
     let (codec, flags) = (bytes[3], bytes[4]);
@@ -190,6 +201,12 @@ mod tests {
         assert!(matches!(
             decode::<Bincode, u32>(&bytes[..HEADER_LEN - 1], 99, None),
             Err(DecodeError::Foreign)
+        ));
+        let mut older = bytes.clone();
+        older[2] = 1;
+        assert!(matches!(
+            decode::<Bincode, u32>(&older, 99, None),
+            Err(DecodeError::Layout(1))
         ));
         let mut flagged = bytes.clone();
         flagged[4] = 1;

@@ -46,7 +46,7 @@ pub use crate::writers::{EntryRef, FunctionRef};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::key::{KeyPart, KeyWriter};
-    pub use crate::refresh::{NoRefresh, RefreshJob, Refresher};
+    pub use crate::refresh::{NoRefresh, RefreshFrom, Refresher};
     pub use crate::returns::{
         CacheValue, Fallible, FallibleOptional, Optional, Plain, ReturnKind, StoredKind, Written,
     };

@@ -23,7 +23,7 @@ use crate::flight::{self, LeaderGuard, Role, Shared, WaitOutcome};
 use crate::freshness::{Freshness, Lifetime, early_refresh_due, within_fail_safe};
 use crate::lease::{self, Acquired, HeldLease};
 use crate::notify::Notice;
-use crate::refresh::{RefreshJob, Refresher};
+use crate::refresh::{RefreshFrom, Refresher};
 use crate::returns::ReturnKind;
 use crate::spec::FnSpec;
 use crate::stats::Event;
@@ -47,7 +47,7 @@ pub(crate) enum LeaseOutcome<V> {
 }
 
 /// The entry a leader works on.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct EntryAt<'a> {
     pub(crate) spec: &'static FnSpec,
     /// Its full key.
@@ -116,9 +116,10 @@ impl Cache {
             user: &tags,
         };
         let flights = &self.inner.flights;
-        // With `fail_safe`: an expired value that may stand in if the computation fails.
-        let mut fallback: Option<K::Stored> = None;
         'read: loop {
+            // With `fail_safe`: an expired value that may stand in if the computation fails,
+            // from this pass's read only (a later read may show it invalidated).
+            let mut fallback: Option<K::Stored> = None;
             let ticket = flights.ticket(key);
             let mut read_deadline = Instant::now() + self.inner.op_timeout;
             let (read, mut versions) = self.read(spec, key, tag_keys, read_deadline).await;
@@ -145,8 +146,12 @@ impl Cache {
                                         tag_keys,
                                         fingerprint,
                                     };
-                                    let job = RefreshJob::new(&entry, &versions, times);
-                                    refresh.start::<K>(self, job);
+                                    let from = RefreshFrom {
+                                        entry,
+                                        versions: &versions,
+                                        times,
+                                    };
+                                    refresh.start::<K>(self, from);
                                 }
                                 return K::from_stored(value);
                             }
@@ -158,8 +163,12 @@ impl Cache {
                                     tag_keys,
                                     fingerprint,
                                 };
-                                let job = RefreshJob::new(&entry, &versions, times);
-                                refresh.start::<K>(self, job);
+                                let from = RefreshFrom {
+                                    entry,
+                                    versions: &versions,
+                                    times,
+                                };
+                                refresh.start::<K>(self, from);
                                 return K::from_stored(value);
                             }
                             // Still in Redis, past its time by this cache's clock.
@@ -201,6 +210,7 @@ impl Cache {
                                 (read, versions),
                                 read_deadline,
                                 compute,
+                                &mut fallback,
                             )
                             .await;
                         return self.fail_safe::<K, R>(spec, result, fallback);
@@ -262,6 +272,7 @@ impl Cache {
         (read, mut versions): (Read, Versions),
         deadline: Instant,
         compute: F,
+        fallback: &mut Option<K::Stored>,
     ) -> R
     where
         K: ReturnKind<R>,
@@ -281,15 +292,28 @@ impl Cache {
                         guard.publish(Shared::Found(bytes));
                         return K::from_stored(value);
                     }
-                    Ok(_) => (true, true),
+                    // Past its time (a re-read): kept, and the fail-safe value if young enough.
+                    Ok((value, times)) => {
+                        *fallback = within_fail_safe(spec, times, self.now_ms()).then_some(value);
+                        (true, false)
+                    }
                     Err(error) => {
                         self.report_decode_failure(spec, key, &error);
+                        *fallback = None;
                         (true, true)
                     }
                 }
             }
-            Read::Unusable => (true, true),
-            Read::Missing | Read::Expired => (true, false),
+            // Only a re-read can show these after an expired first read: the latest word.
+            Read::Unusable => {
+                *fallback = None;
+                (true, true)
+            }
+            Read::Missing => {
+                *fallback = None;
+                (true, false)
+            }
+            Read::Expired => (true, false),
             Read::Unavailable => (false, false),
         };
         self.record(Event::Miss, spec);
@@ -744,8 +768,9 @@ impl Cache {
             return;
         }
         self.record(Event::DecodeFailure, spec);
-        if matches!(error, DecodeError::Fingerprint) {
-            // Expected once per entry after a deploy that changed the type or `version`.
+        if matches!(error, DecodeError::Fingerprint | DecodeError::Layout(_)) {
+            // Expected once per entry after a deploy that changed the type or `version` (or
+            // upgraded redis-memo to a new envelope layout).
             tracing::debug!(
                 function = spec.name,
                 key,

@@ -31,8 +31,18 @@ use std::sync::{Mutex, PoisonError};
     note = "take every parameter by value as a `Clone + Send + 'static` type (an `Arc<Db>` rather than a `&Db`), and hold nothing that is not `Send` across an `.await`"
 )]
 pub trait Refresher<R> {
-    /// Starts the background refresh of `job`'s entry, unless this function has none.
-    fn start<K: ReturnKind<R> + 'static>(&self, cache: &Cache, job: RefreshJob);
+    /// Starts the background refresh of the entry `from` describes, unless this function
+    /// has none (or one runs already, or the last one failed too recently).
+    fn start<K: ReturnKind<R> + 'static>(&self, cache: &Cache, from: RefreshFrom<'_>);
+}
+
+/// The entry to refresh, as the call that found it stale (or due early) knows it.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct RefreshFrom<'a> {
+    pub(crate) entry: EntryAt<'a>,
+    pub(crate) versions: &'a Versions,
+    pub(crate) times: EntryTimes,
 }
 
 /// What a function with `stale` takes: its background refresh runs on copies of the arguments
@@ -51,7 +61,7 @@ impl<T: Clone + Send + 'static> RefreshArgument for T {}
 pub struct NoRefresh;
 
 impl<R> Refresher<R> for NoRefresh {
-    fn start<K: ReturnKind<R> + 'static>(&self, _: &Cache, _: RefreshJob) {}
+    fn start<K: ReturnKind<R> + 'static>(&self, _: &Cache, _: RefreshFrom<'_>) {}
 }
 
 impl<F, Fut, R> Refresher<R> for &F
@@ -60,8 +70,9 @@ where
     Fut: Future<Output = R> + Send + 'static,
     R: Send + 'static,
 {
-    fn start<K: ReturnKind<R> + 'static>(&self, cache: &Cache, job: RefreshJob) {
-        cache.spawn_refresh::<K, R, Fut>(job, self());
+    fn start<K: ReturnKind<R> + 'static>(&self, cache: &Cache, from: RefreshFrom<'_>) {
+        // The factory (which copies the arguments) runs only if a refresh starts.
+        cache.spawn_refresh::<K, R, Fut>(from, *self);
     }
 }
 
@@ -81,7 +92,13 @@ pub struct RefreshJob {
 }
 
 impl RefreshJob {
-    pub(crate) fn new(entry: &EntryAt<'_>, versions: &Versions, replacing: EntryTimes) -> Self {
+    fn new(
+        RefreshFrom {
+            entry,
+            versions,
+            times: replacing,
+        }: RefreshFrom<'_>,
+    ) -> Self {
         RefreshJob {
             spec: entry.spec,
             key: entry.key.to_owned(),
@@ -129,10 +146,18 @@ impl RefreshBackoff {
     }
 
     fn failed(&self, key: &str, now_ms: u64) {
+        const CAP: usize = 4096;
         let mut failing = self.failing();
-        if failing.len() >= 4096 {
-            // Keys whose wait is over would be allowed anyway; forget them.
+        if failing.len() >= CAP {
+            // Keys whose wait is over would be allowed anyway; forget them, then (if that was
+            // not enough) any half: a forgotten key is merely retried sooner.
             failing.retain(|_, (next, _)| *next > now_ms);
+            if failing.len() >= CAP {
+                let forget: Vec<String> = failing.keys().take(CAP / 2).cloned().collect();
+                for key in forget {
+                    failing.remove(&key);
+                }
+            }
         }
         let failures = failing.get(key).map_or(0, |&(_, failures)| failures) + 1;
         let wait = Self::FIRST_MS
@@ -149,15 +174,20 @@ impl RefreshBackoff {
     }
 }
 
-/// Removes a key from the set of keys being refreshed when its refresh ends, however it ends
-/// (a panic in the body included).
+/// Removes a key from the set of keys being refreshed when its refresh ends, however it ends;
+/// one that did not finish (its body panicked) counts as failed, for the back-off.
 struct Refreshing {
     cache: Cache,
     key: String,
+    finished: bool,
 }
 
 impl Drop for Refreshing {
     fn drop(&mut self) {
+        if !self.finished {
+            let now = self.cache.now_ms();
+            self.cache.inner.refresh_backoff.failed(&self.key, now);
+        }
         self.cache.inner.refreshing().remove(&self.key);
         self.cache.inner.refresh_ended.notify_waiters();
     }
@@ -166,7 +196,7 @@ impl Drop for Refreshing {
 impl Cache {
     /// Runs `compute` in the background to refresh `job`'s entry, unless a refresh of it
     /// already runs in this process.
-    fn spawn_refresh<K, R, Fut>(&self, job: RefreshJob, compute: Fut)
+    fn spawn_refresh<K, R, Fut>(&self, from: RefreshFrom<'_>, make: impl FnOnce() -> Fut)
     where
         K: ReturnKind<R> + 'static,
         Fut: Future<Output = R> + Send + 'static,
@@ -175,18 +205,22 @@ impl Cache {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        if !self.inner.refresh_backoff.allows(&job.key, self.now_ms()) {
+        let key = from.entry.key;
+        if !self.inner.refresh_backoff.allows(key, self.now_ms()) {
             return;
         }
-        if !self.inner.refreshing().insert(job.key.clone()) {
+        if !self.inner.refreshing().insert(key.to_owned()) {
             return;
         }
-        let guard = Refreshing {
+        let mut guard = Refreshing {
             cache: self.clone(),
-            key: job.key.clone(),
+            key: key.to_owned(),
+            finished: false,
         };
+        let (job, compute) = (RefreshJob::new(from), make());
         runtime.spawn(async move {
             guard.cache.refresh::<K, R, Fut>(&job, compute).await;
+            guard.finished = true;
             drop(guard);
         });
     }
@@ -219,10 +253,23 @@ impl Cache {
         };
         self.record(Event::Refresh, spec);
         let (started, started_ms) = (tokio::time::Instant::now(), self.now_ms());
-        let result = compute.await;
+        // Bounded by the lease: past it the fill would be rejected anyway, and a body that
+        // hangs must not keep this key from ever being refreshed again.
+        let Ok(result) = tokio::time::timeout(spec.lease, compute).await else {
+            tracing::warn!(
+                function = spec.name,
+                lease = ?spec.lease,
+                "redis-memo: a background refresh outlasted its lease and was abandoned"
+            );
+            self.inner.refresh_backoff.failed(&job.key, self.now_ms());
+            self.store(&entry, lease, None, false, started.elapsed())
+                .await;
+            return;
+        };
         let computed_ms = self.ms_since(started_ms);
         // A failed refresh stores nothing: the stale value stays, and is served on.
-        if K::is_failure(&result) {
+        let failed = K::is_failure(&result);
+        if failed {
             self.inner.refresh_backoff.failed(&job.key, self.now_ms());
         } else {
             self.inner.refresh_backoff.succeeded(&job.key);
@@ -230,7 +277,10 @@ impl Cache {
         let encoded = K::shareable(&result)
             .filter(|_| K::storable(&result, spec.cache_none))
             .and_then(|value| self.encode(spec, entry.fingerprint, value, &tokens, computed_ms));
-        self.store(&entry, lease, encoded, false, started.elapsed())
+        // A success that is not stored (`None` without `cache_none`) means the old value is
+        // gone from the source: remove it rather than serve it and refresh again and again.
+        let clear_entry = encoded.is_none() && !failed;
+        self.store(&entry, lease, encoded, clear_entry, started.elapsed())
             .await;
     }
 }

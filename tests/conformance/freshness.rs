@@ -376,3 +376,34 @@ pub async fn early_refresh_renews_a_hot_key_before_it_expires(backend: Backend) 
     );
     assert_eq!(runs.load(Ordering::SeqCst), 1 + stats.refreshes);
 }
+
+/// `Some` of the number of its loads, until it is told the row is gone.
+#[redis_cached(ttl = "10s", stale = "1m", key = "listing:<id>", cache = cache)]
+async fn listing(
+    id: u64,
+    #[cache(skip)] cache: Cache,
+    #[cache(skip)] prices: Arc<Prices>,
+    #[cache(skip)] gone: Arc<std::sync::atomic::AtomicBool>,
+) -> Option<u64> {
+    let _ = id;
+    let answer = prices.load().await;
+    (!gone.load(Ordering::SeqCst)).then_some(answer)
+}
+
+pub async fn a_refresh_that_finds_the_row_gone_removes_the_stale_value(backend: Backend) {
+    let (h, clock) = clocked(backend);
+    let (prices, gone) = (Arc::new(Prices::default()), Arc::new(Default::default()));
+    let call = || listing(1, h.cache.clone(), Arc::clone(&prices), Arc::clone(&gone));
+    assert_eq!(call().await, Some(1));
+    clock.advance(Duration::from_secs(11));
+    gone.store(true, Ordering::SeqCst);
+    assert_eq!(call().await, Some(1), "stale while the refresh runs");
+    h.cache.refreshes_done().await;
+    assert_eq!(
+        call().await,
+        None,
+        "the refresh found `None`: the entry is gone"
+    );
+    assert_eq!(prices.loads(), 3, "the call computed it");
+    assert_eq!(h.cache.stats().stale_served, 1);
+}

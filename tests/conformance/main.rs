@@ -104,4 +104,5 @@ conformance_on_backend!(freshness_conformance: freshness {
     an_invalidated_entry_is_never_served_by_fail_safe,
     a_failed_refresh_keeps_serving_stale_and_backs_off,
     early_refresh_renews_a_hot_key_before_it_expires,
+    a_refresh_that_finds_the_row_gone_removes_the_stale_value,
 });
