@@ -15,9 +15,7 @@ use syn::{Expr, Ident, LitInt, LitStr, Path, Token};
 
 /// The options this version accepts, listed in error messages.
 const VALID: &str = "`ttl`, `key`, `tags`, `invalidate_all`, `cache`, `cache_none`, `lock`, \
-     `stale`, `fail_safe`, `early`, `jitter`, `version`, `crate`";
-/// Options of the design that later versions add; refused with a clearer message.
-const PLANNED: &[&str] = &["soft_timeout", "hard_timeout"];
+     `stale`, `fail_safe`, `soft_timeout`, `hard_timeout`, `early`, `jitter`, `version`, `crate`";
 
 /// The options of one `#[redis_cached]`, checked for form but not yet against the function.
 pub(crate) struct CachedArgs {
@@ -37,6 +35,10 @@ pub(crate) struct CachedArgs {
     pub(crate) stale: Option<(Duration, Span)>,
     /// `fail_safe = "1h"`, and where it was written.
     pub(crate) fail_safe: Option<(Duration, Span)>,
+    /// `soft_timeout = "100ms"`, and where it was written.
+    pub(crate) soft_timeout: Option<(Duration, Span)>,
+    /// `hard_timeout = "2s"`, and where it was written.
+    pub(crate) hard_timeout: Option<(Duration, Span)>,
     /// `early`, where it was written.
     pub(crate) early: Option<Span>,
     /// `jitter = "10%"`, in thousandths of the ttl.
@@ -100,6 +102,8 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
     let mut stale = None;
     let mut fail_safe = None;
     let mut early = None;
+    let mut soft_timeout = None;
+    let mut hard_timeout = None;
     let mut jitter_per_mille = 0;
 
     let mut lock = None;
@@ -137,15 +141,23 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
             "tags" => tags = tag_templates(&name, value.as_ref(), errors),
             "invalidate_all" => match value {
                 None => invalidate_all = true,
-                Some(value) => errors.spanned(value, "`invalidate_all` takes no value: write `invalidate_all`"),
+                Some(value) => errors.spanned(
+                    value,
+                    "`invalidate_all` takes no value: write `invalidate_all`",
+                ),
             },
             "cache" => match value {
                 Some(expr) => cache = Some(expr),
-                None => errors.spanned(&name, "`cache` needs a value: `cache = <expression giving a &Cache>`"),
+                None => errors.spanned(
+                    &name,
+                    "`cache` needs a value: `cache = <expression giving a &Cache>`",
+                ),
             },
             "cache_none" => match value {
                 None => cache_none = Some(name.span()),
-                Some(value) => errors.spanned(value, "`cache_none` takes no value: write `cache_none`"),
+                Some(value) => {
+                    errors.spanned(value, "`cache_none` takes no value: write `cache_none`")
+                }
             },
             "version" => {
                 if let Some(parsed) = version_value(&name, value.as_ref(), errors) {
@@ -168,6 +180,17 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
                     }
                 }
             }
+            "soft_timeout" | "hard_timeout" => {
+                if let Some(lit) = string_value(&name, value.as_ref(), "\"500ms\"", errors) {
+                    match duration::parse(&lit, &name_text) {
+                        Ok(parsed) if name_text == "soft_timeout" => {
+                            soft_timeout = Some((parsed, lit.span()));
+                        }
+                        Ok(parsed) => hard_timeout = Some((parsed, lit.span())),
+                        Err(error) => errors.push(error),
+                    }
+                }
+            }
             "early" => match value {
                 None => early = Some(name.span()),
                 Some(value) => errors.spanned(value, "`early` takes no value: write `early`"),
@@ -181,7 +204,8 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
                 }
             }
             "crate" => {
-                if let Some(lit) = string_value(&name, value.as_ref(), "\"my_redis_memo\"", errors) {
+                if let Some(lit) = string_value(&name, value.as_ref(), "\"my_redis_memo\"", errors)
+                {
                     match lit.parse::<Path>() {
                         Ok(path) => krate = Some(path),
                         Err(_) => errors.spanned(&lit, "`crate` must be a path such as \"my_redis_memo\" or \"::deps::redis_memo\""),
@@ -189,14 +213,16 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
                 }
             }
             "lock" => match value {
-                Some(value) => errors.spanned(value, "write `lock`, or `lock(wait = \"2s\", lease = \"10s\")`"),
+                Some(value) => errors.spanned(
+                    value,
+                    "write `lock`, or `lock(wait = \"2s\", lease = \"10s\")`",
+                ),
                 None => lock = Some(lock_options(list.unwrap_or_default(), errors)),
             },
-            planned if PLANNED.contains(&planned) => errors.spanned(
+            _ => errors.spanned(
                 &name,
-                format!("`{planned}` is not available in this version of redis-memo; the options are {VALID}"),
+                format!("unknown option `{name_text}`; the options are {VALID}"),
             ),
-            _ => errors.spanned(&name, format!("unknown option `{name_text}`; the options are {VALID}")),
         }
     }
 
@@ -215,6 +241,22 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
              longer than the `ttl`, during which the value is fresh anyway",
         );
     }
+    if let (Some((soft, span)), Some((hard, _))) = (soft_timeout, hard_timeout)
+        && soft >= hard
+    {
+        errors.at(
+            span,
+            "`soft_timeout` must be shorter than `hard_timeout`: the soft one lets a caller with a \
+             fail-safe value go early, the hard one bounds every caller",
+        );
+    }
+    if let (Some((_, span)), None) = (soft_timeout, fail_safe) {
+        errors.at(
+            span,
+            "`soft_timeout` serves the fail-safe value when the body is slow: add `fail_safe = \"1h\"` \
+             (how old that value may be)",
+        );
+    }
     if !seen.iter().any(|s| s == "key") {
         errors.at(attr_span, "missing `key`: add `key = \"name:<param>\"`, naming the parameters that identify a call");
     }
@@ -229,6 +271,8 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
         cache_none,
         stale,
         fail_safe,
+        soft_timeout,
+        hard_timeout,
         early,
         jitter_per_mille,
         lock: lock.map(|lock| lock.resolve(ttl_or_default(ttl), errors)),
@@ -575,7 +619,7 @@ mod tests {
         for expected in [
             "string literal",
             "given twice",
-            "not available",
+            "`soft_timeout` needs a value",
             "unknown option",
             "whole number",
             "missing `key`",

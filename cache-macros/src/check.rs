@@ -39,7 +39,7 @@ fn check_refreshable(option: &str, model: &FnModel, errors: &mut Errors) {
         errors.spanned(
             receiver,
             format!(
-                "`{option}` is not available on methods yet: its refresh runs in the background \
+                "`{option}` is not available on methods yet: the body may run in the background \
                  after the call returned, which a borrowed `self` cannot outlive; memoize a free \
                  function that takes the handle by value, like `async fn get(repo: Repo, id: u64)`"
             ),
@@ -51,7 +51,7 @@ fn check_refreshable(option: &str, model: &FnModel, errors: &mut Errors) {
             errors.spanned(
                 &param.ty,
                 format!(
-                    "with `{option}`, the body runs again in the background after the call \
+                    "with `{option}`, the body may run in the background after the call \
                      returned, so `{name}` must be owned: take a `Clone + Send + 'static` type, \
                      such as `Arc<Db>` instead of `&Db` or `String` instead of `&str`"
                 ),
@@ -212,10 +212,14 @@ pub(crate) fn check(args: &CachedArgs, model: &FnModel, errors: &mut Errors) -> 
     {
         errors.at(span, "`cache_none` applies to functions returning `Option<T>` or `Result<Option<T>, E>`; remove it");
     }
-    let background = match (args.stale, args.early) {
-        (Some(_), _) => Some("stale"),
-        (None, Some(_)) => Some("early"),
-        (None, None) => None,
+    let background = if args.stale.is_some() {
+        Some("stale")
+    } else if args.early.is_some() {
+        Some("early")
+    } else if args.soft_timeout.is_some() {
+        Some("soft_timeout")
+    } else {
+        None
     };
     if let Some(option) = background {
         check_refreshable(option, model, errors);
@@ -227,6 +231,14 @@ pub(crate) fn check(args: &CachedArgs, model: &FnModel, errors: &mut Errors) -> 
         )
     {
         errors.at(span, "`fail_safe` serves the last good value when the function fails, and this one cannot: it applies to functions returning `Result`");
+    }
+    if let Some((_, span)) = args.hard_timeout
+        && !matches!(
+            model.kind,
+            ReturnKind::Fallible | ReturnKind::FallibleOptional
+        )
+    {
+        errors.at(span, "`hard_timeout` makes a call that takes too long return an error, which this function cannot: it applies to functions returning `Result<T, E>` where `E: From<redis_memo::TimedOut>`");
     }
     let mut cache_reads_owned = cache_uses_self && model.receiver_by_value;
     let mut read_by_cache = BTreeSet::new();

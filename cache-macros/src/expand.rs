@@ -117,7 +117,7 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
     // Every token of the callee carries the stored type's span, so a value type that is not
     // serializable is reported on the user's type rather than on the whole attribute.
     let memoize_call = respan(
-        quote!(#private::memoize::<#private::#kind, _, _, _>),
+        quote!(#private::memoize::<#private::#kind, _, _, _, _>),
         stored.span(),
     );
     let key_types = key_types(model, usage, false);
@@ -133,7 +133,9 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
             #body
         }
     };
-    let (compute, refresh) = if options.stale.is_some() || options.early.is_some() {
+    let background =
+        options.stale.is_some() || options.early.is_some() || options.soft_timeout.is_some();
+    let (compute, refresh) = if background {
         // The body mutates its own copies of the parameters, not the originals.
         for input in &mut function.sig.inputs {
             if let syn::FnArg::Typed(typed) = input
@@ -148,6 +150,11 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
             quote!(let __redis_memo_body = #body_block;),
             quote!(#private::NoRefresh),
         )
+    };
+    let on_timeout = if options.hard_timeout.is_some() {
+        quote!(#private::TimeoutAsError)
+    } else {
+        quote!(#private::NoTimeoutError)
     };
     let new_body = quote! {
         #spec
@@ -167,6 +174,7 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
             [__redis_memo_body_type, __redis_memo_key_types],
             __redis_memo_body,
             #refresh,
+            #on_timeout,
         )
         .await
     };
@@ -260,6 +268,16 @@ fn spec_static(options: &CachedArgs, name_text: &str, private: &TokenStream) -> 
         let fail_safe_ms = u64::try_from(fail_safe.as_millis()).unwrap_or(u64::MAX);
         quote!(.fail_safe(#private::Duration::from_millis(#fail_safe_ms)))
     });
+    let timeouts = [
+        (options.soft_timeout, quote!(soft_timeout)),
+        (options.hard_timeout, quote!(hard_timeout)),
+    ]
+    .into_iter()
+    .filter_map(|(timeout, setter)| {
+        let (timeout, _) = timeout?;
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        Some(quote!(.#setter(#private::Duration::from_millis(#timeout_ms))))
+    });
     quote! {
         static __REDIS_MEMO_SPEC: #private::FnSpec = #private::FnSpec::new(
             #name_text,
@@ -274,6 +292,7 @@ fn spec_static(options: &CachedArgs, name_text: &str, private: &TokenStream) -> 
         .jitter_per_mille(#jitter)
         #stale
         #fail_safe
+        #(#timeouts)*
         .early(#early)
         #lock;
     }

@@ -42,6 +42,9 @@ pub(crate) enum Shared {
     /// The leader's result cannot be shared (an `Err`, or it did not serialize): each waiter
     /// runs the function itself.
     NotShareable,
+    /// The leader stopped waiting at its `hard_timeout`, with no fail-safe value: so do its
+    /// waiters.
+    TimedOut,
 }
 
 /// The state of one flight, shared by its leader and waiters.

@@ -27,6 +27,7 @@ mod returns;
 mod spec;
 mod stats;
 mod tags;
+mod timeouts;
 mod writers;
 
 pub use crate::backend::MemoryStore;
@@ -39,6 +40,7 @@ pub use crate::key::{KeyPart, KeyWriter, MAX_RENDERED_LEN};
 pub use crate::pattern::pattern_part;
 pub use crate::returns::CacheValue;
 pub use crate::stats::Stats;
+pub use crate::timeouts::TimedOut;
 pub use crate::writers::{EntryRef, FunctionRef};
 
 /// What generated code calls. Not a public API: it changes with the macro crate, whose version
@@ -46,11 +48,12 @@ pub use crate::writers::{EntryRef, FunctionRef};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::key::{KeyPart, KeyWriter};
-    pub use crate::refresh::{NoRefresh, RefreshFrom, Refresher};
+    pub use crate::refresh::{NoRefresh, RefreshFrom, Refresher, SpawnedBody};
     pub use crate::returns::{
         CacheValue, Fallible, FallibleOptional, Optional, Plain, ReturnKind, StoredKind, Written,
     };
     pub use crate::spec::FnSpec;
+    pub use crate::timeouts::{Handoff, NoTimeoutError, OnTimeout, TimeoutAsError};
     pub use crate::writers::{AllOf, EntryRef, FunctionRef, PendingPut, WithoutInvalidateAll};
     pub use crate::{Cache, CacheError};
     pub use core::borrow::Borrow;
@@ -86,8 +89,10 @@ pub mod __private {
     /// from [`entry_key_writer`], `tags` from [`tag_key_writer`]; `identity` is the type name
     /// of `compute` (an async block of the function), which names the function's owner, and
     /// that of a tuple of references to the parameters keys and tags are rendered from.
-    /// `refresh` is [`NoRefresh`], or for `stale` the factory of the body's futures.
-    pub async fn memoize<K, R, F, B>(
+    /// `refresh` is [`NoRefresh`], or for `stale` the factory of the body's futures;
+    /// `on_timeout` is [`NoTimeoutError`], or [`TimeoutAsError`] for `hard_timeout`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn memoize<K, R, F, B, O>(
         cache: Option<&Cache>,
         spec: &'static FnSpec,
         entry_key: String,
@@ -95,16 +100,20 @@ pub mod __private {
         identity: [&'static str; 2],
         compute: F,
         refresh: B,
+        on_timeout: O,
     ) -> R
     where
         K: ReturnKind<R> + 'static,
         F: Future<Output = R>,
         B: Refresher<R>,
+        O: OnTimeout<R>,
     {
         match cache {
             Some(cache) => {
                 cache
-                    .memoize::<K, R, F, B>(spec, &entry_key, tags, identity, compute, refresh)
+                    .memoize::<K, R, F, B, O>(
+                        spec, &entry_key, tags, identity, compute, refresh, on_timeout,
+                    )
                     .await
             }
             None => compute.await,

@@ -28,6 +28,7 @@ use crate::returns::ReturnKind;
 use crate::spec::FnSpec;
 use crate::stats::Event;
 use crate::tags::{TagKeys, Token, Versions};
+use crate::timeouts::{Body, OnTimeout, Waited};
 use bytes::Bytes;
 use std::future::Future;
 use std::time::Duration;
@@ -55,6 +56,13 @@ pub(crate) struct EntryAt<'a> {
     /// The full version keys of its tags.
     pub(crate) tag_keys: TagKeys<'a>,
     pub(crate) fingerprint: u64,
+}
+
+/// An entry past its time that may stand in for a failed or slow computation (`fail_safe`).
+pub(crate) struct Fallback<V> {
+    pub(crate) value: V,
+    /// Its bytes, for the waiters of a caller that serves it.
+    pub(crate) bytes: Bytes,
 }
 
 /// An encoded entry and how long Redis keeps it.
@@ -92,7 +100,9 @@ impl Cache {
     /// [`FnSpec::resolve`].
     ///
     /// `refresh` recomputes a stale entry in the background (functions with `stale`).
-    pub(crate) async fn memoize<K, R, F, B>(
+    /// `on_timeout` builds the error of a call that outlasted its `hard_timeout`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn memoize<K, R, F, B, O>(
         &self,
         spec: &'static FnSpec,
         key: &str,
@@ -100,11 +110,13 @@ impl Cache {
         [body_type, key_types]: [&'static str; 2],
         compute: F,
         refresh: B,
+        on_timeout: O,
     ) -> R
     where
         K: ReturnKind<R> + 'static,
         F: Future<Output = R>,
         B: Refresher<R>,
+        O: OnTimeout<R>,
     {
         let resolved = spec.resolve::<K::Stored>(body_type, key_types, true);
         let fingerprint = resolved.fingerprint;
@@ -119,7 +131,7 @@ impl Cache {
         'read: loop {
             // With `fail_safe`: an expired value that may stand in if the computation fails,
             // from this pass's read only (a later read may show it invalidated).
-            let mut fallback: Option<K::Stored> = None;
+            let mut fallback: Option<Fallback<K::Stored>> = None;
             let ticket = flights.ticket(key);
             let mut read_deadline = Instant::now() + self.inner.op_timeout;
             let (read, mut versions) = self.read(spec, key, tag_keys, read_deadline).await;
@@ -174,7 +186,10 @@ impl Cache {
                             // Still in Redis, past its time by this cache's clock.
                             Freshness::Expired => {
                                 if within_fail_safe(spec, times, self.now_ms()) {
-                                    fallback = Some(value);
+                                    fallback = Some(Fallback {
+                                        value,
+                                        bytes: bytes.clone(),
+                                    });
                                 }
                                 Read::Expired
                             }
@@ -204,12 +219,12 @@ impl Cache {
                             fingerprint,
                         };
                         let result = self
-                            .lead::<K, R, F>(
+                            .lead::<K, R, F, B, O>(
                                 &entry,
                                 guard,
                                 (read, versions),
                                 read_deadline,
-                                compute,
+                                (compute, &refresh, &on_timeout),
                                 &mut fallback,
                             )
                             .await;
@@ -236,6 +251,13 @@ impl Cache {
                             WaitOutcome::Shared(Shared::NotShareable) => {
                                 let result = compute.await;
                                 return self.fail_safe::<K, R>(spec, result, fallback);
+                            }
+                            WaitOutcome::Shared(Shared::TimedOut) => {
+                                let after = spec.hard_timeout.unwrap_or_default();
+                                return match on_timeout.timed_out(after) {
+                                    Some(timed_out) => timed_out,
+                                    None => compute.await,
+                                };
                             }
                             // The leader was cancelled or panicked: start over, maybe as the
                             // leader. The ticket is kept: the ended flight counts as completed,
@@ -265,18 +287,20 @@ impl Cache {
         }
     }
 
-    async fn lead<K, R, F>(
+    async fn lead<K, R, F, B, O>(
         &self,
         entry: &EntryAt<'_>,
         mut guard: LeaderGuard<'_>,
         (read, mut versions): (Read, Versions),
         deadline: Instant,
-        compute: F,
-        fallback: &mut Option<K::Stored>,
+        (compute, refresh, on_timeout): (F, &B, &O),
+        fallback: &mut Option<Fallback<K::Stored>>,
     ) -> R
     where
-        K: ReturnKind<R>,
+        K: ReturnKind<R> + 'static,
         F: Future<Output = R>,
+        B: Refresher<R>,
+        O: OnTimeout<R>,
     {
         let EntryAt {
             spec,
@@ -294,7 +318,8 @@ impl Cache {
                     }
                     // Past its time (a re-read): kept, and the fail-safe value if young enough.
                     Ok((value, times)) => {
-                        *fallback = within_fail_safe(spec, times, self.now_ms()).then_some(value);
+                        *fallback = within_fail_safe(spec, times, self.now_ms())
+                            .then(|| Fallback { value, bytes });
                         (true, false)
                     }
                     Err(error) => {
@@ -317,6 +342,16 @@ impl Cache {
             Read::Unavailable => (false, false),
         };
         self.record(Event::Miss, spec);
+        // A body whose caller stopped waiting at its soft timeout still runs for this key:
+        // take the fail-safe value too rather than start another.
+        if spec.soft_timeout.is_some()
+            && self.is_refreshing(key)
+            && let Some(Fallback { value, bytes }) = fallback.take()
+        {
+            self.record(Event::FailSafe, spec);
+            guard.publish(Shared::Found(bytes));
+            return K::from_stored(value);
+        }
         // The tokens the result will be stored under: read before it is computed, so an
         // invalidation of a tag from now on makes the stored entry a miss.
         let tokens = if redis_answered {
@@ -353,7 +388,39 @@ impl Cache {
 
         guard.start_computing(&versions);
         let (started, started_ms) = (Instant::now(), self.now_ms());
-        let result = compute.await;
+        let timed = spec.soft_timeout.is_some() || spec.hard_timeout.is_some();
+        let body = match timed.then(|| refresh.spawn_body::<K>(self)).flatten() {
+            Some(spawned) => Body::Spawned(spawned),
+            None => Body::InPlace(compute),
+        };
+        let fallback_bytes = fallback.as_ref().map(|fallback| fallback.bytes.clone());
+        let mut held = guard.take_lease();
+        let waited = self
+            .wait_within::<K, R, F>(
+                entry,
+                body,
+                &mut held,
+                &tokens,
+                started_ms,
+                fallback,
+                |after| on_timeout.timed_out(after),
+            )
+            .await;
+        let result = match waited {
+            Waited::Finished(result) => result,
+            Waited::GaveUp(result) => {
+                // The waiters get what this caller gets: the fail-safe value, or (without
+                // one) they run the function themselves, each within its own timeout.
+                match fallback_bytes {
+                    Some(bytes) => guard.publish(Shared::Found(bytes)),
+                    None => guard.publish(Shared::TimedOut),
+                }
+                return result;
+            }
+        };
+        if let Some(lease) = held {
+            guard.hold_lease(lease);
+        }
         let computed_in = started.elapsed();
         let computed_ms = self.ms_since(started_ms);
 
@@ -421,10 +488,10 @@ impl Cache {
         &self,
         spec: &'static FnSpec,
         result: R,
-        fallback: Option<K::Stored>,
+        fallback: Option<Fallback<K::Stored>>,
     ) -> R {
         match fallback {
-            Some(value) if K::is_failure(&result) => {
+            Some(Fallback { value, .. }) if K::is_failure(&result) => {
                 self.record(Event::FailSafe, spec);
                 tracing::debug!(
                     function = spec.name,

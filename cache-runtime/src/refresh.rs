@@ -18,9 +18,10 @@ use crate::returns::ReturnKind;
 use crate::spec::FnSpec;
 use crate::stats::Event;
 use crate::tags::{TagKeys, Versions};
+use crate::timeouts::Handoff;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// What a memoized call can refresh in the background with. Generated code passes
 /// [`NoRefresh`] for functions without `stale`, and a reference to the factory of the body's
@@ -34,6 +35,17 @@ pub trait Refresher<R> {
     /// Starts the background refresh of the entry `from` describes, unless this function
     /// has none (or one runs already, or the last one failed too recently).
     fn start<K: ReturnKind<R> + 'static>(&self, cache: &Cache, from: RefreshFrom<'_>);
+
+    /// Runs the body as a task of its own, which can outlive the call (`soft_timeout`,
+    /// `hard_timeout`); `None` for functions that have no factory.
+    fn spawn_body<K: ReturnKind<R> + 'static>(&self, cache: &Cache) -> Option<SpawnedBody<R>>;
+}
+
+/// A body running as a task of its own, and what it shares with its caller.
+#[doc(hidden)]
+pub struct SpawnedBody<R> {
+    pub(crate) handle: tokio::task::JoinHandle<Option<R>>,
+    pub(crate) handoff: Arc<Handoff>,
 }
 
 /// The entry to refresh, as the call that found it stale (or due early) knows it.
@@ -62,6 +74,10 @@ pub struct NoRefresh;
 
 impl<R> Refresher<R> for NoRefresh {
     fn start<K: ReturnKind<R> + 'static>(&self, _: &Cache, _: RefreshFrom<'_>) {}
+
+    fn spawn_body<K: ReturnKind<R> + 'static>(&self, _: &Cache) -> Option<SpawnedBody<R>> {
+        None
+    }
 }
 
 impl<F, Fut, R> Refresher<R> for &F
@@ -73,6 +89,23 @@ where
     fn start<K: ReturnKind<R> + 'static>(&self, cache: &Cache, from: RefreshFrom<'_>) {
         // The factory (which copies the arguments) runs only if a refresh starts.
         cache.spawn_refresh::<K, R, Fut>(from, *self);
+    }
+
+    fn spawn_body<K: ReturnKind<R> + 'static>(&self, cache: &Cache) -> Option<SpawnedBody<R>> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let handoff = Arc::new(Handoff::default());
+        let (body, cache, shared) = (self(), cache.clone(), Arc::clone(&handoff));
+        let handle = runtime.spawn(async move {
+            let result = body.await;
+            match shared.finish() {
+                Some(late) => {
+                    cache.fill_late::<K, R>(*late, result).await;
+                    None
+                }
+                None => Some(result),
+            }
+        });
+        Some(SpawnedBody { handle, handoff })
     }
 }
 
@@ -92,6 +125,19 @@ pub struct RefreshJob {
 }
 
 impl RefreshJob {
+    /// The entry of a body whose caller stopped waiting.
+    pub(crate) fn owned(entry: &EntryAt<'_>) -> Self {
+        RefreshJob {
+            spec: entry.spec,
+            key: entry.key.to_owned(),
+            function_tag: entry.tag_keys.function.map(str::to_owned),
+            user_tags: entry.tag_keys.user.to_vec(),
+            fingerprint: entry.fingerprint,
+            versions: Versions::new(),
+            replacing_written_at_ms: 0,
+        }
+    }
+
     fn new(
         RefreshFrom {
             entry,
@@ -110,7 +156,7 @@ impl RefreshJob {
         }
     }
 
-    fn entry(&self) -> EntryAt<'_> {
+    pub(crate) fn entry(&self) -> EntryAt<'_> {
         EntryAt {
             spec: self.spec,
             key: &self.key,
@@ -176,10 +222,30 @@ impl RefreshBackoff {
 
 /// Removes a key from the set of keys being refreshed when its refresh ends, however it ends;
 /// one that did not finish (its body panicked) counts as failed, for the back-off.
-struct Refreshing {
+pub(crate) struct Refreshing {
     cache: Cache,
     key: String,
     finished: bool,
+}
+
+impl Cache {
+    /// Marks `key` as being refreshed in this process, by a body whose caller stopped waiting
+    /// (`soft_timeout`); `None` if something refreshes it already.
+    pub(crate) fn mark_refreshing(&self, key: &str) -> Option<Refreshing> {
+        self.inner
+            .refreshing()
+            .insert(key.to_owned())
+            .then(|| Refreshing {
+                cache: self.clone(),
+                key: key.to_owned(),
+                finished: true,
+            })
+    }
+
+    pub(crate) fn is_refreshing(&self, key: &str) -> bool {
+        let refreshing = self.inner.refreshing();
+        !refreshing.is_empty() && refreshing.contains(key)
+    }
 }
 
 impl Drop for Refreshing {

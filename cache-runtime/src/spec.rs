@@ -25,6 +25,10 @@ pub struct FnSpec {
     pub(crate) stale: Option<Duration>,
     /// `fail_safe`: how old a value may be and still be served when the body fails.
     pub(crate) fail_safe: Option<Duration>,
+    /// `soft_timeout`: how long a caller with a fail-safe value waits for the body.
+    pub(crate) soft_timeout: Option<Duration>,
+    /// `hard_timeout`: how long a caller waits for the body at most.
+    pub(crate) hard_timeout: Option<Duration>,
     /// `early`: fresh entries are refreshed ahead of their expiry (XFetch).
     pub(crate) early: bool,
     /// `jitter`: the most an entry's ttl is shortened by, in thousandths of it.
@@ -104,6 +108,8 @@ impl FnSpec {
             ttl,
             stale: None,
             fail_safe: None,
+            soft_timeout: None,
+            hard_timeout: None,
             early: false,
             jitter_per_mille: 0,
             lease: crate::lease::default_lease(ttl),
@@ -140,6 +146,18 @@ impl FnSpec {
     /// `fail_safe` ago is returned instead of the error.
     pub const fn fail_safe(mut self, fail_safe: Duration) -> Self {
         self.fail_safe = Some(fail_safe);
+        self
+    }
+
+    /// The function's `soft_timeout` option.
+    pub const fn soft_timeout(mut self, timeout: Duration) -> Self {
+        self.soft_timeout = Some(timeout);
+        self
+    }
+
+    /// The function's `hard_timeout` option.
+    pub const fn hard_timeout(mut self, timeout: Duration) -> Self {
+        self.hard_timeout = Some(timeout);
         self
     }
 

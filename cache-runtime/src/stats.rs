@@ -19,8 +19,13 @@ pub struct Stats {
     pub stale_served: u64,
     /// Background refreshes that computed a value (one per stale entry across processes).
     pub refreshes: u64,
-    /// Calls whose function failed and that got the last good value instead (`fail_safe`).
+    /// Calls whose function failed, or outlasted a timeout, and that got the last good value
+    /// instead (`fail_safe`).
     pub fail_safe_served: u64,
+    /// Calls that stopped waiting for the body at their `soft_timeout`.
+    pub soft_timeouts: u64,
+    /// Calls that stopped waiting for the body at their `hard_timeout`.
+    pub hard_timeouts: u64,
     /// Calls that found no usable entry and ran the function.
     pub misses: u64,
     /// Calls that waited for another call of the same key in this process and took its value.
@@ -54,6 +59,8 @@ pub(crate) struct Counters {
     stale_served: AtomicU64,
     refreshes: AtomicU64,
     fail_safe_served: AtomicU64,
+    soft_timeouts: AtomicU64,
+    hard_timeouts: AtomicU64,
     misses: AtomicU64,
     coalesced: AtomicU64,
     fills: AtomicU64,
@@ -74,6 +81,8 @@ pub(crate) enum Event {
     StaleServed,
     Refresh,
     FailSafe,
+    SoftTimeout,
+    HardTimeout,
     Miss,
     Coalesced,
     Fill,
@@ -86,11 +95,13 @@ pub(crate) enum Event {
 }
 
 impl Event {
-    const ALL: [Event; 13] = [
+    const ALL: [Event; 15] = [
         Event::Hit,
         Event::StaleServed,
         Event::Refresh,
         Event::FailSafe,
+        Event::SoftTimeout,
+        Event::HardTimeout,
         Event::Miss,
         Event::Coalesced,
         Event::Fill,
@@ -108,6 +119,8 @@ impl Event {
             Event::StaleServed => "redis_memo_stale_served_total",
             Event::Refresh => "redis_memo_refreshes_total",
             Event::FailSafe => "redis_memo_fail_safe_served_total",
+            Event::SoftTimeout => "redis_memo_soft_timeouts_total",
+            Event::HardTimeout => "redis_memo_hard_timeouts_total",
             Event::Miss => "redis_memo_misses_total",
             Event::Coalesced => "redis_memo_coalesced_total",
             Event::Fill => "redis_memo_fills_total",
@@ -144,6 +157,8 @@ impl Counters {
             Event::StaleServed => &self.stale_served,
             Event::Refresh => &self.refreshes,
             Event::FailSafe => &self.fail_safe_served,
+            Event::SoftTimeout => &self.soft_timeouts,
+            Event::HardTimeout => &self.hard_timeouts,
             Event::Miss => &self.misses,
             Event::Coalesced => &self.coalesced,
             Event::Fill => &self.fills,
@@ -170,6 +185,8 @@ impl Counters {
             stale_served: self.stale_served.load(Relaxed),
             refreshes: self.refreshes.load(Relaxed),
             fail_safe_served: self.fail_safe_served.load(Relaxed),
+            soft_timeouts: self.soft_timeouts.load(Relaxed),
+            hard_timeouts: self.hard_timeouts.load(Relaxed),
             misses: self.misses.load(Relaxed),
             coalesced: self.coalesced.load(Relaxed),
             fills: self.fills.load(Relaxed),

@@ -407,3 +407,174 @@ pub async fn a_refresh_that_finds_the_row_gone_removes_the_stale_value(backend: 
     assert_eq!(prices.loads(), 3, "the call computed it");
     assert_eq!(h.cache.stats().stale_served, 1);
 }
+
+/// Holds the body of a report until released, answering its loads' count.
+#[redis_cached(
+    ttl = "10s",
+    fail_safe = "1h",
+    soft_timeout = "50ms",
+    key = "slow:<id>",
+    cache = cache
+)]
+async fn slow_report(
+    id: u64,
+    #[cache(skip)] cache: Cache,
+    #[cache(skip)] prices: Arc<Prices>,
+) -> Result<u64, String> {
+    let _ = id;
+    Ok(prices.load().await)
+}
+
+pub async fn past_the_soft_timeout_the_fail_safe_value_is_served_and_the_body_fills_later(
+    backend: Backend,
+) {
+    let (h, clock) = clocked(backend);
+    let prices = Arc::new(Prices::default());
+    let call = || slow_report(1, h.cache.clone(), Arc::clone(&prices));
+    assert_eq!(call().await, Ok(1));
+    clock.advance(Duration::from_secs(11));
+    let (reached, release) = prices.hold_next_load();
+    assert_eq!(
+        call().await,
+        Ok(1),
+        "the body is held: past 50 ms, the last good value"
+    );
+    reached.notified().await;
+    assert_eq!(h.cache.stats().soft_timeouts, 1);
+    assert_eq!(
+        call().await,
+        Ok(1),
+        "while it runs, the fail-safe value at once, and no second body"
+    );
+    assert_eq!(prices.loads(), 2);
+    assert_eq!(h.cache.stats().fail_safe_served, 2);
+
+    release.notify_one();
+    h.cache.refreshes_done().await;
+    assert_eq!(
+        call().await,
+        Ok(2),
+        "the body filled the entry when it finished"
+    );
+    assert_eq!(prices.loads(), 2);
+}
+
+pub async fn an_invalidated_entry_is_never_served_at_a_soft_timeout(backend: Backend) {
+    let (h, clock) = clocked(backend);
+    let prices = Arc::new(Prices::default());
+    assert_eq!(
+        slow_report(1, h.cache.clone(), Arc::clone(&prices)).await,
+        Ok(1)
+    );
+    clock.advance(Duration::from_secs(11));
+    invalidate_slow_report(1, h.cache.clone()).await.unwrap();
+    let (reached, release) = prices.hold_next_load();
+    let call = tokio::spawn(slow_report(1, h.cache.clone(), Arc::clone(&prices)));
+    reached.notified().await;
+    release.notify_one();
+    assert_eq!(
+        call.await.unwrap(),
+        Ok(2),
+        "no fail-safe value: the caller waited for the body"
+    );
+    assert_eq!(h.cache.stats().soft_timeouts, 0);
+}
+
+#[derive(Debug, PartialEq)]
+pub enum ReportError {
+    TimedOut,
+}
+
+impl From<redis_memo::TimedOut> for ReportError {
+    fn from(_: redis_memo::TimedOut) -> Self {
+        ReportError::TimedOut
+    }
+}
+
+/// A body that waits for `open` (a permit lets it through at once) and says whether it was
+/// dropped before finishing.
+#[derive(Default)]
+pub struct Gate {
+    open: Notify,
+    reached: Notify,
+    cancelled: std::sync::atomic::AtomicBool,
+}
+
+struct CancelledUnlessDone<'a>(&'a Gate, bool);
+
+impl Drop for CancelledUnlessDone<'_> {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.cancelled.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+#[redis_cached(ttl = "10s", hard_timeout = "50ms", key = "hard:<id>", cache = cache)]
+async fn hard_report(
+    id: u64,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] gate: &Gate,
+) -> Result<u64, ReportError> {
+    let mut guard = CancelledUnlessDone(gate, false);
+    gate.reached.notify_one();
+    gate.open.notified().await;
+    guard.1 = true;
+    Ok(id)
+}
+
+pub async fn past_the_hard_timeout_a_call_returns_its_error_and_the_body_is_cancelled(
+    backend: Backend,
+) {
+    let (h, _clock) = clocked(backend);
+    let gate = Gate::default();
+    assert_eq!(
+        hard_report(7, &h.cache, &gate).await,
+        Err(ReportError::TimedOut),
+        "the body never finishes: the caller gets the timeout, converted"
+    );
+    assert!(
+        gate.cancelled.load(Ordering::SeqCst),
+        "with borrowed parameters the body is cancelled"
+    );
+    assert_eq!(h.cache.stats().hard_timeouts, 1);
+    gate.open.notify_one();
+    assert_eq!(
+        hard_report(7, &h.cache, &gate).await,
+        Ok(7),
+        "nothing was stored"
+    );
+    assert_eq!(hard_report(7, &h.cache, &gate).await, Ok(7), "now it is");
+}
+
+#[redis_cached(
+    ttl = "10s",
+    fail_safe = "1h",
+    hard_timeout = "50ms",
+    key = "hardsafe:<id>",
+    cache = cache
+)]
+async fn hard_safe_report(
+    id: u64,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] gate: &Gate,
+) -> Result<u64, ReportError> {
+    gate.reached.notify_one();
+    gate.open.notified().await;
+    Ok(id + 100)
+}
+
+pub async fn past_the_hard_timeout_a_fail_safe_value_is_served(backend: Backend) {
+    let (h, clock) = clocked(backend);
+    let gate = Gate::default();
+    gate.open.notify_one();
+    assert_eq!(hard_safe_report(1, &h.cache, &gate).await, Ok(101));
+    clock.advance(Duration::from_secs(11));
+    assert_eq!(
+        hard_safe_report(1, &h.cache, &gate).await,
+        Ok(101),
+        "the body is held: the last good value at the hard timeout"
+    );
+    let stats = h.cache.stats();
+    assert_eq!((stats.hard_timeouts, stats.fail_safe_served), (1, 1));
+}

@@ -105,4 +105,8 @@ conformance_on_backend!(freshness_conformance: freshness {
     a_failed_refresh_keeps_serving_stale_and_backs_off,
     early_refresh_renews_a_hot_key_before_it_expires,
     a_refresh_that_finds_the_row_gone_removes_the_stale_value,
+    past_the_soft_timeout_the_fail_safe_value_is_served_and_the_body_fills_later,
+    an_invalidated_entry_is_never_served_at_a_soft_timeout,
+    past_the_hard_timeout_a_call_returns_its_error_and_the_body_is_cancelled,
+    past_the_hard_timeout_a_fail_safe_value_is_served,
 });

@@ -43,4 +43,26 @@ async fn early_with_a_value(id: u64) -> u64 {
     id
 }
 
+
+#[redis_cached(ttl = "1m", key = "i:<id>", soft_timeout = "100ms")]
+async fn soft_without_fail_safe(id: u64) -> Result<u64, String> {
+    Ok(id)
+}
+
+#[redis_cached(ttl = "1m", key = "j:<id>", fail_safe = "1h", soft_timeout = "2s", hard_timeout = "1s")]
+async fn soft_not_below_hard(id: u64) -> Result<u64, redis_memo::TimedOut> {
+    Ok(id)
+}
+
+#[redis_cached(ttl = "1m", key = "k:<id>", hard_timeout = "1s")]
+async fn hard_cannot_fail(id: u64) -> u64 {
+    id
+}
+
+#[redis_cached(ttl = "1m", key = "l:<id>", fail_safe = "1h", soft_timeout = "100ms")]
+async fn soft_borrowed(id: u64, #[cache(skip)] db: &str) -> Result<u64, redis_memo::TimedOut> {
+    let _ = db;
+    Ok(id)
+}
+
 fn main() {}

@@ -1,0 +1,272 @@
+//! `soft_timeout` and `hard_timeout`: bounds on how long a caller waits for the body.
+//!
+//! - `soft_timeout` (with `fail_safe`): when a fail-safe value exists and the body has not
+//!   finished in time, the caller gets that value; the body finishes in the background and
+//!   stores its result through the lease the caller held.
+//! - `hard_timeout` (functions returning `Result`): the caller waits no longer in any case.
+//!   It gets the fail-safe value if there is one, else `Err(E::from(TimedOut))`, so the
+//!   function's error type must implement `From<TimedOut>`. With owned parameters (as
+//!   `stale`, `early` and `soft_timeout` require) the body finishes in the background and
+//!   stores its result; otherwise it is cancelled where it stands.
+//!
+//! A body that finishes in the background runs as a task of its own from the start (so it
+//! can outlive the call); a slot shared with the caller says who stores its result: the
+//! caller, if it was still waiting, else the task.
+
+use crate::Cache;
+use crate::lease::HeldLease;
+use crate::memoize::{EntryAt, Fallback};
+use crate::refresh::{RefreshJob, Refreshing, SpawnedBody};
+use crate::returns::ReturnKind;
+use crate::stats::Event;
+use crate::tags::Token;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The error a call with `hard_timeout` returns, converted into the function's own error type,
+/// when the body took longer and there was no fail-safe value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the memoized function did not finish within its hard timeout of {after:?}")]
+#[non_exhaustive]
+pub struct TimedOut {
+    /// The hard timeout.
+    pub after: Duration,
+}
+
+/// An error type that a `hard_timeout` can be returned as.
+#[diagnostic::on_unimplemented(
+    message = "with `hard_timeout`, the error type `{Self}` must implement `From<redis_memo::TimedOut>`",
+    label = "a call that times out returns `Err(TimedOut.into())`",
+    note = "add `impl From<redis_memo::TimedOut> for {Self}`, or a variant `#[error(transparent)] TimedOut(#[from] redis_memo::TimedOut)` with thiserror"
+)]
+pub trait TimeoutError: From<TimedOut> {}
+
+impl<E: From<TimedOut>> TimeoutError for E {}
+
+/// How a memoized call returns a hard timeout: generated code passes [`NoTimeoutError`] for
+/// functions without `hard_timeout`, [`TimeoutAsError`] for those with it.
+pub trait OnTimeout<R> {
+    /// The return value of a call that timed out, if this function has one.
+    fn timed_out(&self, after: Duration) -> Option<R>;
+}
+
+/// Functions without `hard_timeout`.
+#[derive(Debug, Clone, Copy)]
+pub struct NoTimeoutError;
+
+impl<R> OnTimeout<R> for NoTimeoutError {
+    fn timed_out(&self, _: Duration) -> Option<R> {
+        None
+    }
+}
+
+/// Functions with `hard_timeout`: `Err(E::from(TimedOut))`.
+#[derive(Debug, Clone, Copy)]
+pub struct TimeoutAsError;
+
+impl<T, E: TimeoutError> OnTimeout<Result<T, E>> for TimeoutAsError {
+    fn timed_out(&self, after: Duration) -> Option<Result<T, E>> {
+        Some(Err(E::from(TimedOut { after })))
+    }
+}
+
+/// What the body's task needs to store its result once the caller stopped waiting.
+pub(crate) struct LateFill {
+    pub(crate) job: RefreshJob,
+    pub(crate) lease: HeldLease,
+    pub(crate) tokens: Option<Vec<Token>>,
+    pub(crate) started_ms: u64,
+    /// Marks the key as refreshing in this process until the task ends, so callers that
+    /// have a fail-safe value take it instead of computing again.
+    pub(crate) refreshing: Option<Refreshing>,
+}
+
+/// Between a caller and the task running its body.
+#[doc(hidden)]
+#[derive(Default)]
+pub struct Handoff {
+    state: Mutex<HandoffState>,
+}
+
+#[derive(Default)]
+enum HandoffState {
+    /// The caller waits: the task hands its result back.
+    #[default]
+    Waiting,
+    /// The task finished first: its result is in its join handle.
+    Finished,
+    /// The caller gave up: the task stores its result.
+    GaveUp(Box<LateFill>),
+}
+
+impl Handoff {
+    fn state(&self) -> std::sync::MutexGuard<'_, HandoffState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The task finished: `Some(late)` if the caller gave up and the task must store.
+    pub(crate) fn finish(&self) -> Option<Box<LateFill>> {
+        match std::mem::replace(&mut *self.state(), HandoffState::Finished) {
+            HandoffState::GaveUp(late) => Some(late),
+            _ => None,
+        }
+    }
+
+    /// The caller gives up: `Err(late)` back if the task finished meanwhile (then its result
+    /// waits in the join handle, and the caller stores it as usual).
+    fn give_up(&self, late: Box<LateFill>) -> Result<(), Box<LateFill>> {
+        let mut state = self.state();
+        match *state {
+            HandoffState::Finished => Err(late),
+            _ => {
+                *state = HandoffState::GaveUp(late);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// How waiting for the body ended.
+pub(crate) enum Waited<R> {
+    /// The body's result, for the caller to share and store as usual.
+    Finished(R),
+    /// The caller stopped waiting: what it returns (a fail-safe value or the timeout error);
+    /// the body, if it goes on, stores its own result.
+    GaveUp(R),
+}
+
+/// The body, running in place or as a task of its own.
+pub(crate) enum Body<F, R> {
+    InPlace(F),
+    Spawned(SpawnedBody<R>),
+}
+
+impl Cache {
+    /// Waits for `body` within the function's timeouts; see the module's doc. `lease` is the
+    /// caller's, handed to the body's task if the caller stops waiting.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn wait_within<K, R, F>(
+        &self,
+        entry: &EntryAt<'_>,
+        body: Body<F, R>,
+        lease: &mut Option<HeldLease>,
+        tokens: &Option<Vec<Token>>,
+        started_ms: u64,
+        fallback: &mut Option<Fallback<K::Stored>>,
+        timed_out: impl FnOnce(Duration) -> Option<R>,
+    ) -> Waited<R>
+    where
+        K: ReturnKind<R>,
+        F: std::future::Future<Output = R>,
+    {
+        let spec = entry.spec;
+        let started = Instant::now();
+        let soft = spec
+            .soft_timeout
+            .filter(|_| fallback.is_some())
+            .map(|soft| started + soft);
+        let hard = spec.hard_timeout.map(|hard| started + hard);
+        let give_up_at = match (soft, hard) {
+            (Some(soft), Some(hard)) => Some(soft.min(hard)),
+            (soft, hard) => soft.or(hard),
+        };
+        let (mut handle, handoff) = match body {
+            Body::InPlace(compute) => {
+                let Some(at) = give_up_at else {
+                    return Waited::Finished(compute.await);
+                };
+                return match tokio::time::timeout_at(at, compute).await {
+                    Ok(result) => Waited::Finished(result),
+                    // Cancelled where it stands: nothing to store, the lease goes back.
+                    Err(_) => {
+                        if let Some(lease) = lease.take() {
+                            self.store(entry, lease, None, false, started.elapsed())
+                                .await;
+                        }
+                        Waited::GaveUp(self.gave_up::<K, R>(spec, soft, fallback, timed_out))
+                    }
+                };
+            }
+            Body::Spawned(SpawnedBody { handle, handoff }) => (handle, handoff),
+        };
+        let finished = |joined: Result<Option<R>, tokio::task::JoinError>| match joined {
+            Ok(Some(result)) => result,
+            Ok(None) => unreachable!("the task stores its result only after the caller gave up"),
+            // The body's panic reaches its caller, as it would in place.
+            Err(error) => std::panic::resume_unwind(error.into_panic()),
+        };
+        let Some(at) = give_up_at else {
+            return Waited::Finished(finished((&mut handle).await));
+        };
+        if let Ok(joined) = tokio::time::timeout_at(at, &mut handle).await {
+            return Waited::Finished(finished(joined));
+        }
+        let Some(held) = lease.take() else {
+            // No lease, nothing the task could store: it goes on, unheeded, or is cancelled.
+            handle.abort();
+            return Waited::GaveUp(self.gave_up::<K, R>(spec, soft, fallback, timed_out));
+        };
+        let late = Box::new(LateFill {
+            job: RefreshJob::owned(entry),
+            lease: held,
+            tokens: tokens.clone(),
+            started_ms,
+            refreshing: self.mark_refreshing(entry.key),
+        });
+        match handoff.give_up(late) {
+            Ok(()) => Waited::GaveUp(self.gave_up::<K, R>(spec, soft, fallback, timed_out)),
+            // It finished just now after all.
+            Err(late) => {
+                *lease = Some(late.lease);
+                Waited::Finished(finished(handle.await))
+            }
+        }
+    }
+
+    /// What a caller that stopped waiting returns, counted.
+    fn gave_up<K: ReturnKind<R>, R>(
+        &self,
+        spec: &'static crate::spec::FnSpec,
+        soft: Option<Instant>,
+        fallback: &mut Option<Fallback<K::Stored>>,
+        timed_out: impl FnOnce(Duration) -> Option<R>,
+    ) -> R {
+        let soft_passed = soft.is_some_and(|soft| Instant::now() >= soft);
+        self.record(
+            if soft_passed {
+                Event::SoftTimeout
+            } else {
+                Event::HardTimeout
+            },
+            spec,
+        );
+        if let Some(fallback) = fallback.take() {
+            self.record(Event::FailSafe, spec);
+            return K::from_stored(fallback.value);
+        }
+        let after = spec.hard_timeout.unwrap_or_default();
+        timed_out(after).expect(
+            "only `hard_timeout` gives up without a fail-safe value, and it requires a `Result`",
+        )
+    }
+
+    /// Stores the result of a body whose caller stopped waiting.
+    pub(crate) async fn fill_late<K: ReturnKind<R>, R>(&self, late: LateFill, result: R) {
+        let entry = late.job.entry();
+        let spec = entry.spec;
+        let computed_ms = self.ms_since(late.started_ms);
+        let encoded = late
+            .tokens
+            .as_ref()
+            .filter(|_| K::storable(&result, spec.cache_none))
+            .and_then(|tokens| {
+                K::shareable(&result).and_then(|value| {
+                    self.encode(spec, entry.fingerprint, value, tokens, computed_ms)
+                })
+            });
+        self.store(&entry, late.lease, encoded, false, Duration::ZERO)
+            .await;
+        drop(late.refreshing);
+    }
+}
