@@ -128,6 +128,8 @@ impl Cache {
             user: &tags,
         };
         let flights = &self.inner.flights;
+        // What `hard_timeout` counts from.
+        let call_started = Instant::now();
         'read: loop {
             // With `fail_safe`: an expired value that may stand in if the computation fails,
             // from this pass's read only (a later read may show it invalidated).
@@ -223,7 +225,7 @@ impl Cache {
                                 &entry,
                                 guard,
                                 (read, versions),
-                                read_deadline,
+                                (call_started, read_deadline),
                                 (compute, &refresh, &on_timeout),
                                 &mut fallback,
                             )
@@ -255,7 +257,10 @@ impl Cache {
                             WaitOutcome::Shared(Shared::TimedOut) => {
                                 let after = spec.hard_timeout.unwrap_or_default();
                                 return match on_timeout.timed_out(after) {
-                                    Some(timed_out) => timed_out,
+                                    // Its own fail-safe value, if its read found one.
+                                    Some(timed_out) => {
+                                        self.fail_safe::<K, R>(spec, timed_out, fallback)
+                                    }
                                     None => compute.await,
                                 };
                             }
@@ -292,7 +297,7 @@ impl Cache {
         entry: &EntryAt<'_>,
         mut guard: LeaderGuard<'_>,
         (read, mut versions): (Read, Versions),
-        deadline: Instant,
+        (call_started, deadline): (Instant, Instant),
         (compute, refresh, on_timeout): (F, &B, &O),
         fallback: &mut Option<Fallback<K::Stored>>,
     ) -> R
@@ -372,6 +377,10 @@ impl Cache {
         // Not for a write-through's lease: its writer may be this very call's caller, reading
         // the entry inside its body, and would wait for itself.
         if let (LeaseOutcome::Busy { writer: false }, Some(wait)) = (&lease, spec.lock_wait) {
+            // Within the hard timeout too.
+            let wait = spec.hard_timeout.map_or(wait, |hard| {
+                wait.min((call_started + hard).saturating_duration_since(Instant::now()))
+            });
             lease = self
                 .wait_for_holder::<K::Stored>(entry, &versions, wait)
                 .await;
@@ -389,19 +398,18 @@ impl Cache {
         guard.start_computing(&versions);
         let (started, started_ms) = (Instant::now(), self.now_ms());
         let timed = spec.soft_timeout.is_some() || spec.hard_timeout.is_some();
-        let body = match timed.then(|| refresh.spawn_body::<K>(self)).flatten() {
+        let body = match timed.then(|| refresh.spawn_body::<K>(self, spec)).flatten() {
             Some(spawned) => Body::Spawned(spawned),
             None => Body::InPlace(compute),
         };
         let fallback_bytes = fallback.as_ref().map(|fallback| fallback.bytes.clone());
-        let mut held = guard.take_lease();
         let waited = self
             .wait_within::<K, R, F>(
                 entry,
                 body,
-                &mut held,
+                &mut guard,
                 &tokens,
-                started_ms,
+                (call_started, started_ms),
                 fallback,
                 |after| on_timeout.timed_out(after),
             )
@@ -418,9 +426,6 @@ impl Cache {
                 return result;
             }
         };
-        if let Some(lease) = held {
-            guard.hold_lease(lease);
-        }
         let computed_in = started.elapsed();
         let computed_ms = self.ms_since(started_ms);
 

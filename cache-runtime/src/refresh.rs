@@ -38,7 +38,11 @@ pub trait Refresher<R> {
 
     /// Runs the body as a task of its own, which can outlive the call (`soft_timeout`,
     /// `hard_timeout`); `None` for functions that have no factory.
-    fn spawn_body<K: ReturnKind<R> + 'static>(&self, cache: &Cache) -> Option<SpawnedBody<R>>;
+    fn spawn_body<K: ReturnKind<R> + 'static>(
+        &self,
+        cache: &Cache,
+        spec: &'static FnSpec,
+    ) -> Option<SpawnedBody<R>>;
 }
 
 /// A body running as a task of its own, and what it shares with its caller.
@@ -75,7 +79,11 @@ pub struct NoRefresh;
 impl<R> Refresher<R> for NoRefresh {
     fn start<K: ReturnKind<R> + 'static>(&self, _: &Cache, _: RefreshFrom<'_>) {}
 
-    fn spawn_body<K: ReturnKind<R> + 'static>(&self, _: &Cache) -> Option<SpawnedBody<R>> {
+    fn spawn_body<K: ReturnKind<R> + 'static>(
+        &self,
+        _: &Cache,
+        _: &'static FnSpec,
+    ) -> Option<SpawnedBody<R>> {
         None
     }
 }
@@ -91,12 +99,36 @@ where
         cache.spawn_refresh::<K, R, Fut>(from, *self);
     }
 
-    fn spawn_body<K: ReturnKind<R> + 'static>(&self, cache: &Cache) -> Option<SpawnedBody<R>> {
+    fn spawn_body<K: ReturnKind<R> + 'static>(
+        &self,
+        cache: &Cache,
+        spec: &'static FnSpec,
+    ) -> Option<SpawnedBody<R>> {
         let runtime = tokio::runtime::Handle::try_current().ok()?;
         let handoff = Arc::new(Handoff::default());
         let (body, cache, shared) = (self(), cache.clone(), Arc::clone(&handoff));
         let handle = runtime.spawn(async move {
-            let result = body.await;
+            tokio::pin!(body);
+            let result = tokio::select! {
+                result = &mut body => result,
+                // The caller gave up: bounded by the lease from now on, past which its result
+                // could not be stored anyway (and a hung body must not keep the key marked).
+                () = shared.gave_up.notified() => {
+                    match tokio::time::timeout(spec.lease, &mut body).await {
+                        Ok(result) => result,
+                        Err(_) => {
+                            tracing::warn!(
+                                function = spec.name,
+                                lease = ?spec.lease,
+                                "redis-memo: a body finishing in the background outlasted its lease and was abandoned"
+                            );
+                            // Its lease goes back and the key is unmarked.
+                            drop(shared.finish());
+                            return None;
+                        }
+                    }
+                }
+            };
             match shared.finish() {
                 Some(late) => {
                     cache.fill_late::<K, R>(*late, result).await;

@@ -5,15 +5,17 @@
 //!   stores its result through the lease the caller held.
 //! - `hard_timeout` (functions returning `Result`): the caller waits no longer in any case.
 //!   It gets the fail-safe value if there is one, else `Err(E::from(TimedOut))`, so the
-//!   function's error type must implement `From<TimedOut>`. With owned parameters (as
-//!   `stale`, `early` and `soft_timeout` require) the body finishes in the background and
-//!   stores its result; otherwise it is cancelled where it stands.
+//!   function's error type must implement `From<TimedOut>`. With `stale`, `early` or
+//!   `soft_timeout` (whose generated code builds the body from owned copies of the
+//!   parameters) the body finishes in the background and stores its result; otherwise it is
+//!   cancelled where it stands. Counted from the start of the call, lock waits included.
 //!
 //! A body that finishes in the background runs as a task of its own from the start (so it
 //! can outlive the call); a slot shared with the caller says who stores its result: the
 //! caller, if it was still waiting, else the task.
 
 use crate::Cache;
+use crate::flight::LeaderGuard;
 use crate::lease::HeldLease;
 use crate::memoize::{EntryAt, Fallback};
 use crate::refresh::{RefreshJob, Refreshing, SpawnedBody};
@@ -87,6 +89,8 @@ pub(crate) struct LateFill {
 #[derive(Default)]
 pub struct Handoff {
     state: Mutex<HandoffState>,
+    /// Notified when the caller gives up: from then on the body is bounded by its lease.
+    pub(crate) gave_up: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -121,9 +125,51 @@ impl Handoff {
             HandoffState::Finished => Err(late),
             _ => {
                 *state = HandoffState::GaveUp(late);
+                self.gave_up.notify_one();
                 Ok(())
             }
         }
+    }
+}
+
+/// A body's task, aborted if its caller goes away while waiting for it.
+struct AbortOnDrop<R>(Option<tokio::task::JoinHandle<Option<R>>>);
+
+impl<R> AbortOnDrop<R> {
+    async fn join(&mut self) -> Result<Option<R>, tokio::task::JoinError> {
+        match &mut self.0 {
+            Some(handle) => handle.await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The task goes on by itself (it stores its own result).
+    fn detach(mut self) {
+        self.0 = None;
+    }
+}
+
+impl<R> Drop for AbortOnDrop<R> {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.abort();
+        }
+    }
+}
+
+/// The result of a body's task that its caller waited for.
+async fn joined<R>(joined: Result<Option<R>, tokio::task::JoinError>) -> R {
+    match joined {
+        Ok(Some(result)) => result,
+        Err(error) => match error.try_into_panic() {
+            // The body's panic reaches its caller, as it would in place.
+            Ok(payload) => std::panic::resume_unwind(payload),
+            // Cancelled: the runtime is shutting down, and this caller with it.
+            Err(_) => std::future::pending().await,
+        },
+        // The task stores its result itself only after its caller gave up, and then nobody
+        // waits for it here.
+        Ok(None) => std::future::pending().await,
     }
 }
 
@@ -143,16 +189,18 @@ pub(crate) enum Body<F, R> {
 }
 
 impl Cache {
-    /// Waits for `body` within the function's timeouts; see the module's doc. `lease` is the
-    /// caller's, handed to the body's task if the caller stops waiting.
+    /// Waits for `body` within the function's timeouts (the hard one counted from
+    /// `call_started`); see the module's doc. The lease stays in `guard` (so a cancelled
+    /// leader hands it on) unless the caller gives up: then it goes to the body's task, or,
+    /// for a body cancelled in place, back to Redis.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn wait_within<K, R, F>(
         &self,
         entry: &EntryAt<'_>,
         body: Body<F, R>,
-        lease: &mut Option<HeldLease>,
+        guard: &mut LeaderGuard<'_>,
         tokens: &Option<Vec<Token>>,
-        started_ms: u64,
+        (call_started, started_ms): (Instant, u64),
         fallback: &mut Option<Fallback<K::Stored>>,
         timed_out: impl FnOnce(Duration) -> Option<R>,
     ) -> Waited<R>
@@ -161,28 +209,28 @@ impl Cache {
         F: std::future::Future<Output = R>,
     {
         let spec = entry.spec;
-        let started = Instant::now();
         let soft = spec
             .soft_timeout
             .filter(|_| fallback.is_some())
-            .map(|soft| started + soft);
-        let hard = spec.hard_timeout.map(|hard| started + hard);
+            .map(|soft| Instant::now() + soft);
+        let hard = spec.hard_timeout.map(|hard| call_started + hard);
         let give_up_at = match (soft, hard) {
             (Some(soft), Some(hard)) => Some(soft.min(hard)),
             (soft, hard) => soft.or(hard),
         };
-        let (mut handle, handoff) = match body {
+        let (handle, handoff) = match body {
             Body::InPlace(compute) => {
                 let Some(at) = give_up_at else {
                     return Waited::Finished(compute.await);
                 };
                 return match tokio::time::timeout_at(at, compute).await {
                     Ok(result) => Waited::Finished(result),
-                    // Cancelled where it stands: nothing to store, the lease goes back.
+                    // Cancelled where it stands: nothing to store. The lease goes back before
+                    // the caller returns (one round trip), or the caller's next call could
+                    // find it still held and not store its value.
                     Err(_) => {
-                        if let Some(lease) = lease.take() {
-                            self.store(entry, lease, None, false, started.elapsed())
-                                .await;
+                        if let Some(lease) = guard.take_lease() {
+                            self.store(entry, lease, None, false, Duration::ZERO).await;
                         }
                         Waited::GaveUp(self.gave_up::<K, R>(spec, soft, fallback, timed_out))
                     }
@@ -190,21 +238,17 @@ impl Cache {
             }
             Body::Spawned(SpawnedBody { handle, handoff }) => (handle, handoff),
         };
-        let finished = |joined: Result<Option<R>, tokio::task::JoinError>| match joined {
-            Ok(Some(result)) => result,
-            Ok(None) => unreachable!("the task stores its result only after the caller gave up"),
-            // The body's panic reaches its caller, as it would in place.
-            Err(error) => std::panic::resume_unwind(error.into_panic()),
-        };
+        // If this caller is cancelled while waiting, so is its body, as it would be in place.
+        let mut handle = AbortOnDrop(Some(handle));
         let Some(at) = give_up_at else {
-            return Waited::Finished(finished((&mut handle).await));
+            return Waited::Finished(joined(handle.join().await).await);
         };
-        if let Ok(joined) = tokio::time::timeout_at(at, &mut handle).await {
-            return Waited::Finished(finished(joined));
+        if let Ok(result) = tokio::time::timeout_at(at, handle.join()).await {
+            return Waited::Finished(joined(result).await);
         }
-        let Some(held) = lease.take() else {
-            // No lease, nothing the task could store: it goes on, unheeded, or is cancelled.
-            handle.abort();
+        let Some(held) = guard.take_lease() else {
+            // No lease, nothing the task could store: cancelled.
+            drop(handle);
             return Waited::GaveUp(self.gave_up::<K, R>(spec, soft, fallback, timed_out));
         };
         let late = Box::new(LateFill {
@@ -215,11 +259,14 @@ impl Cache {
             refreshing: self.mark_refreshing(entry.key),
         });
         match handoff.give_up(late) {
-            Ok(()) => Waited::GaveUp(self.gave_up::<K, R>(spec, soft, fallback, timed_out)),
+            Ok(()) => {
+                handle.detach();
+                Waited::GaveUp(self.gave_up::<K, R>(spec, soft, fallback, timed_out))
+            }
             // It finished just now after all.
             Err(late) => {
-                *lease = Some(late.lease);
-                Waited::Finished(finished(handle.await))
+                guard.hold_lease(late.lease);
+                Waited::Finished(joined(handle.join().await).await)
             }
         }
     }
