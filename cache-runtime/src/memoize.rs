@@ -130,12 +130,20 @@ impl Cache {
         let flights = &self.inner.flights;
         // What `hard_timeout` counts from.
         let call_started = Instant::now();
+        let mut first_pass = true;
         'read: loop {
             // With `fail_safe`: an expired value that may stand in if the computation fails,
             // from this pass's read only (a later read may show it invalidated).
             let mut fallback: Option<Fallback<K::Stored>> = None;
             let ticket = flights.ticket(key);
-            let mut read_deadline = Instant::now() + self.inner.op_timeout;
+            // One clock read on a hit: the first pass starts when the call does.
+            let pass_started = if first_pass {
+                call_started
+            } else {
+                Instant::now()
+            };
+            first_pass = false;
+            let mut read_deadline = pass_started + self.inner.op_timeout;
             let (read, mut versions) = self.read(spec, key, tag_keys, read_deadline).await;
             let mut read = match read {
                 Read::Entry(bytes) => {
