@@ -80,6 +80,18 @@ async fn round(stale: bool, id: u64, clock: &ManualClock) -> (Vec<u64>, Vec<u64>
     (first, all)
 }
 
+/// `[(p50, p99) without stale, (p50, p99) with stale]` as ratios.
+fn print_ratios(quantiles: &[(f64, f64)]) {
+    let [(p50, p99), (stale_p50, stale_p99)] = quantiles else {
+        return;
+    };
+    println!(
+        "  with / without stale:  p50 {}  p99 {}",
+        ratio(*stale_p50, *p50),
+        ratio(*stale_p99, *p99)
+    );
+}
+
 fn main() {
     let server = RedisServer::start().expect("the benchmark needs redis-server");
     let runtime = common::runtime();
@@ -151,11 +163,7 @@ fn main() {
             println!("  {name:<22} {p50:>10.1} {p99:>10.1} {max:>10.1} {calls:>8} {waited:>18}");
             quantiles.push((p50, p99));
         }
-        println!(
-            "  with / without stale:  p50 {}  p99 {}",
-            ratio(quantiles[1].0, quantiles[0].0),
-            ratio(quantiles[1].1, quantiles[0].1)
-        );
+        print_ratios(&quantiles);
         println!(
             "each caller's first call after the expiry ({} calls each):",
             TASKS as u64 * ROUNDS
@@ -169,11 +177,7 @@ fn main() {
             println!("  {name:<22} {p50:>10.1} {p99:>10.1}");
             firsts.push((p50, p99));
         }
-        println!(
-            "  with / without stale:  p50 {}  p99 {}",
-            ratio(firsts[1].0, firsts[0].0),
-            ratio(firsts[1].1, firsts[0].1)
-        );
+        print_ratios(&firsts);
         assert_eq!(
             cache().stats().refreshes,
             ROUNDS,

@@ -152,33 +152,23 @@ impl Cache {
                         fingerprint,
                         Some(&versions),
                     ) {
-                        Ok((value, times)) => match Freshness::of(spec, times, self.now_ms()) {
-                            Freshness::Fresh => {
-                                self.record(Event::Hit, spec);
-                                if spec.early
-                                    && early_refresh_due(
-                                        times,
-                                        self.now_ms(),
-                                        self.inner.random_unit(),
-                                    )
-                                {
-                                    let entry = EntryAt {
-                                        spec,
-                                        key,
-                                        tag_keys,
-                                        fingerprint,
-                                    };
-                                    let from = RefreshFrom {
-                                        entry,
-                                        versions: &versions,
-                                        times,
-                                    };
-                                    refresh.start::<K>(self, from);
+                        Ok((value, times)) => {
+                            let freshness = Freshness::of(spec, times, self.now_ms());
+                            // A stale entry is refreshed behind its callers; a fresh one with
+                            // `early`, when its expiry draws near.
+                            let refresh_now = match freshness {
+                                Freshness::Fresh => {
+                                    spec.early
+                                        && early_refresh_due(
+                                            times,
+                                            self.now_ms(),
+                                            self.inner.random_unit(),
+                                        )
                                 }
-                                return K::from_stored(value);
-                            }
-                            Freshness::Stale => {
-                                self.record(Event::StaleServed, spec);
+                                Freshness::Stale => true,
+                                Freshness::Expired => false,
+                            };
+                            if refresh_now {
                                 let entry = EntryAt {
                                     spec,
                                     key,
@@ -191,19 +181,28 @@ impl Cache {
                                     times,
                                 };
                                 refresh.start::<K>(self, from);
-                                return K::from_stored(value);
                             }
-                            // Still in Redis, past its time by this cache's clock.
-                            Freshness::Expired => {
-                                if within_fail_safe(spec, times, self.now_ms()) {
-                                    fallback = Some(Fallback {
-                                        value,
-                                        bytes: bytes.clone(),
-                                    });
+                            match freshness {
+                                Freshness::Fresh => {
+                                    self.record(Event::Hit, spec);
+                                    return K::from_stored(value);
                                 }
-                                Read::Expired
+                                Freshness::Stale => {
+                                    self.record(Event::StaleServed, spec);
+                                    return K::from_stored(value);
+                                }
+                                // Still in Redis, past its time by this cache's clock.
+                                Freshness::Expired => {
+                                    if within_fail_safe(spec, times, self.now_ms()) {
+                                        fallback = Some(Fallback {
+                                            value,
+                                            bytes: bytes.clone(),
+                                        });
+                                    }
+                                    Read::Expired
+                                }
                             }
-                        },
+                        }
                         Err(error) => {
                             self.report_decode_failure(spec, key, &error);
                             Read::Unusable

@@ -159,32 +159,22 @@ pub struct RefreshJob {
 impl RefreshJob {
     /// The entry of a body whose caller stopped waiting.
     pub(crate) fn owned(entry: &EntryAt<'_>) -> Self {
-        RefreshJob {
-            spec: entry.spec,
-            key: entry.key.to_owned(),
-            function_tag: entry.tag_keys.function.map(str::to_owned),
-            user_tags: entry.tag_keys.user.to_vec(),
-            fingerprint: entry.fingerprint,
-            versions: Versions::new(),
-            replacing_written_at_ms: 0,
-        }
+        Self::of(entry, Versions::new(), 0)
     }
 
-    fn new(
-        RefreshFrom {
-            entry,
-            versions,
-            times: replacing,
-        }: RefreshFrom<'_>,
-    ) -> Self {
+    fn new(from: RefreshFrom<'_>) -> Self {
+        Self::of(&from.entry, from.versions.clone(), from.times.written_at_ms)
+    }
+
+    fn of(entry: &EntryAt<'_>, versions: Versions, replacing_written_at_ms: u64) -> Self {
         RefreshJob {
             spec: entry.spec,
             key: entry.key.to_owned(),
             function_tag: entry.tag_keys.function.map(str::to_owned),
             user_tags: entry.tag_keys.user.to_vec(),
             fingerprint: entry.fingerprint,
-            versions: versions.clone(),
-            replacing_written_at_ms: replacing.written_at_ms,
+            versions,
+            replacing_written_at_ms,
         }
     }
 
