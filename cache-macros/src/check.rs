@@ -225,18 +225,12 @@ pub(crate) fn check(args: &CachedArgs, model: &FnModel, errors: &mut Errors) -> 
         check_refreshable(option, model, errors);
     }
     if let Some((_, span)) = args.fail_safe
-        && !matches!(
-            model.kind,
-            ReturnKind::Fallible | ReturnKind::FallibleOptional
-        )
+        && !model.kind.can_fail()
     {
         errors.at(span, "`fail_safe` serves the last good value when the function fails, and this one cannot: it applies to functions returning `Result`");
     }
     if let Some((_, span)) = args.hard_timeout
-        && !matches!(
-            model.kind,
-            ReturnKind::Fallible | ReturnKind::FallibleOptional
-        )
+        && !model.kind.can_fail()
     {
         errors.at(span, "`hard_timeout` makes a call that takes too long return an error, which this function cannot: it applies to functions returning `Result<T, E>` where `E: From<redis_memo::TimedOut>`");
     }

@@ -245,54 +245,51 @@ fn stale_compute(
 /// address of the static.
 fn spec_static(options: &CachedArgs, name_text: &str, private: &TokenStream) -> TokenStream {
     let template_text = &options.key.source;
-    let ttl_ms = u64::try_from(options.ttl.as_millis()).unwrap_or(u64::MAX);
+    let duration = |duration: std::time::Duration| {
+        let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        quote!(#private::Duration::from_millis(#millis))
+    };
+    let ttl = duration(options.ttl);
     let version = options.version;
     let cache_none = options.cache_none.is_some();
     let lock = options.lock.as_ref().map(|lock| {
-        let wait_ms = u64::try_from(lock.wait.as_millis()).unwrap_or(u64::MAX);
+        let wait = duration(lock.wait);
         let lease = lock.lease.map(|lease| {
-            let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
-            quote!(.lease(#private::Duration::from_millis(#lease_ms)))
+            let lease = duration(lease);
+            quote!(.lease(#lease))
         });
-        quote!(.lock(#private::Duration::from_millis(#wait_ms)) #lease)
+        quote!(.lock(#wait) #lease)
     });
     let tags = options.tags.iter().map(|tag| &tag.source);
     let invalidate_all = options.invalidate_all;
     let jitter = options.jitter_per_mille;
     let early = options.early.is_some();
-    let stale = options.stale.map(|(stale, _)| {
-        let stale_ms = u64::try_from(stale.as_millis()).unwrap_or(u64::MAX);
-        quote!(.stale(#private::Duration::from_millis(#stale_ms)))
-    });
-    let fail_safe = options.fail_safe.map(|(fail_safe, _)| {
-        let fail_safe_ms = u64::try_from(fail_safe.as_millis()).unwrap_or(u64::MAX);
-        quote!(.fail_safe(#private::Duration::from_millis(#fail_safe_ms)))
-    });
-    let timeouts = [
-        (options.soft_timeout, quote!(soft_timeout)),
-        (options.hard_timeout, quote!(hard_timeout)),
+    // The optional durations of the freshness options, each through its setter.
+    let freshness = [
+        ("stale", options.stale),
+        ("fail_safe", options.fail_safe),
+        ("soft_timeout", options.soft_timeout),
+        ("hard_timeout", options.hard_timeout),
     ]
     .into_iter()
-    .filter_map(|(timeout, setter)| {
-        let (timeout, _) = timeout?;
-        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        Some(quote!(.#setter(#private::Duration::from_millis(#timeout_ms))))
+    .filter_map(|(setter, option)| {
+        let setter = format_ident!("{setter}");
+        let value = duration(option?.0);
+        Some(quote!(.#setter(#value)))
     });
     quote! {
         static __REDIS_MEMO_SPEC: #private::FnSpec = #private::FnSpec::new(
             #name_text,
             ::core::concat!(::core::module_path!(), "::", #name_text),
             #template_text,
-            #private::Duration::from_millis(#ttl_ms),
+            #ttl,
         )
         .version(#version)
         .cache_none(#cache_none)
         .tags(&[#(#tags),*])
         .invalidate_all(#invalidate_all)
         .jitter_per_mille(#jitter)
-        #stale
-        #fail_safe
-        #(#timeouts)*
+        #(#freshness)*
         .early(#early)
         #lock;
     }
@@ -634,22 +631,20 @@ fn tag_helpers(
 
 /// `&self, a: A, b: B` for a helper's signature.
 pub(crate) fn helper_inputs(model: &FnModel, inputs: &HelperInputs) -> TokenStream {
-    let receiver = inputs.takes_self.then(|| quote!(&self,));
-    let params = inputs.params.iter().map(|&index| {
-        let param = &model.params[index];
-        let (ident, ty) = (&param.ident, &param.ty);
-        quote!(#ident: #ty)
-    });
-    quote!(#receiver #(#params),*)
+    helper_parameters(model, inputs, TokenStream::new())
 }
 
 /// [`helper_inputs`] with each parameter taken by reference, `id: &u64`.
 fn helper_inputs_by_reference(model: &FnModel, inputs: &HelperInputs) -> TokenStream {
+    helper_parameters(model, inputs, quote!(&))
+}
+
+fn helper_parameters(model: &FnModel, inputs: &HelperInputs, borrow: TokenStream) -> TokenStream {
     let receiver = inputs.takes_self.then(|| quote!(&self,));
     let params = inputs.params.iter().map(|&index| {
         let param = &model.params[index];
         let (ident, ty) = (&param.ident, &param.ty);
-        quote!(#ident: &#ty)
+        quote!(#ident: #borrow #ty)
     });
     quote!(#receiver #(#params),*)
 }

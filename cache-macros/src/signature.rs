@@ -217,6 +217,11 @@ impl FnModel {
 }
 
 impl ReturnKind {
+    /// Whether a call can fail (`Result<..>`), which `fail_safe` and `hard_timeout` need.
+    pub(crate) fn can_fail(&self) -> bool {
+        matches!(self, ReturnKind::Fallible | ReturnKind::FallibleOptional)
+    }
+
     pub(crate) fn runtime_name(&self) -> Ident {
         let name = match self {
             ReturnKind::Plain => "Plain",

@@ -130,20 +130,15 @@ impl Cache {
         let flights = &self.inner.flights;
         // What `hard_timeout` counts from.
         let call_started = Instant::now();
-        let mut first_pass = true;
+        // One clock reading on a hit: the first read starts when the call does.
+        let mut first_read = Some(call_started);
         'read: loop {
             // With `fail_safe`: an expired value that may stand in if the computation fails,
             // from this pass's read only (a later read may show it invalidated).
             let mut fallback: Option<Fallback<K::Stored>> = None;
             let ticket = flights.ticket(key);
-            // One clock read on a hit: the first pass starts when the call does.
-            let pass_started = if first_pass {
-                call_started
-            } else {
-                Instant::now()
-            };
-            first_pass = false;
-            let mut read_deadline = pass_started + self.inner.op_timeout;
+            let read_started = first_read.take().unwrap_or_else(Instant::now);
+            let mut read_deadline = read_started + self.inner.op_timeout;
             let (read, mut versions) = self.read(spec, key, tag_keys, read_deadline).await;
             let mut read = match read {
                 Read::Entry(bytes) => {
@@ -153,7 +148,8 @@ impl Cache {
                         Some(&versions),
                     ) {
                         Ok((value, times)) => {
-                            let freshness = Freshness::of(spec, times, self.now_ms());
+                            let now_ms = self.now_ms();
+                            let freshness = Freshness::of(spec, times, now_ms);
                             // A stale entry is refreshed behind its callers; a fresh one with
                             // `early`, when its expiry draws near.
                             let refresh_now = match freshness {
@@ -161,7 +157,7 @@ impl Cache {
                                     spec.early
                                         && early_refresh_due(
                                             times,
-                                            self.now_ms(),
+                                            now_ms,
                                             self.inner.random_unit(),
                                         )
                                 }
@@ -193,7 +189,7 @@ impl Cache {
                                 }
                                 // Still in Redis, past its time by this cache's clock.
                                 Freshness::Expired => {
-                                    if within_fail_safe(spec, times, self.now_ms()) {
+                                    if within_fail_safe(spec, times, now_ms) {
                                         fallback = Some(Fallback {
                                             value,
                                             bytes: bytes.clone(),
@@ -437,8 +433,7 @@ impl Cache {
         let computed_ms = self.ms_since(started_ms);
 
         let recorded = tokens.as_deref().unwrap_or_default();
-        let encoded = K::shareable(&result)
-            .and_then(|value| self.encode(spec, fingerprint, value, recorded, computed_ms));
+        let encoded = self.encode_result::<K, R>(entry, &result, recorded, computed_ms);
         match &encoded {
             Some(encoded) => guard.publish(Shared::Computed(encoded.bytes.clone())),
             None => guard.publish(Shared::NotShareable),
@@ -528,6 +523,34 @@ impl Cache {
 
     pub(crate) fn is_fresh(&self, spec: &FnSpec, times: EntryTimes) -> bool {
         Freshness::of(spec, times, self.now_ms()) == Freshness::Fresh
+    }
+
+    /// `result` as an entry of `entry` recording the tag tokens `tags`; `None` when it cannot
+    /// be shared (an `Err`) or does not serialize.
+    pub(crate) fn encode_result<K: ReturnKind<R>, R>(
+        &self,
+        entry: &EntryAt<'_>,
+        result: &R,
+        tags: &[Token],
+        computed_in_ms: u32,
+    ) -> Option<Encoded> {
+        K::shareable(result).and_then(|value| {
+            self.encode(entry.spec, entry.fingerprint, value, tags, computed_in_ms)
+        })
+    }
+
+    /// [`Cache::encode_result`], only for a result the function stores (`None` only with
+    /// `cache_none`).
+    pub(crate) fn encode_storable<K: ReturnKind<R>, R>(
+        &self,
+        entry: &EntryAt<'_>,
+        result: &R,
+        tags: &[Token],
+        computed_in_ms: u32,
+    ) -> Option<Encoded> {
+        K::storable(result, entry.spec.cache_none)
+            .then(|| self.encode_result::<K, R>(entry, result, tags, computed_in_ms))
+            .flatten()
     }
 
     /// Encodes `value` as an entry of `spec` written now, with its lifetime (the ttl, less a
@@ -770,7 +793,7 @@ impl Cache {
         }
     }
 
-    async fn release(&self, spec: &'static FnSpec, lease: HeldLease, clear_entry: bool) {
+    pub(crate) async fn release(&self, spec: &'static FnSpec, lease: HeldLease, clear_entry: bool) {
         let _ = self.observe("release", spec, lease.release(clear_entry).await);
     }
 

@@ -251,8 +251,9 @@ pub(crate) struct Refreshing {
 }
 
 impl Cache {
-    /// Marks `key` as being refreshed in this process, by a body whose caller stopped waiting
-    /// (`soft_timeout`); `None` if something refreshes it already.
+    /// Marks `key` as being refreshed in this process (by a background refresh, or a body
+    /// whose caller stopped waiting at its `soft_timeout`); `None` if something refreshes it
+    /// already.
     pub(crate) fn mark_refreshing(&self, key: &str) -> Option<Refreshing> {
         self.inner
             .refreshing()
@@ -297,14 +298,11 @@ impl Cache {
         if !self.inner.refresh_backoff.allows(key, self.now_ms()) {
             return;
         }
-        if !self.inner.refreshing().insert(key.to_owned()) {
+        let Some(mut guard) = self.mark_refreshing(key) else {
             return;
-        }
-        let mut guard = Refreshing {
-            cache: self.clone(),
-            key: key.to_owned(),
-            finished: false,
         };
+        // Until it finishes, it counts as failed (a panic in the body).
+        guard.finished = false;
         let (job, compute) = (RefreshJob::new(from), make());
         runtime.spawn(async move {
             guard.cache.refresh::<K, R, Fut>(&job, compute).await;
@@ -350,8 +348,7 @@ impl Cache {
                 "redis-memo: a background refresh outlasted its lease and was abandoned"
             );
             self.inner.refresh_backoff.failed(&job.key, self.now_ms());
-            self.store(&entry, lease, None, false, started.elapsed())
-                .await;
+            self.release(spec, lease, false).await;
             return;
         };
         let computed_ms = self.ms_since(started_ms);
@@ -362,9 +359,7 @@ impl Cache {
         } else {
             self.inner.refresh_backoff.succeeded(&job.key);
         }
-        let encoded = K::shareable(&result)
-            .filter(|_| K::storable(&result, spec.cache_none))
-            .and_then(|value| self.encode(spec, entry.fingerprint, value, &tokens, computed_ms));
+        let encoded = self.encode_storable::<K, R>(&entry, &result, &tokens, computed_ms);
         // A success that is not stored (`None` without `cache_none`) means the old value is
         // gone from the source: remove it rather than serve it and refresh again and again.
         let clear_entry = encoded.is_none() && !failed;

@@ -230,7 +230,7 @@ impl Cache {
                     // find it still held and not store its value.
                     Err(_) => {
                         if let Some(lease) = guard.take_lease() {
-                            self.store(entry, lease, None, false, Duration::ZERO).await;
+                            self.release(spec, lease, false).await;
                         }
                         Waited::GaveUp(self.gave_up::<K, R>(spec, soft, fallback, timed_out))
                     }
@@ -301,17 +301,11 @@ impl Cache {
     /// Stores the result of a body whose caller stopped waiting.
     pub(crate) async fn fill_late<K: ReturnKind<R>, R>(&self, late: LateFill, result: R) {
         let entry = late.job.entry();
-        let spec = entry.spec;
         let computed_ms = self.ms_since(late.started_ms);
         let encoded = late
             .tokens
-            .as_ref()
-            .filter(|_| K::storable(&result, spec.cache_none))
-            .and_then(|tokens| {
-                K::shareable(&result).and_then(|value| {
-                    self.encode(spec, entry.fingerprint, value, tokens, computed_ms)
-                })
-            });
+            .as_deref()
+            .and_then(|tokens| self.encode_storable::<K, R>(&entry, &result, tokens, computed_ms));
         self.store(&entry, late.lease, encoded, false, Duration::ZERO)
             .await;
         drop(late.refreshing);
