@@ -113,7 +113,9 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
         quote!(#private::tag_key_writer(__redis_memo_cache)),
         &private,
     );
-    let body = &function.block;
+    // The body's statements, not its block: braces around a one-line body would be
+    // reported (`unused_braces`) on the user's tokens.
+    let body = &function.block.stmts;
     // Every token of the callee carries the stored type's span, so a value type that is not
     // serializable is reported on the user's type rather than on the whole attribute.
     let memoize_call = respan(
@@ -130,7 +132,7 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
                 let __redis_memo_fake_return: #output = loop {};
                 return __redis_memo_fake_return;
             }
-            #body
+            #(#body)*
         }
     };
     let background =

@@ -393,7 +393,9 @@ fn expand_body(mode: Mode, args: &WriterArgs, model: &FnModel, function: &ItemFn
     let private = quote!(#krate::__private);
     let output = &model.output;
     let kind = model.kind.runtime_name();
-    let body = &function.block;
+    // The body's statements, not its block: braces around a one-line body would be
+    // reported (`unused_braces`) on the user's tokens.
+    let body = &function.block.stmts;
     // Cloned out of its expression: the body may move what the expression reads.
     let select_cache = select_cache(args.cache.as_ref(), &private, true);
     let written =
@@ -490,7 +492,7 @@ fn expand_body(mode: Mode, args: &WriterArgs, model: &FnModel, function: &ItemFn
                 let __redis_memo_fake_return: #output = loop {};
                 return __redis_memo_fake_return;
             }
-            #body
+            #(#body)*
         }
         .await;
         #on_success
