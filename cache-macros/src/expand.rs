@@ -119,7 +119,7 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
     // Every token of the callee carries the stored type's span, so a value type that is not
     // serializable is reported on the user's type rather than on the whole attribute.
     let memoize_call = respan(
-        quote!(#private::memoize::<#private::#kind, _, _, _, _>),
+        quote!(#private::memoize::<#private::#kind, _, _, _, _, _>),
         stored.span(),
     );
     let key_types = key_types(model, usage, false);
@@ -177,6 +177,11 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
             __redis_memo_body,
             #refresh,
             #on_timeout,
+            // `CloneFailure` when the error type is `Clone`, else `TakeTurns`.
+            {
+                use #private::{PickCloneFailure as _, PickTakeTurns as _};
+                (&#private::FailureSharing::<#output>::new()).pick()
+            },
         )
         .await
     };

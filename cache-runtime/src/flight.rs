@@ -23,6 +23,7 @@
 //!   each waiter against the tokens it read itself; a waiter it does not satisfy reads again.
 
 use crate::lease::HeldLease;
+use crate::returns::SharedFailure;
 use crate::tags::Versions;
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -39,9 +40,13 @@ pub(crate) enum Shared {
     /// An entry the leader found stored: valid for a waiter only if its tags' tokens are the
     /// ones the waiter read.
     Found(Bytes),
-    /// The leader's result cannot be shared (an `Err`, or it did not serialize): each waiter
-    /// runs the function itself.
+    /// The leader's value did not serialize: each waiter runs the function itself.
     NotShareable,
+    /// The leader's call failed (an `Err`). With the error, when its type can be shared (see
+    /// [`crate::returns::ShareFailure`]), each waiter returns a copy of it; without, a waiter
+    /// returns its fail-safe value or starts over (one of them leads the next attempt, so the
+    /// source still sees one call at a time). Published by [`LeaderGuard::hand_over`] only.
+    Failed(Option<SharedFailure>),
     /// The leader stopped waiting at its `hard_timeout`, with no fail-safe value: so do its
     /// waiters.
     TimedOut,
@@ -154,6 +159,8 @@ pub(crate) struct LeaderGuard<'a> {
     /// The entry's lease while the leader computes: if the leader goes away, it passes to the
     /// next leader of this process rather than block it until released or expired.
     lease: Option<HeldLease>,
+    /// Set by [`LeaderGuard::hand_over`], which did the dropping's work already.
+    handed_over: bool,
 }
 
 /// How waiting on a leader ended.
@@ -248,6 +255,7 @@ impl Flights {
                 stripe: ticket.stripe,
                 slot,
                 lease: None,
+                handed_over: false,
             },
             read_is_stale,
         }
@@ -294,22 +302,54 @@ impl LeaderGuard<'_> {
     }
 }
 
-impl Drop for LeaderGuard<'_> {
-    fn drop(&mut self) {
-        {
-            let mut map = self.flights.map();
-            // Bumped before the flight leaves the map (under its lock): a caller that finds no
-            // flight afterwards also sees the bump, and reads again.
-            self.flights.completed[self.stripe].fetch_add(1, SeqCst);
-            if let Some(flights) = map.get_mut(self.key) {
-                flights.retain(|(fingerprint, slot)| {
-                    *fingerprint != self.fingerprint || !Arc::ptr_eq(slot, &self.slot)
-                });
-                if flights.is_empty() {
-                    map.remove(self.key);
-                }
+impl LeaderGuard<'_> {
+    /// The leader's call failed: ends the flight now (callers from now on start a new one)
+    /// and gives the waiters [`Shared::Failed`] with `failure`. Without a shared error, the
+    /// lease goes to the waiter that leads next, if any; otherwise (or with one) it comes back
+    /// to be released.
+    pub(crate) fn hand_over(mut self, failure: Option<SharedFailure>) -> Option<HeldLease> {
+        self.leave_map();
+        self.handed_over = true;
+        // Out of the map: nobody joins any more, so the count of waiters is final.
+        let waiters = Arc::strong_count(&self.slot) > 1;
+        let lease = self.lease.take();
+        let lease = match lease {
+            Some(lease) if failure.is_none() && waiters => {
+                let key = (self.key.to_owned(), self.fingerprint);
+                self.flights.orphaned_leases().insert(key, lease);
+                None
+            }
+            other => other,
+        };
+        if self.slot.outcome.set(Some(Shared::Failed(failure))).is_ok() {
+            self.slot.changed.notify_waiters();
+        }
+        lease
+    }
+
+    /// Takes this flight out of the map: later callers start a new one.
+    fn leave_map(&self) {
+        let mut map = self.flights.map();
+        // Bumped before the flight leaves the map (under its lock): a caller that finds no
+        // flight afterwards also sees the bump, and reads again.
+        self.flights.completed[self.stripe].fetch_add(1, SeqCst);
+        if let Some(flights) = map.get_mut(self.key) {
+            flights.retain(|(fingerprint, slot)| {
+                *fingerprint != self.fingerprint || !Arc::ptr_eq(slot, &self.slot)
+            });
+            if flights.is_empty() {
+                map.remove(self.key);
             }
         }
+    }
+}
+
+impl Drop for LeaderGuard<'_> {
+    fn drop(&mut self) {
+        if self.handed_over {
+            return;
+        }
+        self.leave_map();
         // Not published (cancelled or panicked): release the waiters so they start over, and
         // leave them the lease if any of them is there to take it (else it is released).
         if self.slot.outcome.set(None).is_ok() {

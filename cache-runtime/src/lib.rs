@@ -50,7 +50,9 @@ pub mod __private {
     pub use crate::key::{KeyPart, KeyWriter};
     pub use crate::refresh::{NoRefresh, RefreshFrom, Refresher, SpawnedBody};
     pub use crate::returns::{
-        CacheValue, Fallible, FallibleOptional, Optional, Plain, ReturnKind, StoredKind, Written,
+        CacheValue, CloneFailure, FailureSharing, Fallible, FallibleOptional, Optional,
+        PickCloneFailure, PickTakeTurns, Plain, ReturnKind, ShareFailure, StoredKind, TakeTurns,
+        Written,
     };
     pub use crate::spec::FnSpec;
     pub use crate::timeouts::{Handoff, NoTimeoutError, OnTimeout, TimeoutAsError};
@@ -90,9 +92,10 @@ pub mod __private {
     /// of `compute` (an async block of the function), which names the function's owner, and
     /// that of a tuple of references to the parameters keys and tags are rendered from.
     /// `refresh` is [`NoRefresh`], or for `stale` the factory of the body's futures;
-    /// `on_timeout` is [`NoTimeoutError`], or [`TimeoutAsError`] for `hard_timeout`.
+    /// `on_timeout` is [`NoTimeoutError`], or [`TimeoutAsError`] for `hard_timeout`;
+    /// `on_failure` is what [`FailureSharing`] picks for the return type.
     #[allow(clippy::too_many_arguments)]
-    pub async fn memoize<K, R, F, B, O>(
+    pub async fn memoize<K, R, F, B, O, S>(
         cache: Option<&Cache>,
         spec: &'static FnSpec,
         entry_key: String,
@@ -101,18 +104,24 @@ pub mod __private {
         compute: F,
         refresh: B,
         on_timeout: O,
+        on_failure: S,
     ) -> R
     where
         K: ReturnKind<R> + 'static,
         F: Future<Output = R>,
         B: Refresher<R>,
         O: OnTimeout<R>,
+        S: ShareFailure<R>,
     {
         match cache {
             Some(cache) => {
+                let outcomes = crate::memoize::Outcomes {
+                    on_timeout,
+                    on_failure,
+                };
                 cache
-                    .memoize::<K, R, F, B, O>(
-                        spec, &entry_key, tags, identity, compute, refresh, on_timeout,
+                    .memoize::<K, R, F, B, O, S>(
+                        spec, &entry_key, tags, identity, compute, refresh, outcomes,
                     )
                     .await
             }

@@ -24,7 +24,7 @@ use crate::freshness::{Freshness, Lifetime, early_refresh_due, within_fail_safe}
 use crate::lease::{self, Acquired, HeldLease};
 use crate::notify::Notice;
 use crate::refresh::{RefreshFrom, Refresher};
-use crate::returns::ReturnKind;
+use crate::returns::{ReturnKind, ShareFailure};
 use crate::spec::FnSpec;
 use crate::stats::Event;
 use crate::tags::{TagKeys, Token, Versions};
@@ -45,6 +45,13 @@ pub(crate) enum LeaseOutcome<V> {
     },
     /// Redis failed or is unavailable.
     Failed,
+}
+
+/// What a call returns when it does not get a value: after its `hard_timeout`, and when it
+/// waited on another caller's failed computation.
+pub(crate) struct Outcomes<O, S> {
+    pub(crate) on_timeout: O,
+    pub(crate) on_failure: S,
 }
 
 /// The entry a leader works on.
@@ -100,9 +107,10 @@ impl Cache {
     /// [`FnSpec::resolve`].
     ///
     /// `refresh` recomputes a stale entry in the background (functions with `stale`).
-    /// `on_timeout` builds the error of a call that outlasted its `hard_timeout`.
+    /// `outcomes` builds the error of a call that outlasted its `hard_timeout`, and shares a
+    /// failed computation's error with the callers that waited on it.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn memoize<K, R, F, B, O>(
+    pub(crate) async fn memoize<K, R, F, B, O, S>(
         &self,
         spec: &'static FnSpec,
         key: &str,
@@ -110,13 +118,14 @@ impl Cache {
         [body_type, key_types]: [&'static str; 2],
         compute: F,
         refresh: B,
-        on_timeout: O,
+        outcomes: Outcomes<O, S>,
     ) -> R
     where
         K: ReturnKind<R> + 'static,
         F: Future<Output = R>,
         B: Refresher<R>,
         O: OnTimeout<R>,
+        S: ShareFailure<R>,
     {
         let resolved = spec.resolve::<K::Stored>(body_type, key_types, true);
         let fingerprint = resolved.fingerprint;
@@ -224,12 +233,12 @@ impl Cache {
                             fingerprint,
                         };
                         let result = self
-                            .lead::<K, R, F, B, O>(
+                            .lead::<K, R, F, B, O, S>(
                                 &entry,
                                 guard,
                                 (read, versions),
                                 (call_started, read_deadline),
-                                (compute, &refresh, &on_timeout),
+                                (compute, &refresh, &outcomes),
                                 &mut fallback,
                             )
                             .await;
@@ -250,21 +259,57 @@ impl Cache {
                                 let current = (!versions.is_empty()).then_some(&versions[..]);
                                 (bytes, current)
                             }
-                            // The leader's result was an `Err`: run the function now rather
-                            // than queue behind other callers' failures (each caller's wait
-                            // stays bounded by its own call).
+                            // The leader's value did not serialize: nothing to share.
                             WaitOutcome::Shared(Shared::NotShareable) => {
-                                let result = compute.await;
-                                return self.fail_safe::<K, R>(spec, result, fallback);
+                                let on_timeout = &outcomes.on_timeout;
+                                return self
+                                    .run_alone::<K, R, F, O>(
+                                        spec,
+                                        call_started,
+                                        compute,
+                                        on_timeout,
+                                        fallback,
+                                    )
+                                    .await;
+                            }
+                            // The leader's call failed: its error, when it can be shared.
+                            WaitOutcome::Shared(Shared::Failed(Some(failure))) => {
+                                if let Some(failed) = outcomes.on_failure.rebuild(&failure) {
+                                    self.record(Event::Coalesced, spec);
+                                    return self.fail_safe::<K, R>(spec, failed, fallback);
+                                }
+                                read_deadline = Instant::now() + self.inner.op_timeout;
+                                continue;
+                            }
+                            // Its error cannot be shared: this caller's fail-safe value, or a
+                            // turn of its own (one waiter leads the next attempt, the others
+                            // wait for it), within its own hard timeout.
+                            WaitOutcome::Shared(Shared::Failed(None)) => {
+                                if let Some(Fallback { value, .. }) = fallback {
+                                    self.record(Event::FailSafe, spec);
+                                    return K::from_stored(value);
+                                }
+                                read_deadline = Instant::now() + self.inner.op_timeout;
+                                continue;
                             }
                             WaitOutcome::Shared(Shared::TimedOut) => {
                                 let after = spec.hard_timeout.unwrap_or_default();
+                                let on_timeout = &outcomes.on_timeout;
                                 return match on_timeout.timed_out(after) {
                                     // Its own fail-safe value, if its read found one.
                                     Some(timed_out) => {
                                         self.fail_safe::<K, R>(spec, timed_out, fallback)
                                     }
-                                    None => compute.await,
+                                    None => {
+                                        self.run_alone::<K, R, F, O>(
+                                            spec,
+                                            call_started,
+                                            compute,
+                                            on_timeout,
+                                            fallback,
+                                        )
+                                        .await
+                                    }
                                 };
                             }
                             // The leader was cancelled or panicked: start over, maybe as the
@@ -287,7 +332,18 @@ impl Cache {
                             Err(DecodeError::Invalidated) => continue 'read,
                             // The leader encoded these bytes with the same fingerprint, so
                             // they decode; if they somehow did not, computing is still right.
-                            Err(_) => return compute.await,
+                            Err(_) => {
+                                let on_timeout = &outcomes.on_timeout;
+                                return self
+                                    .run_alone::<K, R, F, O>(
+                                        spec,
+                                        call_started,
+                                        compute,
+                                        on_timeout,
+                                        fallback,
+                                    )
+                                    .await;
+                            }
                         }
                     }
                 }
@@ -295,13 +351,13 @@ impl Cache {
         }
     }
 
-    async fn lead<K, R, F, B, O>(
+    async fn lead<K, R, F, B, O, S>(
         &self,
         entry: &EntryAt<'_>,
         mut guard: LeaderGuard<'_>,
         (read, mut versions): (Read, Versions),
         (call_started, deadline): (Instant, Instant),
-        (compute, refresh, on_timeout): (F, &B, &O),
+        (compute, refresh, outcomes): (F, &B, &Outcomes<O, S>),
         fallback: &mut Option<Fallback<K::Stored>>,
     ) -> R
     where
@@ -309,6 +365,7 @@ impl Cache {
         F: Future<Output = R>,
         B: Refresher<R>,
         O: OnTimeout<R>,
+        S: ShareFailure<R>,
     {
         let EntryAt {
             spec,
@@ -414,7 +471,7 @@ impl Cache {
                 &tokens,
                 (call_started, started_ms),
                 fallback,
-                |after| on_timeout.timed_out(after),
+                |after| outcomes.on_timeout.timed_out(after),
             )
             .await;
         let result = match waited {
@@ -432,6 +489,14 @@ impl Cache {
         let computed_in = started.elapsed();
         let computed_ms = self.ms_since(started_ms);
 
+        if K::is_failure(&result) {
+            // Its waiters get the error (or take turns), and nothing is stored.
+            let failure = outcomes.on_failure.share(&result);
+            if let Some(lease) = guard.hand_over(failure) {
+                self.release(spec, lease, unusable).await;
+            }
+            return result;
+        }
         let recorded = tokens.as_deref().unwrap_or_default();
         let encoded = self.encode_result::<K, R>(entry, &result, recorded, computed_ms);
         match &encoded {
@@ -488,6 +553,38 @@ impl Cache {
             *version = created.next();
         }
         versions.iter().copied().collect()
+    }
+
+    /// Runs this caller's own body, outside any flight (its leader's value could not be
+    /// shared), within the function's hard timeout counted from `call_started`.
+    async fn run_alone<K, R, F, O>(
+        &self,
+        spec: &'static FnSpec,
+        call_started: Instant,
+        compute: F,
+        on_timeout: &O,
+        fallback: Option<Fallback<K::Stored>>,
+    ) -> R
+    where
+        K: ReturnKind<R>,
+        F: Future<Output = R>,
+        O: OnTimeout<R>,
+    {
+        let bound = spec
+            .hard_timeout
+            .and_then(|hard| Some((call_started.checked_add(hard)?, hard)));
+        let timed_out = bound.and_then(|(at, hard)| Some((at, on_timeout.timed_out(hard)?)));
+        let result = match timed_out {
+            Some((at, timed_out)) => match tokio::time::timeout_at(at, compute).await {
+                Ok(result) => result,
+                Err(_) => {
+                    self.record(Event::HardTimeout, spec);
+                    timed_out
+                }
+            },
+            None => compute.await,
+        };
+        self.fail_safe::<K, R>(spec, result, fallback)
     }
 
     /// With `fail_safe`: `fallback` instead of a failed `result`, counted.

@@ -199,3 +199,94 @@ impl<T, E> Written<Result<Option<T>, E>> for FallibleOptional {
         result.as_ref().ok()
     }
 }
+
+/// A failed call's error, type-erased, as the callers that waited on its computation get it.
+pub type SharedFailure = std::sync::Arc<dyn std::any::Any + Send + Sync>;
+
+/// How the callers that waited on a failed computation (an `Err`) get its outcome. Generated
+/// code picks [`CloneFailure`] when the error type is `Clone + Send + Sync + 'static`, else
+/// [`TakeTurns`] (see [`FailureSharing`]).
+pub trait ShareFailure<R>: Copy {
+    /// The error of a failed `result`, to give to the waiters; `None` if it is not a failure
+    /// or cannot be shared.
+    fn share(self, result: &R) -> Option<SharedFailure>;
+
+    /// A waiter's own copy of a shared error.
+    fn rebuild(self, failure: &SharedFailure) -> Option<R>;
+}
+
+/// The waiters of a failed computation get a clone of its error, at once.
+#[derive(Debug, Clone, Copy)]
+pub struct CloneFailure;
+
+/// The waiters of a failed computation take turns: the next one runs the function, so the
+/// source still sees one call per key and process at a time.
+#[derive(Debug, Clone, Copy)]
+pub struct TakeTurns;
+
+impl<T, E: Clone + Send + Sync + 'static> ShareFailure<Result<T, E>> for CloneFailure {
+    fn share(self, result: &Result<T, E>) -> Option<SharedFailure> {
+        let error = result.as_ref().err()?;
+        Some(std::sync::Arc::new(error.clone()))
+    }
+
+    fn rebuild(self, failure: &SharedFailure) -> Option<Result<T, E>> {
+        failure.downcast_ref::<E>().cloned().map(Err)
+    }
+}
+
+impl<R> ShareFailure<R> for TakeTurns {
+    fn share(self, _: &R) -> Option<SharedFailure> {
+        None
+    }
+
+    fn rebuild(self, _: &SharedFailure) -> Option<R> {
+        None
+    }
+}
+
+/// Picks the [`ShareFailure`] of return type `R` by method resolution ("autoref
+/// specialization"): `(&FailureSharing::<R>::new()).pick()` is [`CloneFailure`] when `R` is a
+/// `Result` whose error is `Clone + Send + Sync + 'static`, [`TakeTurns`] otherwise (including
+/// in generic functions, whose error type is not known to be `Clone`). Both
+/// [`PickCloneFailure`] and [`PickTakeTurns`] must be in scope.
+#[derive(Debug)]
+pub struct FailureSharing<R>(std::marker::PhantomData<fn() -> R>);
+
+impl<R> FailureSharing<R> {
+    /// The selector for return type `R`.
+    #[must_use]
+    pub const fn new() -> Self {
+        FailureSharing(std::marker::PhantomData)
+    }
+}
+
+impl<R> Default for FailureSharing<R> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The preferred pick of [`FailureSharing`] (matched without auto-reference).
+pub trait PickCloneFailure {
+    /// [`CloneFailure`].
+    fn pick(&self) -> CloneFailure;
+}
+
+impl<T, E: Clone + Send + Sync + 'static> PickCloneFailure for FailureSharing<Result<T, E>> {
+    fn pick(&self) -> CloneFailure {
+        CloneFailure
+    }
+}
+
+/// The fallback pick of [`FailureSharing`] (matched through one more reference).
+pub trait PickTakeTurns {
+    /// [`TakeTurns`].
+    fn pick(&self) -> TakeTurns;
+}
+
+impl<R> PickTakeTurns for &FailureSharing<R> {
+    fn pick(&self) -> TakeTurns {
+        TakeTurns
+    }
+}

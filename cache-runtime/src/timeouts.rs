@@ -225,12 +225,12 @@ impl Cache {
                 };
                 return match tokio::time::timeout_at(at, compute).await {
                     Ok(result) => Waited::Finished(result),
-                    // Cancelled where it stands: nothing to store. The lease goes back before
-                    // the caller returns (one round trip), or the caller's next call could
-                    // find it still held and not store its value.
+                    // Cancelled where it stands: nothing to store. The lease goes back in the
+                    // background: the caller waits no longer than its hard timeout, not even
+                    // for that round trip.
                     Err(_) => {
                         if let Some(lease) = guard.take_lease() {
-                            self.release(spec, lease, false).await;
+                            self.release_in_background(entry, lease);
                         }
                         Waited::GaveUp(self.gave_up::<K, R>(spec, soft, fallback, timed_out))
                     }
@@ -269,6 +269,17 @@ impl Cache {
                 Waited::Finished(joined(handle.join().await).await)
             }
         }
+    }
+
+    /// Gives `lease` back in a task of its own, which [`Cache::refreshes_done`] waits for.
+    fn release_in_background(&self, entry: &EntryAt<'_>, lease: HeldLease) {
+        let spec = entry.spec;
+        let mark = self.mark_refreshing(entry.key);
+        let cache = self.clone();
+        tokio::spawn(async move {
+            cache.release(spec, lease, false).await;
+            drop(mark);
+        });
     }
 
     /// What a caller that stopped waiting returns, counted.

@@ -1,6 +1,7 @@
 //! The conformance suite: every behaviour of cache-aside, run against Redis and against the
 //! in-memory backend. Each test in `suite` is instantiated once per backend.
 
+mod failures;
 mod freshness;
 mod invalidation;
 mod suite;
@@ -68,6 +69,10 @@ conformance!(suite {
     before_evicts_again_once_the_body_succeeded,
     a_writer_reading_its_own_entry_with_lock_does_not_wait_for_itself,
     a_put_to_a_generic_reader_is_read_by_the_same_instantiation,
+} failures {
+    waiters_of_a_failed_computation_get_its_error_without_calling_the_source,
+    waiters_whose_error_cannot_be_shared_take_turns,
+    after_a_failed_leader_every_waiter_is_bounded_by_its_hard_timeout,
 });
 
 /// Tests that build their own cache on a backend (with a manual clock).

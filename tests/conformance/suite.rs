@@ -436,7 +436,7 @@ async fn first_run_hangs(
 /// Starts one call (the leader) and, once its body runs, `waiters` more, on local tasks of
 /// this thread; when all of them wait for the leader, hands the leader's task to `end_leader`
 /// (which cancels or releases it) and returns the waiters' results, each bounded in time.
-async fn leader_and_waiters<T: 'static>(
+pub async fn leader_and_waiters<T: 'static>(
     waiters: usize,
     started: &Notify,
     spawn_call: impl Fn() -> tokio::task::JoinHandle<T>,

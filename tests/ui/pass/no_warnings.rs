@@ -41,6 +41,19 @@ async fn returns_early(id: u64) -> Result<u64, DbError> { if id == 0 { return Er
 #[redis_cached(ttl = "1m", key = "mutable:<id>")]
 async fn mutable(mut id: u64) -> u64 { id += 1; id }
 
+#[derive(Debug, Clone)]
+pub struct Shared;
+
+#[redis_cached(ttl = "1m", key = "shared:<id>")]
+async fn shared_error(id: u64) -> Result<u64, Shared> { Ok(id) }
+
+// The error type is not known to be `Clone` here: its waiters take turns.
+#[redis_cached(ttl = "1m", key = "generic_error:<id>")]
+async fn generic_error<E: std::fmt::Debug + Send + 'static>(id: u64) -> Result<u64, E> { Ok(id) }
+
+#[redis_cached(ttl = "1m", key = "alias:<id>")]
+async fn alias(id: u64) -> std::io::Result<u64> { Ok(id) }
+
 pub struct Service {
     cache: Arc<Cache>,
     tenant: String,
@@ -73,6 +86,7 @@ fn uses(service: &Service) {
     let _ = (plain(1), unit(1), option(1), result(1), both(1), fresh(1), timed(&1));
     let _ = (returns_early(1), mutable(1), service.load(1), service.store(1), service.forget(1));
     let _ = (put_plain(1), put_value(1), evict_plain(1), evict_tags(1));
+    let _ = (shared_error(1), generic_error::<DbError>(1), alias(1));
 }
 
 fn main() {
