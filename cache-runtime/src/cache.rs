@@ -353,9 +353,11 @@ impl Cache {
     }
 
     /// Removes every entry whose rendered key matches the Redis glob `pattern` (`"user:*"`),
-    /// with SCAN and UNLINK in batches (never `KEYS`, which blocks the server); returns how
-    /// many entries it removed. Argument values in keys are escaped, so they never contain
-    /// glob characters; to put a value in a pattern, render it with
+    /// with two SCAN passes in batches (never `KEYS`, which blocks the server), each entry
+    /// deleted together with its lease; returns how many entries it removed. Once it has
+    /// returned, no matching entry holds the value of a computation that took its lease
+    /// before the call (see the crate README). Argument values in keys are escaped, so they
+    /// never contain glob characters; to put a value in a pattern, render it with
     /// [`pattern_part`](crate::pattern_part).
     ///
     /// ```no_run

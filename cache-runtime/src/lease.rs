@@ -10,11 +10,14 @@ use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+/// What follows an entry's key in its lease's key.
+pub(crate) const LEASE_SUFFIX: &str = ":lock";
+
 /// The lease key of an entry: same hash tag, so same Redis Cluster slot.
 pub(crate) fn lease_key(entry_key: &str) -> String {
-    let mut key = String::with_capacity(entry_key.len() + 5);
+    let mut key = String::with_capacity(entry_key.len() + LEASE_SUFFIX.len());
     key.push_str(entry_key);
-    key.push_str(":lock");
+    key.push_str(LEASE_SUFFIX);
     key
 }
 

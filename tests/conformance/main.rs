@@ -4,6 +4,7 @@
 mod failures;
 mod freshness;
 mod invalidation;
+mod races;
 mod suite;
 #[path = "../support/mod.rs"]
 mod support;
@@ -73,6 +74,13 @@ conformance!(suite {
     waiters_of_a_failed_computation_get_its_error_without_calling_the_source,
     waiters_whose_error_cannot_be_shared_take_turns,
     after_a_failed_leader_every_waiter_is_bounded_by_its_hard_timeout,
+} races {
+    an_entry_invalidation_racing_fills,
+    a_tag_invalidation_racing_fills,
+    invalidate_all_racing_fills,
+    a_pattern_invalidation_racing_fills,
+    puts_racing_fills,
+    evicts_racing_fills,
 });
 
 /// Tests that build their own cache on a backend (with a manual clock).

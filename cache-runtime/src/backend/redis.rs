@@ -327,9 +327,25 @@ impl RedisBackend {
         Ok(())
     }
 
-    /// SCAN + UNLINK in batches (never KEYS, which blocks the server); the number of entries
-    /// (not leases) removed.
+    /// Removes every entry and lease matching `full_pattern` with SCAN (never KEYS, which
+    /// blocks the server), in batches; the number of entries removed.
+    ///
+    /// Each entry found, by its own key or its lease's, is deleted together with its lease
+    /// (the invalidation script, pipelined per batch), so no computation can fill it after.
+    /// SCAN only promises the keys that exist for its whole duration, and a computation that
+    /// held its lease when this began may fill its entry before the scan reaches the lease:
+    /// that entry exists from then on, so a second full pass removes it.
     pub(crate) async fn invalidate_matching(&self, full_pattern: &str) -> Result<u64, CacheError> {
+        let mut removed = 0;
+        for _pass in 0..2 {
+            removed += self.invalidate_matching_once(full_pattern).await?;
+        }
+        Ok(removed)
+    }
+
+    async fn invalidate_matching_once(&self, full_pattern: &str) -> Result<u64, CacheError> {
+        static INVALIDATE: LazyLock<redis::Script> =
+            LazyLock::new(|| redis::Script::new(lease::INVALIDATE_SCRIPT));
         let mut cursor: u64 = 0;
         let mut removed = 0;
         loop {
@@ -343,12 +359,39 @@ impl RedisBackend {
             let (next, keys): (u64, Vec<String>) = self
                 .run_until(&scan, Instant::now() + self.op_timeout)
                 .await?;
-            if !keys.is_empty() {
-                let unlink = redis::cmd("UNLINK").arg(&keys).clone();
-                let _: u64 = self
-                    .run_until(&unlink, Instant::now() + self.op_timeout)
+            let mut entries: Vec<&str> = keys
+                .iter()
+                .map(|key| key.strip_suffix(lease::LEASE_SUFFIX).unwrap_or(key))
+                .collect();
+            entries.sort_unstable();
+            entries.dedup();
+            if !entries.is_empty() {
+                let leases: Vec<String> = entries
+                    .iter()
+                    .map(|entry| lease::lease_key(entry))
+                    .collect();
+                let channels: Vec<String> =
+                    entries.iter().map(|entry| notify::channel(entry)).collect();
+                let invocations: Vec<redis::ScriptInvocation<'_>> = entries
+                    .iter()
+                    .zip(&leases)
+                    .zip(&channels)
+                    .map(|((entry, lease), channel)| {
+                        let mut invocation = INVALIDATE.key(*entry);
+                        invocation.key(lease).arg(channel);
+                        invocation
+                    })
+                    .collect();
+                // A pipeline runs EVALSHA without loading the script: load it first.
+                let mut pipe = redis::pipe();
+                pipe.load_script(&INVALIDATE).ignore();
+                for invocation in &invocations {
+                    pipe.invoke_script(invocation);
+                }
+                let deleted: Vec<i64> = self
+                    .pipeline_until(&pipe, Instant::now() + self.op_timeout)
                     .await?;
-                removed += keys.iter().filter(|key| !key.ends_with(":lock")).count() as u64;
+                removed += deleted.into_iter().filter(|&count| count > 0).count() as u64;
             }
             if next == 0 {
                 return Ok(removed);
