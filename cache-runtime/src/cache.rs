@@ -373,9 +373,9 @@ impl Cache {
     /// (the entries removed so far stay removed).
     pub async fn invalidate_matching(&self, pattern: &str) -> Result<u64, CacheError> {
         crate::pattern::validate(pattern)?;
-        let full = crate::pattern::full_pattern(&self.inner.namespace, pattern);
-        let removed = self.inner.backend.invalidate_matching(&full).await;
-        self.inner.flights.detach_matching(&full);
+        let pattern = crate::pattern::KeyPattern::new(&self.inner.namespace, pattern);
+        let removed = self.inner.backend.invalidate_matching(&pattern).await;
+        self.inner.flights.detach_matching(&pattern);
         removed
     }
 

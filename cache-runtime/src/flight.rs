@@ -23,6 +23,7 @@
 //!   each waiter against the tokens it read itself; a waiter it does not satisfy reads again.
 
 use crate::lease::HeldLease;
+use crate::pattern::KeyPattern;
 use crate::returns::SharedFailure;
 use crate::tags::Versions;
 use bytes::Bytes;
@@ -206,13 +207,11 @@ impl Flights {
             .retain(|(orphan_key, _), _| orphan_key != key);
     }
 
-    /// Detaches the flights of every key matching `full_pattern` (see [`Flights::detach`]).
-    pub(crate) fn detach_matching(&self, full_pattern: &str) {
-        let pattern = full_pattern.as_bytes();
-        self.map()
-            .retain(|key, _| !crate::pattern::matches(pattern, key.as_bytes()));
+    /// Detaches the flights of every key `pattern` selects (see [`Flights::detach`]).
+    pub(crate) fn detach_matching(&self, pattern: &KeyPattern) {
+        self.map().retain(|key, _| !pattern.selects(key));
         self.orphaned_leases()
-            .retain(|(key, _), _| !crate::pattern::matches(pattern, key.as_bytes()));
+            .retain(|(key, _), _| !pattern.selects(key));
     }
 
     /// Take before reading `key`.

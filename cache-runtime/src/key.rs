@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 /// Rendered keys longer than this many bytes are shortened to a prefix and a hash.
 pub const MAX_RENDERED_LEN: usize = 200;
 /// How much of a long rendering is kept, readable, in front of its hash.
-const HASHED_PREFIX_LEN: usize = 64;
+pub(crate) const HASHED_PREFIX_LEN: usize = 64;
 
 /// A value that can be part of a cache key.
 ///
@@ -141,6 +141,11 @@ impl KeyWriter {
     fn display_safe(&mut self, value: impl std::fmt::Display) -> &mut Self {
         let _ = write!(self.buf, "{value}");
         self
+    }
+
+    /// What was written, as is: never shortened, nor closed.
+    pub(crate) fn into_unshortened(self) -> String {
+        self.buf
     }
 
     /// The rendered key, shortened to a prefix and a hash when it is longer than

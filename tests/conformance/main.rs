@@ -47,6 +47,7 @@ conformance!(suite {
     an_invalidation_during_a_computation_rejects_its_fill,
     invalidate_matching_removes_exactly_the_matching_entries,
     an_argument_value_never_widens_a_pattern,
+    a_pattern_reaches_keys_too_long_to_store_whole,
     methods_key_on_named_fields_of_self,
     field_paths_and_helpers_agree_with_the_stored_key,
 } invalidation {

@@ -654,6 +654,62 @@ pub async fn an_argument_value_never_widens_a_pattern(h: Harness) {
     );
 }
 
+#[redis_cached(ttl = "1m", key = "doc:<id>:<rev>", cache = cache)]
+async fn doc_revision(
+    id: &str,
+    rev: &str,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] probe: &Probe,
+) -> String {
+    probe.ran();
+    format!("{id}/{rev}")
+}
+
+pub async fn a_pattern_reaches_keys_too_long_to_store_whole(h: Harness) {
+    let probe = Probe::default();
+    let long_id = "x".repeat(240);
+    let long_key = doc_revision_cache_key(&long_id, "v2");
+    assert!(long_key.contains('#'), "stored shortened: {long_key}");
+    let calls = [
+        (long_id.as_str(), "v2"),
+        (long_id.as_str(), "v3"),
+        ("short", "v2"),
+    ];
+    let fill = async || {
+        for (id, rev) in calls {
+            doc_revision(id, rev, &h.cache, &probe).await;
+        }
+    };
+    fill().await;
+    assert_eq!(probe.runs(), 3);
+
+    // Text past a long key's readable prefix is not in Redis: the pattern removes every long
+    // key that it could match, and the short key it does match.
+    assert_eq!(h.cache.invalidate_matching("doc:*:v2").await.unwrap(), 3);
+    fill().await;
+    assert_eq!(probe.runs(), 6, "all three computed again");
+
+    // A value rendered for a pattern is never shortened.
+    let exact = format!("doc:{}:v3", redis_memo::pattern_part(&long_id));
+    assert_eq!(h.cache.invalidate_matching(&exact).await.unwrap(), 2);
+    fill().await;
+    assert_eq!(
+        probe.runs(),
+        8,
+        "both long keys (one prefix), not the short one"
+    );
+    assert_eq!(
+        h.cache.invalidate_matching("page:*").await.unwrap(),
+        0,
+        "a pattern whose beginning differs reaches none"
+    );
+
+    // An empty argument renders as nothing inside a key, and so does its pattern part.
+    doc_revision("", "v9", &h.cache, &probe).await;
+    let empty = format!("doc:{}:v9", redis_memo::pattern_part(""));
+    assert_eq!(h.cache.invalidate_matching(&empty).await.unwrap(), 1);
+}
+
 struct TenantService {
     cache: Cache,
     tenant: String,

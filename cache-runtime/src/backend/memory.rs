@@ -3,6 +3,7 @@
 
 use crate::lease::Acquired;
 use crate::notify::{self, Listener, Notice, Notices};
+use crate::pattern::KeyPattern;
 use crate::tags::{self, TagKeys, Token, Versions};
 use bytes::Bytes;
 use moka::Expiry;
@@ -306,16 +307,14 @@ impl MemoryStore {
         Listener::new(self.notices.clone(), channel, receiver, None)
     }
 
-    /// Removes the entries and leases whose key matches `full_pattern` (Redis glob); the
-    /// number of live entries removed.
-    pub(crate) fn invalidate_matching(&self, full_pattern: &str) -> u64 {
-        let pattern = full_pattern.as_bytes();
+    /// Removes the entries and leases `pattern` selects; the number of live entries removed.
+    pub(crate) fn invalidate_matching(&self, pattern: &KeyPattern) -> u64 {
         let mut leases = self.leases();
-        leases.retain(|lease, _| !crate::pattern::matches(pattern, lease.as_bytes()));
+        leases.retain(|lease, _| !pattern.selects(lease));
         let matching: Vec<String> = self
             .entries
             .iter()
-            .filter(|(key, _)| crate::pattern::matches(pattern, key.as_bytes()))
+            .filter(|(key, _)| pattern.selects(key))
             .map(|(key, _)| key.as_ref().clone())
             .collect();
         matching.iter().filter(|key| self.remove(key)).count() as u64

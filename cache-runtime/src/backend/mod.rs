@@ -168,11 +168,14 @@ impl Backend {
         }
     }
 
-    /// Removes every entry and lease matching `full_pattern`; the number of entries.
-    pub(crate) async fn invalidate_matching(&self, full_pattern: &str) -> Result<u64, CacheError> {
+    /// Removes every entry and lease `pattern` selects; the number of entries.
+    pub(crate) async fn invalidate_matching(
+        &self,
+        pattern: &crate::pattern::KeyPattern,
+    ) -> Result<u64, CacheError> {
         match self {
-            Backend::Redis(redis) => redis.invalidate_matching(full_pattern).await,
-            Backend::Memory(memory) => Ok(memory.invalidate_matching(full_pattern)),
+            Backend::Redis(redis) => redis.invalidate_matching(pattern).await,
+            Backend::Memory(memory) => Ok(memory.invalidate_matching(pattern)),
         }
     }
 

@@ -4,6 +4,7 @@
 use crate::CacheError;
 use crate::lease::{self, Acquired};
 use crate::notify::{self, Listener, Notices};
+use crate::pattern::KeyPattern;
 use crate::tags::{self, TagKeys, Token, Versions};
 use bytes::Bytes;
 use redis::aio::ConnectionManager;
@@ -327,7 +328,7 @@ impl RedisBackend {
         Ok(())
     }
 
-    /// Removes every entry and lease matching `full_pattern` with SCAN (never KEYS, which
+    /// Removes every entry and lease `pattern` selects with SCAN (never KEYS, which
     /// blocks the server), in batches; the number of entries removed.
     ///
     /// Each entry found, by its own key or its lease's, is deleted together with its lease
@@ -335,24 +336,29 @@ impl RedisBackend {
     /// SCAN only promises the keys that exist for its whole duration, and a computation that
     /// held its lease when this began may fill its entry before the scan reaches the lease:
     /// that entry exists from then on, so a second full pass removes it.
-    pub(crate) async fn invalidate_matching(&self, full_pattern: &str) -> Result<u64, CacheError> {
+    pub(crate) async fn invalidate_matching(
+        &self,
+        pattern: &KeyPattern,
+    ) -> Result<u64, CacheError> {
         let mut removed = 0;
         for _pass in 0..2 {
-            removed += self.invalidate_matching_once(full_pattern).await?;
+            removed += self.invalidate_matching_once(pattern).await?;
         }
         Ok(removed)
     }
 
-    async fn invalidate_matching_once(&self, full_pattern: &str) -> Result<u64, CacheError> {
+    async fn invalidate_matching_once(&self, pattern: &KeyPattern) -> Result<u64, CacheError> {
         static INVALIDATE: LazyLock<redis::Script> =
             LazyLock::new(|| redis::Script::new(lease::INVALIDATE_SCRIPT));
+        // The server narrows by the pattern's literal beginning; `selects` decides.
+        let scan_match = pattern.scan_match();
         let mut cursor: u64 = 0;
         let mut removed = 0;
         loop {
             let scan = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
-                .arg(full_pattern)
+                .arg(&scan_match)
                 .arg("COUNT")
                 .arg(1000)
                 .clone();
@@ -361,6 +367,7 @@ impl RedisBackend {
                 .await?;
             let mut entries: Vec<&str> = keys
                 .iter()
+                .filter(|key| pattern.selects(key))
                 .map(|key| key.strip_suffix(lease::LEASE_SUFFIX).unwrap_or(key))
                 .collect();
             entries.sort_unstable();
