@@ -302,6 +302,12 @@ impl LeaderGuard<'_> {
 }
 
 impl LeaderGuard<'_> {
+    /// The lease a previous leader of this flight's key and identity left behind, if any and
+    /// if it may still hold.
+    pub(crate) fn adopt_lease(&self) -> Option<HeldLease> {
+        self.flights.adopt_lease(self.key, self.fingerprint)
+    }
+
     /// The leader's call failed: ends the flight now (callers from now on start a new one)
     /// and gives the waiters [`Shared::Failed`] with `failure`. Without a shared error, the
     /// lease goes to the waiter that leads next, if any; otherwise (or with one) it comes back
@@ -365,6 +371,19 @@ impl Drop for LeaderGuard<'_> {
             drop(stale);
         }
     }
+}
+
+/// What identifies a flight of a key: the function's `fingerprint` and, for a tagged entry,
+/// the full keys of its tags. A parameter used only in a tag (an `org_id` the key's `id`
+/// determines) must not let a caller receive a value computed under another tag value, which
+/// its own read would have rejected.
+pub(crate) fn identity(fingerprint: u64, tag_keys: &[String]) -> u64 {
+    if tag_keys.is_empty() {
+        return fingerprint;
+    }
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let tags = BuildHasherDefault::<DefaultHasher>::default().hash_one(tag_keys);
+    fingerprint ^ tags.rotate_left(1)
 }
 
 fn stripe_of(key: &str) -> usize {
@@ -496,6 +515,30 @@ mod tests {
         let token: Versions = smallvec::smallvec![Some([1u8; 16])];
         assert!(guard.slot.serves(&token, early));
         assert!(!guard.slot.serves(&token, flights.ticket("k")));
+        drop(guard);
+    }
+
+    #[test]
+    fn callers_under_other_tag_values_never_join_even_before_it_computes() {
+        let flights = Flights::default();
+        let ticket = flights.ticket("k");
+        let org = |n: u32| identity(7, &[format!("ns:#tag:{{org:{n}}}")]);
+        let Role::Leader { guard, .. } = flights.join("k", org(1), &Versions::new(), ticket) else {
+            panic!("first caller leads")
+        };
+        // Not computing yet: any caller of the same identity would join.
+        assert!(matches!(
+            flights.join("k", org(1), &Versions::new(), ticket),
+            Role::Waiter(_)
+        ));
+        assert!(
+            matches!(
+                flights.join("k", org(2), &Versions::new(), ticket),
+                Role::Leader { .. }
+            ),
+            "another tenant's caller leads its own flight"
+        );
+        assert_eq!(identity(7, &[]), 7, "untagged: the fingerprint alone");
         drop(guard);
     }
 

@@ -66,16 +66,26 @@ pub(crate) fn is_writer_token(token: &[u8]) -> bool {
 /// entry as it is now (`{1, value}`, or `{1, nil}`), so a fill that landed since the caller's
 /// read is seen without another round trip; `{0, holder}` if the lease is held, with the
 /// holder's token. (`false` becomes a nil reply; a Lua table cannot hold nil.) `pcall`: an
-/// entry of another Redis type is simply not returned (the fill overwrites it).
+/// entry of another Redis type is simply not returned (the fill overwrites it). Something
+/// that is not a lease under the lease key (another Redis type, or a string without expiry,
+/// written by hand) is replaced: left alone it would keep the entry from ever being stored.
 pub(crate) const ACQUIRE_SCRIPT: &str = r"
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+local function taken()
   local value = redis.pcall('GET', KEYS[1])
   if type(value) == 'string' then
     return {1, value}
   end
   return {1, false}
 end
-return {0, redis.call('GET', KEYS[2])}
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return taken()
+end
+local holder = redis.pcall('GET', KEYS[2])
+if type(holder) ~= 'string' or redis.call('PTTL', KEYS[2]) < 0 then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  return taken()
+end
+return {0, holder}
 ";
 
 /// What taking a lease found.

@@ -217,7 +217,7 @@ impl Cache {
                 other => other,
             };
             loop {
-                match flights.join(key, fingerprint, &versions, ticket) {
+                match flights.join(key, flight::identity(fingerprint, &tags), &versions, ticket) {
                     Role::Leader {
                         guard,
                         read_is_stale,
@@ -426,7 +426,7 @@ impl Cache {
         };
         // Only a lease holder may fill: another holder (another process) fills this entry.
         // A lease left by a leader of this process that went away is taken over as is.
-        let mut lease = match self.inner.flights.adopt_lease(key, fingerprint) {
+        let mut lease = match guard.adopt_lease() {
             Some(lease) => LeaseOutcome::Held(lease),
             None if tokens.is_some() => {
                 self.take_lease::<K::Stored>(entry, &versions, deadline, None)

@@ -722,3 +722,35 @@ pub async fn a_put_to_a_generic_reader_is_read_by_the_same_instantiation(h: Harn
         "another instantiation has entries of its own"
     );
 }
+
+/// The key's `id` alone names the entry; `org` only tags it. The first run for org 1 holds.
+#[redis_cached(ttl = "1m", key = "seat:<id>", tags = ["org:<org>"], cache = cache)]
+async fn seat(
+    id: u64,
+    org: u32,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] held: &(Notify, Notify),
+) -> String {
+    if org == 1 {
+        held.0.notify_one();
+        held.1.notified().await;
+    }
+    format!("{id}@{org}")
+}
+
+pub async fn a_caller_never_joins_a_computation_under_another_tag_value(h: Harness) {
+    let held = Arc::new((Notify::new(), Notify::new()));
+    let leader = tokio::spawn({
+        let (cache, held) = (h.cache.clone(), Arc::clone(&held));
+        async move { seat(1, 1, &cache, &held).await }
+    });
+    held.0.notified().await;
+    // Same key, another tag value (another tenant): its read would reject an entry computed
+    // under org 1's tag, so it must not take that computation's value in process either.
+    let other = tokio::time::timeout(Duration::from_secs(10), seat(1, 2, &h.cache, &held))
+        .await
+        .expect("it waited for the computation of another tag value");
+    assert_eq!(other, "1@2");
+    held.1.notify_one();
+    assert_eq!(leader.await.unwrap(), "1@1");
+}

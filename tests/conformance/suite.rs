@@ -317,6 +317,37 @@ pub async fn data_of_another_redis_type_is_a_miss_and_is_replaced(h: Harness) {
     );
 }
 
+pub async fn a_foreign_value_under_the_lease_key_is_replaced(h: Harness) {
+    let Some(server) = &h.server else {
+        return; // Only Redis has types other than strings, and keys written by hand.
+    };
+    let probe = Probe::default();
+    let mut connection = server.connection();
+    for (id, foreign) in [(12u64, "list"), (13, "string without expiry")] {
+        let lease = format!("{}:lock", h.cache.full_key(&plain_cache_key(id)));
+        let _: () = match foreign {
+            "list" => redis::cmd("RPUSH")
+                .arg(&lease)
+                .arg("x")
+                .query(&mut connection),
+            _ => redis::cmd("SET")
+                .arg(&lease)
+                .arg("x")
+                .query(&mut connection),
+        }
+        .unwrap();
+        let runs = probe.runs();
+        for _ in 0..3 {
+            assert_eq!(plain(id, &h.cache, &probe).await, format!("value {id}"));
+        }
+        assert_eq!(
+            probe.runs(),
+            runs + 1,
+            "a {foreign} under the lease key is replaced, and the entry stored"
+        );
+    }
+}
+
 #[redis_cached(ttl = "1m", key = "shared:<id>", cache = cache)]
 async fn user_name(id: u64, #[cache(skip)] cache: &Cache) -> String {
     format!("name of {id}")
