@@ -455,3 +455,58 @@ async fn start_locked_waiter(
     waiting_for_lease(waiter).await;
     waiting
 }
+
+/// PUBLISH rights are not write rights: a message on an entry's fill channel wakes its
+/// waiters, which then read the entry; the message's bytes are never taken for a value, even a
+/// well-formed entry of the same function.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_message_never_stands_in_for_a_stored_value() {
+    let server = RedisServer::start().expect("the test suite needs redis-server");
+    let backend = Backend::Redis(server);
+    let (holder, waiter) = (backend.cache("forged"), backend.cache("forged"));
+    let Backend::Redis(server) = &backend else {
+        unreachable!()
+    };
+    let probe = Arc::new(Probe::default());
+    // A real entry of the same function, for another id: what a forger would replay.
+    assert_eq!(
+        load_locked(8, &holder, &open_gate(), false, &probe).await,
+        Ok(80)
+    );
+    let mut connection = server.connection();
+    let forged: Vec<u8> = redis::cmd("GET")
+        .arg(holder.full_key(&load_locked_cache_key(8)))
+        .query(&mut connection)
+        .unwrap();
+
+    let (gate, held) = hold_lease_on(&holder, 7, false, &probe).await;
+    let waiting = start_locked_waiter(&waiter, 7, &probe).await;
+    let channel = format!("{}:fill", holder.full_key(&load_locked_cache_key(7)));
+    // Delivered once the waiter's process has subscribed (PUBLISH counts the receivers).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let receivers: i64 = redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(&forged)
+            .query(&mut connection)
+            .unwrap();
+        if receivers > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the waiter never subscribed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    gate.release.notify_one();
+    assert_eq!(held.await.unwrap(), Ok(70));
+    let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiter was not woken by the real fill");
+    assert_eq!(
+        got.unwrap(),
+        Ok(70),
+        "the stored value, not the published bytes"
+    );
+}

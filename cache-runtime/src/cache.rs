@@ -90,7 +90,7 @@ enum Source {
 impl std::fmt::Debug for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Source::Url(url) => f.debug_tuple("Url").field(url).finish(),
+            Source::Url(url) => f.debug_tuple("Url").field(&redacted(url)).finish(),
             Source::Connection(_) => f.write_str("Connection"),
             Source::Memory(store) => f.debug_tuple("Memory").field(store).finish(),
         }
@@ -106,6 +106,9 @@ impl CacheBuilder {
     pub const DEFAULT_BREAKER_THRESHOLD: u32 = 3;
     /// Default time the breaker stays open before Redis is tried again.
     pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_millis(500);
+    /// The longest `op_timeout` accepted: a bound on one Redis operation, not a way to turn
+    /// it off (deadlines are instants, and one this far out is no bound at all).
+    pub const MAX_OP_TIMEOUT: Duration = Duration::from_secs(3600);
 
     /// Stores entries in the Redis server at `url` (`redis://host:port/db`). The connection is
     /// made on first use and remade by itself after failures.
@@ -168,14 +171,17 @@ impl CacheBuilder {
     /// the connection; it does not wait for Redis (see [`Cache::ping`]).
     ///
     /// # Errors
-    /// [`CacheError::Config`] for a missing source, an invalid namespace, a zero timeout or a
-    /// call outside a Tokio runtime; [`CacheError::Redis`] for an unparsable URL.
+    /// [`CacheError::Config`] for a missing source, an invalid namespace, a timeout of zero or
+    /// over [`CacheBuilder::MAX_OP_TIMEOUT`], or a call outside a Tokio runtime;
+    /// [`CacheError::Redis`] for an unparsable URL.
     pub fn build(self) -> Result<Cache, CacheError> {
         validate_namespace(&self.namespace)?;
-        if self.op_timeout.is_zero() {
-            return Err(CacheError::Config(
-                "op_timeout must be greater than zero".into(),
-            ));
+        if self.op_timeout.is_zero() || self.op_timeout > Self::MAX_OP_TIMEOUT {
+            return Err(CacheError::Config(format!(
+                "op_timeout must be greater than zero and at most {:?}, not {:?}",
+                Self::MAX_OP_TIMEOUT,
+                self.op_timeout
+            )));
         }
         let backend = match self.source {
             None => {
@@ -245,6 +251,22 @@ impl CacheBuilder {
                 refresh_backoff: crate::refresh::RefreshBackoff::default(),
             }),
         })
+    }
+}
+
+/// `url` with its password, if any, replaced by `***` (a builder's `Debug` ends up in logs).
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{host}{}", &rest[authority_end..])
+        }
+        None => url.to_owned(),
     }
 }
 
@@ -414,5 +436,37 @@ impl Cache {
     /// The counters since this cache was built.
     pub fn stats(&self) -> Stats {
         self.inner.counters.snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_builder_never_prints_the_password() {
+        let builder = Cache::builder().redis_url("redis://app:s3cret@10.0.0.1:6379/2");
+        let printed = format!("{builder:?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(
+            printed.contains("redis://app:***@10.0.0.1:6379/2"),
+            "{printed}"
+        );
+        assert_eq!(redacted("redis://:only@h/0"), "redis://:***@h/0");
+        assert_eq!(redacted("rediss://h:1"), "rediss://h:1");
+        assert_eq!(redacted("redis://user@h"), "redis://user@h");
+    }
+
+    #[test]
+    fn an_op_timeout_that_bounds_nothing_is_refused() {
+        let build = |timeout| {
+            Cache::builder()
+                .memory(MemoryStore::new())
+                .op_timeout(timeout)
+                .build()
+        };
+        assert!(matches!(build(Duration::MAX), Err(CacheError::Config(_))));
+        assert!(matches!(build(Duration::ZERO), Err(CacheError::Config(_))));
+        assert!(build(CacheBuilder::MAX_OP_TIMEOUT).is_ok());
     }
 }

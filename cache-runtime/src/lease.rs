@@ -98,13 +98,13 @@ pub(crate) enum Acquired {
 }
 
 /// KEYS: entry, lease. ARGV: token, value, ttl in ms, channel. Stores the value, releases the
-/// lease and announces the value on the channel, if the token still holds the lease; 1 if
-/// stored.
+/// lease and says `filled` on the channel (waiters read the entry), if the token still holds
+/// the lease; 1 if stored.
 pub(crate) const FILL_SCRIPT: &str = r"
 if redis.call('GET', KEYS[2]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   redis.call('DEL', KEYS[2])
-  redis.call('PUBLISH', ARGV[4], ARGV[2])
+  redis.call('PUBLISH', ARGV[4], 'filled')
   return 1
 end
 return 0

@@ -808,15 +808,9 @@ impl Cache {
                 }
             };
             match notice {
-                Some(Notice::Filled(bytes)) => {
-                    // Computed under the tokens this call read, or it is not this call's value.
-                    if let Ok((value, _)) =
-                        envelope::decode::<Bincode, V>(&bytes, fingerprint, Some(versions))
-                    {
-                        return LeaseOutcome::Filled(bytes, value);
-                    }
-                }
-                Some(Notice::Released) => {}
+                // Only a wake-up: the entry is read from Redis at the top of the loop (a
+                // message anyone may publish is never taken for a value).
+                Some(Notice::Filled | Notice::Released) => {}
                 None => {
                     // The bound is reached. A crashed holder's lease has expired by now if
                     // `wait` is no shorter than it: take it, and this computation is stored.

@@ -1,11 +1,11 @@
 //! Fill notifications for callers that wait on another process's lease (`lock`).
 //!
-//! The fill script publishes the stored value on the entry's channel (and the release script
-//! an empty message). A process subscribes to a channel while one of its calls waits on it:
+//! The fill script publishes `filled` on the entry's channel (and the release script an empty
+//! message). A notice is only a wake-up: the waiter reads the entry from Redis, so a message
+//! published by anyone else (PUBLISH rights are not write rights) can never inject a value. A process subscribes to a channel while one of its calls waits on it:
 //! with in-process coalescing that is one subscription per key and process, whatever the
 //! number of callers. Messages reach [`Notices`], which hands them to the waiting call.
 
-use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::watch;
@@ -13,8 +13,8 @@ use tokio::sync::watch;
 /// What happened to a lease that a call waits on.
 #[derive(Debug, Clone)]
 pub(crate) enum Notice {
-    /// The holder stored this entry (envelope bytes).
-    Filled(Bytes),
+    /// The holder stored the entry.
+    Filled,
     /// The holder gave the lease up without storing (an error, or nothing to store).
     Released,
 }
@@ -104,7 +104,7 @@ impl Notices {
         let notice = if payload.is_empty() {
             Notice::Released
         } else {
-            Notice::Filled(Bytes::from(payload))
+            Notice::Filled
         };
         self.deliver(&channel, notice);
     }

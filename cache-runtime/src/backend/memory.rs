@@ -31,9 +31,9 @@ pub struct MemoryStore {
     entries: moka::sync::Cache<String, StoredEntry>,
     /// Lease key -> (token, expiry). Also serializes fills and invalidations, as Redis's
     /// single thread does.
-    leases: Arc<Mutex<HashMap<String, (String, Instant)>>>,
-    /// Tag version keys.
-    tags: Arc<Mutex<TagTable>>,
+    leases: Arc<Mutex<Expiring<String>>>,
+    /// Tag version key -> token.
+    tags: Arc<Mutex<Expiring<Token>>>,
     /// Fill announcements, as Redis pub/sub makes them.
     notices: Notices,
 }
@@ -46,23 +46,34 @@ impl std::fmt::Debug for MemoryStore {
     }
 }
 
-/// Tag version key -> (token, expiry). Expired versions count as absent, and are purged once
-/// the table has doubled since the last purge, so it stays within twice its live size.
-#[derive(Default)]
-struct TagTable {
-    versions: HashMap<String, (Token, Instant)>,
+/// Key -> (value, expiry), for leases and tag versions. Expired ones count as absent, and are
+/// purged once the table has doubled since the last purge, so it stays within twice its live
+/// size (Redis expires keys by itself; a map must be swept).
+struct Expiring<V> {
+    versions: HashMap<String, (V, Instant)>,
     purge_at: usize,
 }
 
-impl TagTable {
-    const MIN_PURGE_AT: usize = 1024;
+impl<V> Default for Expiring<V> {
+    fn default() -> Self {
+        Expiring {
+            versions: HashMap::new(),
+            purge_at: 0,
+        }
+    }
+}
 
-    fn live(&self, key: &str, now: Instant) -> Option<Token> {
+impl<V: Copy> Expiring<V> {
+    fn live(&self, key: &str, now: Instant) -> Option<V> {
         self.versions
             .get(key)
             .filter(|(_, expiry)| *expiry > now)
-            .map(|(token, _)| *token)
+            .map(|(value, _)| *value)
     }
+}
+
+impl<V> Expiring<V> {
+    const MIN_PURGE_AT: usize = 1024;
 
     fn purge_if_grown(&mut self, now: Instant) {
         if self.versions.len() < self.purge_at.max(Self::MIN_PURGE_AT) {
@@ -131,11 +142,11 @@ impl MemoryStore {
         }
     }
 
-    fn leases(&self) -> MutexGuard<'_, HashMap<String, (String, Instant)>> {
+    fn leases(&self) -> MutexGuard<'_, Expiring<String>> {
         self.leases.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn tags(&self) -> MutexGuard<'_, TagTable> {
+    fn tags(&self) -> MutexGuard<'_, Expiring<Token>> {
         self.tags.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -204,7 +215,10 @@ impl MemoryStore {
     /// `SET lease token PX ttl`: the lease is `token`'s, whoever held it.
     pub(crate) fn seize_lease(&self, lease: &str, token: &str, ttl: Duration) {
         let until = Instant::now() + ttl;
-        self.leases()
+        let mut leases = self.leases();
+        leases.purge_if_grown(Instant::now());
+        leases
+            .versions
             .insert(lease.to_owned(), (token.to_owned(), until));
     }
 
@@ -257,13 +271,16 @@ impl MemoryStore {
     ) -> Acquired {
         let mut leases = self.leases();
         let now = Instant::now();
-        if let Some((holder, expiry)) = leases.get(lease)
+        leases.purge_if_grown(now);
+        if let Some((holder, expiry)) = leases.versions.get(lease)
             && *expiry > now
         {
             let writer = crate::lease::is_writer_token(holder.as_bytes());
             return Acquired::Busy { writer };
         }
-        leases.insert(lease.to_owned(), (token.to_owned(), now + ttl));
+        leases
+            .versions
+            .insert(lease.to_owned(), (token.to_owned(), now + ttl));
         Acquired::Held(self.get(entry))
     }
 
@@ -277,21 +294,21 @@ impl MemoryStore {
         ttl: Duration,
     ) -> bool {
         let mut leases = self.leases();
-        if !holds(&leases, lease, token) {
+        if !holds(&leases.versions, lease, token) {
             return false;
         }
-        leases.remove(lease);
+        leases.versions.remove(lease);
         self.insert(entry, value.clone(), ttl);
         self.notices
-            .deliver(&notify::channel(entry), Notice::Filled(value));
+            .deliver(&notify::channel(entry), Notice::Filled);
         true
     }
 
     /// The release script.
     pub(crate) fn release(&self, entry: &str, lease: &str, token: &str, clear_entry: bool) {
         let mut leases = self.leases();
-        if holds(&leases, lease, token) {
-            leases.remove(lease);
+        if holds(&leases.versions, lease, token) {
+            leases.versions.remove(lease);
             if clear_entry {
                 self.remove(entry);
             }
@@ -310,7 +327,7 @@ impl MemoryStore {
     /// Removes the entries and leases `pattern` selects; the number of live entries removed.
     pub(crate) fn invalidate_matching(&self, pattern: &KeyPattern) -> u64 {
         let mut leases = self.leases();
-        leases.retain(|lease, _| !pattern.selects(lease));
+        leases.versions.retain(|lease, _| !pattern.selects(lease));
         let matching: Vec<String> = self
             .entries
             .iter()
@@ -323,7 +340,7 @@ impl MemoryStore {
     /// `DEL entry lease`; true if the entry was there.
     pub(crate) fn invalidate(&self, entry: &str, lease: &str) -> bool {
         let mut leases = self.leases();
-        if leases.remove(lease).is_some() {
+        if leases.versions.remove(lease).is_some() {
             self.notices
                 .deliver(&notify::channel(entry), Notice::Released);
         }
@@ -384,6 +401,27 @@ mod tests {
             store.tags().versions.len() <= 2000,
             "{} versions kept",
             store.tags().versions.len()
+        );
+    }
+
+    #[test]
+    fn expired_leases_are_purged_as_the_table_grows() {
+        let store = MemoryStore::new();
+        for batch in 0..4 {
+            for i in 0..1000 {
+                let entry = format!("ns:{{{batch}-{i}}}");
+                let lease = crate::lease::lease_key(&entry);
+                store.acquire_lease(&entry, &lease, "token", Duration::from_secs(60));
+            }
+            let past = Instant::now() - Duration::from_secs(1);
+            for (_, expiry) in store.leases().versions.values_mut() {
+                *expiry = past;
+            }
+        }
+        assert!(
+            store.leases().versions.len() <= 2000,
+            "{} leases kept",
+            store.leases().versions.len()
         );
     }
 }

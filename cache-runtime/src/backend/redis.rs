@@ -55,10 +55,11 @@ impl RedisBackend {
         let channel = notify::channel(entry);
         let (receiver, first) = notices.listen(&channel);
         let unsubscribe: Box<dyn FnOnce(String) + Send> = {
-            let (connection, notices, subscriptions) = (
+            let (connection, notices, subscriptions, op_timeout) = (
                 self.connection.clone(),
                 notices.clone(),
                 Arc::clone(&self.subscriptions),
+                self.op_timeout,
             );
             Box::new(move |channel: String| {
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -66,8 +67,11 @@ impl RedisBackend {
                     runtime.spawn(async move {
                         let _ordered = subscriptions.lock().await;
                         // A new listener may have come since: then it keeps the subscription.
+                        // Bounded like every operation: the lock is held meanwhile, and a
+                        // server that never answers must not stop every later subscription.
                         if !notices.is_listened(&channel) {
-                            let _ = connection.unsubscribe(channel).await;
+                            let unsubscribe = connection.unsubscribe(channel);
+                            let _ = tokio::time::timeout(op_timeout, unsubscribe).await;
                         }
                     });
                 }
