@@ -50,6 +50,8 @@ pub(crate) struct Inner {
     /// Notified whenever a background refresh ends.
     pub(crate) refresh_ended: tokio::sync::Notify,
     pub(crate) refresh_backoff: crate::refresh::RefreshBackoff,
+    /// See [`CacheBuilder::max_background_refreshes`].
+    pub(crate) max_background_refreshes: usize,
 }
 
 impl Inner {
@@ -79,6 +81,7 @@ pub struct CacheBuilder {
     breaker_cooldown: Duration,
     clock: Arc<dyn Clock>,
     random_seed: Option<u64>,
+    max_background_refreshes: usize,
 }
 
 enum Source {
@@ -109,6 +112,8 @@ impl CacheBuilder {
     /// The longest `op_timeout` accepted: a bound on one Redis operation, not a way to turn
     /// it off (deadlines are instants, and one this far out is no bound at all).
     pub const MAX_OP_TIMEOUT: Duration = Duration::from_secs(3600);
+    /// Default bound on the background refreshes running at once.
+    pub const DEFAULT_MAX_BACKGROUND_REFRESHES: usize = 64;
 
     /// Stores entries in the Redis server at `url` (`redis://host:port/db`). The connection is
     /// made on first use and remade by itself after failures.
@@ -158,6 +163,15 @@ impl CacheBuilder {
     /// can be served.
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The most background refreshes (`stale`, `early`) this cache runs at once, default
+    /// [`CacheBuilder::DEFAULT_MAX_BACKGROUND_REFRESHES`]. Past it a stale value is served
+    /// without starting a refresh (counted in `stats().refreshes_skipped`); a later call
+    /// starts it.
+    pub fn max_background_refreshes(mut self, max: usize) -> Self {
+        self.max_background_refreshes = max;
         self
     }
 
@@ -249,6 +263,7 @@ impl CacheBuilder {
                 refreshing: Mutex::default(),
                 refresh_ended: tokio::sync::Notify::new(),
                 refresh_backoff: crate::refresh::RefreshBackoff::default(),
+                max_background_refreshes: self.max_background_refreshes,
             }),
         })
     }
@@ -296,6 +311,7 @@ impl Cache {
             breaker_cooldown: CacheBuilder::DEFAULT_BREAKER_COOLDOWN,
             clock: Arc::new(SystemClock),
             random_seed: None,
+            max_background_refreshes: CacheBuilder::DEFAULT_MAX_BACKGROUND_REFRESHES,
         }
     }
 

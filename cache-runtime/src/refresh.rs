@@ -298,6 +298,12 @@ impl Cache {
         if !self.inner.refresh_backoff.allows(key, self.now_ms()) {
             return;
         }
+        // A sweep over many stale keys must not start as many bodies at once against the
+        // source: past the bound the stale value is served and a later call refreshes.
+        if self.inner.refreshing().len() >= self.inner.max_background_refreshes {
+            self.record(Event::RefreshSkipped, from.entry.spec);
+            return;
+        }
         let Some(mut guard) = self.mark_refreshing(key) else {
             return;
         };

@@ -19,6 +19,10 @@ pub struct Stats {
     pub stale_served: u64,
     /// Background refreshes that computed a value (one per stale entry across processes).
     pub refreshes: u64,
+    /// Refreshes not started because this cache already ran its most background refreshes
+    /// at once ([`CacheBuilder::max_background_refreshes`](crate::CacheBuilder::max_background_refreshes)):
+    /// the stale value was served, and a later call starts the refresh.
+    pub refreshes_skipped: u64,
     /// Calls whose function failed, or outlasted a timeout, and that got the last good value
     /// instead (`fail_safe`).
     pub fail_safe_served: u64,
@@ -58,6 +62,7 @@ pub(crate) struct Counters {
     hits: AtomicU64,
     stale_served: AtomicU64,
     refreshes: AtomicU64,
+    refreshes_skipped: AtomicU64,
     fail_safe_served: AtomicU64,
     soft_timeouts: AtomicU64,
     hard_timeouts: AtomicU64,
@@ -80,6 +85,7 @@ pub(crate) enum Event {
     Hit,
     StaleServed,
     Refresh,
+    RefreshSkipped,
     FailSafe,
     SoftTimeout,
     HardTimeout,
@@ -95,10 +101,11 @@ pub(crate) enum Event {
 }
 
 impl Event {
-    const ALL: [Event; 15] = [
+    const ALL: [Event; 16] = [
         Event::Hit,
         Event::StaleServed,
         Event::Refresh,
+        Event::RefreshSkipped,
         Event::FailSafe,
         Event::SoftTimeout,
         Event::HardTimeout,
@@ -118,6 +125,7 @@ impl Event {
             Event::Hit => "redis_memo_hits_total",
             Event::StaleServed => "redis_memo_stale_served_total",
             Event::Refresh => "redis_memo_refreshes_total",
+            Event::RefreshSkipped => "redis_memo_refreshes_skipped_total",
             Event::FailSafe => "redis_memo_fail_safe_served_total",
             Event::SoftTimeout => "redis_memo_soft_timeouts_total",
             Event::HardTimeout => "redis_memo_hard_timeouts_total",
@@ -156,6 +164,7 @@ impl Counters {
             Event::Hit => &self.hits,
             Event::StaleServed => &self.stale_served,
             Event::Refresh => &self.refreshes,
+            Event::RefreshSkipped => &self.refreshes_skipped,
             Event::FailSafe => &self.fail_safe_served,
             Event::SoftTimeout => &self.soft_timeouts,
             Event::HardTimeout => &self.hard_timeouts,
@@ -184,6 +193,7 @@ impl Counters {
             hits: self.hits.load(Relaxed),
             stale_served: self.stale_served.load(Relaxed),
             refreshes: self.refreshes.load(Relaxed),
+            refreshes_skipped: self.refreshes_skipped.load(Relaxed),
             fail_safe_served: self.fail_safe_served.load(Relaxed),
             soft_timeouts: self.soft_timeouts.load(Relaxed),
             hard_timeouts: self.hard_timeouts.load(Relaxed),

@@ -580,3 +580,65 @@ pub async fn past_the_hard_timeout_a_fail_safe_value_is_served(backend: Backend)
     let stats = h.cache.stats();
     assert_eq!((stats.hard_timeouts, stats.fail_safe_served), (1, 1));
 }
+
+/// Counts loads; while `held`, each load waits for a permit.
+pub struct HeldLoads {
+    loads: AtomicU64,
+    held: std::sync::atomic::AtomicBool,
+    permits: tokio::sync::Semaphore,
+}
+
+#[redis_cached(ttl = "10s", stale = "1m", key = "gated:<symbol>", cache = cache)]
+async fn gated_quote(
+    symbol: u32,
+    #[cache(skip)] cache: Cache,
+    #[cache(skip)] source: Arc<HeldLoads>,
+) -> u64 {
+    let _ = symbol;
+    let answer = source.loads.fetch_add(1, Ordering::SeqCst) + 1;
+    if source.held.load(Ordering::SeqCst) {
+        source.permits.acquire().await.unwrap().forget();
+    }
+    answer
+}
+
+pub async fn background_refreshes_are_bounded_and_the_skipped_ones_counted(backend: Backend) {
+    let clock = ManualClock::starting_now();
+    let h = Harness::with(backend, |builder| {
+        builder.clock(clock.clone()).max_background_refreshes(2)
+    });
+    let source = Arc::new(HeldLoads {
+        loads: AtomicU64::new(0),
+        held: false.into(),
+        permits: tokio::sync::Semaphore::new(0),
+    });
+    for symbol in 0..5 {
+        gated_quote(symbol, h.cache.clone(), Arc::clone(&source)).await;
+    }
+    clock.advance(Duration::from_secs(11));
+    source.held.store(true, Ordering::SeqCst);
+    for symbol in 0..5 {
+        let answer = gated_quote(symbol, h.cache.clone(), Arc::clone(&source)).await;
+        assert_eq!(answer, u64::from(symbol) + 1, "the stale value, at once");
+    }
+    let stats = h.cache.stats();
+    assert_eq!(stats.stale_served, 5);
+    assert_eq!(
+        stats.refreshes_skipped, 3,
+        "two refreshes at most run at once; the other stale reads start none"
+    );
+    source.permits.add_permits(2);
+    h.cache.refreshes_done().await;
+    source.held.store(false, Ordering::SeqCst);
+    assert_eq!(h.cache.stats().refreshes, 2);
+    for symbol in 2..5 {
+        gated_quote(symbol, h.cache.clone(), Arc::clone(&source)).await;
+    }
+    h.cache.refreshes_done().await;
+    assert_eq!(
+        h.cache.stats().refreshes,
+        5,
+        "a later read starts a skipped refresh"
+    );
+    assert_eq!(h.cache.stats().refreshes_skipped, 3);
+}

@@ -125,4 +125,5 @@ conformance_on_backend!(freshness_conformance: freshness {
     an_invalidated_entry_is_never_served_at_a_soft_timeout,
     past_the_hard_timeout_a_call_returns_its_error_and_the_body_is_cancelled,
     past_the_hard_timeout_a_fail_safe_value_is_served,
+    background_refreshes_are_bounded_and_the_skipped_ones_counted,
 });
