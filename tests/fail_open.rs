@@ -287,3 +287,62 @@ async fn refused_writes_do_not_stop_caching() {
     assert_eq!(lookup(5, &h.cache, &probe).await, Ok(50));
     assert_eq!(probe.runs(), 6);
 }
+
+/// A cache on `url` with a short operation timeout.
+fn cache_at(url: &str) -> Cache {
+    Cache::builder()
+        .redis_url(url)
+        .op_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap()
+}
+
+/// A connection that goes silent while the server is healthy (half-open: the peer vanished
+/// without closing it) is replaced after repeated timeouts: the manager alone would keep it,
+/// since nothing on the socket fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_replaced_and_caching_resumes() {
+    let server = redis_memo_testkit::RedisServer::start().expect("redis-server");
+    let proxy = redis_memo_testkit::TcpProxy::start(server.port()).unwrap();
+    let cache = cache_at(&proxy.url());
+    let probe = Probe::default();
+    assert_eq!(lookup(1, &cache, &probe).await, Ok(10));
+    assert_eq!(lookup(1, &cache, &probe).await, Ok(10));
+    assert_eq!(probe.runs(), 1);
+
+    proxy.freeze_existing();
+    // Every call still answers (fail-open), and caching comes back on a new connection.
+    wait_until_cached_again(&cache, 2).await;
+    assert!(
+        cache.stats().fail_open > 0,
+        "the silent connection was noticed"
+    );
+}
+
+/// After a failover that moves the address to the new primary, a connection still open to the
+/// demoted one gets `READONLY` on every write; it is replaced, and writes reach the new
+/// primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_left_on_a_demoted_primary_is_replaced() {
+    let old_primary = redis_memo_testkit::RedisServer::start().expect("redis-server");
+    let new_primary = redis_memo_testkit::RedisServer::start().expect("redis-server");
+    let proxy = redis_memo_testkit::TcpProxy::start(old_primary.port()).unwrap();
+    let cache = cache_at(&proxy.url());
+    let probe = Probe::default();
+    assert_eq!(lookup(1, &cache, &probe).await, Ok(10));
+
+    // The failover: the old primary becomes a replica of the new one, and the address points
+    // at the new one for connections made from now on.
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(new_primary.port())
+        .query(&mut old_primary.connection())
+        .unwrap();
+    proxy.retarget(new_primary.port());
+    wait_until_cached_again(&cache, 3).await;
+    let stored: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(cache.full_key(&lookup_cache_key(3)))
+        .query(&mut new_primary.connection())
+        .unwrap();
+    assert!(stored.is_some(), "the entry was written to the new primary");
+}

@@ -1,7 +1,7 @@
 //! The [`Cache`] handle and its builder.
 
 use crate::CacheError;
-use crate::backend::{Backend, MemoryStore, RedisBackend};
+use crate::backend::{Backend, MemoryStore, RedisBackend, RedisConnection, Remake};
 use crate::clock::{Clock, SystemClock};
 use crate::flight::Flights;
 use crate::health::Health;
@@ -206,7 +206,8 @@ impl CacheBuilder {
             }
             Some(Source::Memory(store)) => Backend::Memory(store),
             Some(Source::Connection(connection)) => {
-                Backend::Redis(RedisBackend::new(connection, self.op_timeout, None))
+                let connection = RedisConnection::new(connection, None, self.op_timeout, None);
+                Backend::Redis(RedisBackend::new(connection, self.op_timeout))
             }
             Some(Source::Url(url)) => {
                 if tokio::runtime::Handle::try_current().is_err() {
@@ -222,7 +223,10 @@ impl CacheBuilder {
                     .redis_settings()
                     .clone()
                     .set_protocol(redis::ProtocolVersion::RESP3);
-                let client = redis::Client::open(info.set_redis_settings(settings))?;
+                let info = info
+                    .set_redis_settings(settings)
+                    .set_tcp_settings(dead_peer_detection());
+                let client = redis::Client::open(info)?;
                 let notices = Notices::default();
                 let pushes = notices.clone();
                 let config = ConnectionManagerConfig::new()
@@ -239,12 +243,13 @@ impl CacheBuilder {
                     // waits through a retry schedule (the default blocked ~9.5 s when down).
                     .set_number_of_retries(1)
                     .set_max_delay(self.op_timeout);
-                let connection = ConnectionManager::new_lazy_with_config(client, config)?;
-                Backend::Redis(RedisBackend::new(
-                    connection,
-                    self.op_timeout,
-                    Some(notices),
-                ))
+                let manager =
+                    ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+                // Kept to make a new connection when this one stops serving.
+                let remake = Remake { client, config };
+                let connection =
+                    RedisConnection::new(manager, Some(remake), self.op_timeout, Some(notices));
+                Backend::Redis(RedisBackend::new(connection, self.op_timeout))
             }
         };
         Ok(Cache {
@@ -267,6 +272,20 @@ impl CacheBuilder {
             }),
         })
     }
+}
+
+/// TCP keepalive probes, and on Linux `TCP_USER_TIMEOUT`: the kernel closes a connection
+/// whose peer is gone (no answer to probes, or to data sent), and the connection manager
+/// then reconnects. (Nagle's algorithm stays as redis-rs sets it.)
+fn dead_peer_detection() -> redis::io::tcp::TcpSettings {
+    use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(15))
+        .with_interval(Duration::from_secs(5));
+    let settings = TcpSettings::default().set_keepalive(keepalive);
+    #[cfg(target_os = "linux")]
+    let settings = settings.set_user_timeout(Duration::from_secs(10));
+    settings
 }
 
 /// `url` with its password, if any, replaced by `***` (a builder's `Debug` ends up in logs).

@@ -79,6 +79,18 @@ impl Notices {
         }
     }
 
+    /// The channels someone in this process listens on.
+    pub(crate) fn listened_channels(&self) -> Vec<String> {
+        self.listeners().keys().cloned().collect()
+    }
+
+    /// Lets every waiter look at its entry again (announcements may have been lost).
+    pub(crate) fn wake_all(&self) {
+        for (_, sender) in self.listeners().values() {
+            sender.send_replace(Some(Notice::Released));
+        }
+    }
+
     /// Hands a pub/sub message pushed by Redis (RESP3) to its listeners.
     pub(crate) fn deliver_push(&self, push: redis::PushInfo) {
         if push.kind == redis::PushKind::Disconnection {

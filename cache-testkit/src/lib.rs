@@ -10,6 +10,10 @@
 
 #![warn(missing_docs)]
 
+mod proxy;
+
+pub use proxy::TcpProxy;
+
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};

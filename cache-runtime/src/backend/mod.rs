@@ -4,9 +4,11 @@
 //! everything above (keys, envelope, coalescing, fail-open) is shared, so the in-memory
 //! backend behaves like Redis in users' tests.
 
+mod connection;
 mod memory;
 mod redis;
 
+pub(crate) use self::connection::{RedisConnection, Remake};
 pub use self::memory::MemoryStore;
 pub(crate) use self::redis::RedisBackend;
 

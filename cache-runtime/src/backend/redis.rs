@@ -1,27 +1,22 @@
-//! The Redis backend: one multiplexed, self-reconnecting connection, every operation bounded
-//! by the per-operation timeout.
+//! The Redis backend: one multiplexed, self-reconnecting connection (replaced when it stops
+//! serving, see [`RedisConnection`]), every operation bounded by the per-operation timeout.
 
 use crate::CacheError;
+use crate::backend::RedisConnection;
 use crate::lease::{self, Acquired};
-use crate::notify::{self, Listener, Notices};
+use crate::notify::{self, Listener};
 use crate::pattern::KeyPattern;
 use crate::tags::{self, TagKeys, Token, Versions};
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tokio::time::Instant;
 
 #[derive(Clone)]
 pub(crate) struct RedisBackend {
-    connection: ConnectionManager,
+    /// Replaced when it stops serving (see [`RedisConnection`]).
+    connection: Arc<RedisConnection>,
     op_timeout: Duration,
-    /// Where pushed pub/sub messages go; `None` for a connection built by the user, whose
-    /// pushes do not reach us.
-    notices: Option<Notices>,
-    /// Orders SUBSCRIBE and UNSUBSCRIBE of this process, so that an unsubscription decided
-    /// when the last listener left cannot overtake a new listener's subscription.
-    subscriptions: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -33,44 +28,37 @@ impl std::fmt::Debug for RedisBackend {
 }
 
 impl RedisBackend {
-    pub(crate) fn new(
-        connection: ConnectionManager,
-        op_timeout: Duration,
-        notices: Option<Notices>,
-    ) -> Self {
+    pub(crate) fn new(connection: Arc<RedisConnection>, op_timeout: Duration) -> Self {
         RedisBackend {
             connection,
             op_timeout,
-            notices,
-            subscriptions: Arc::default(),
         }
     }
 
     /// Listens for the fill of `entry`: subscribes to its channel unless this process already
     /// does. `None` when this connection cannot receive pushes.
     pub(crate) async fn listen(&self, entry: &str) -> Result<Option<Listener>, CacheError> {
-        let Some(notices) = &self.notices else {
+        let Some(notices) = &self.connection.notices else {
             return Ok(None);
         };
         let channel = notify::channel(entry);
         let (receiver, first) = notices.listen(&channel);
         let unsubscribe: Box<dyn FnOnce(String) + Send> = {
-            let (connection, notices, subscriptions, op_timeout) = (
-                self.connection.clone(),
-                notices.clone(),
-                Arc::clone(&self.subscriptions),
-                self.op_timeout,
-            );
+            let (connection, op_timeout) = (Arc::clone(&self.connection), self.op_timeout);
             Box::new(move |channel: String| {
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    let mut connection = connection;
                     runtime.spawn(async move {
-                        let _ordered = subscriptions.lock().await;
+                        let _ordered = connection.subscriptions.lock().await;
                         // A new listener may have come since: then it keeps the subscription.
                         // Bounded like every operation: the lock is held meanwhile, and a
                         // server that never answers must not stop every later subscription.
-                        if !notices.is_listened(&channel) {
-                            let unsubscribe = connection.unsubscribe(channel);
+                        let listened = connection
+                            .notices
+                            .as_ref()
+                            .is_some_and(|notices| notices.is_listened(&channel));
+                        if !listened {
+                            let mut manager = connection.manager();
+                            let unsubscribe = manager.unsubscribe(channel);
                             let _ = tokio::time::timeout(op_timeout, unsubscribe).await;
                         }
                     });
@@ -84,13 +72,15 @@ impl RedisBackend {
             Some(unsubscribe),
         );
         if first {
-            let _ordered = self.subscriptions.lock().await;
-            let mut connection = self.connection.clone();
-            match tokio::time::timeout(self.op_timeout, connection.subscribe(&channel)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => return Err(error.into()),
-                Err(_) => return Err(CacheError::Timeout(self.op_timeout)),
-            }
+            let _ordered = self.connection.subscriptions.lock().await;
+            let mut manager = self.connection.manager();
+            let subscribed =
+                match tokio::time::timeout(self.op_timeout, manager.subscribe(&channel)).await {
+                    Ok(result) => result.map_err(CacheError::from),
+                    Err(_) => Err(CacheError::Timeout(self.op_timeout)),
+                };
+            self.connection.observe(&subscribed);
+            subscribed?;
         }
         Ok(Some(listener))
     }
@@ -101,11 +91,14 @@ impl RedisBackend {
         deadline: Instant,
     ) -> Result<T, CacheError> {
         // ConnectionManager is a cheap handle (an Arc); commands need it mutably.
-        let mut connection = self.connection.clone();
-        match tokio::time::timeout_at(deadline, command.query_async(&mut connection)).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(CacheError::Timeout(self.op_timeout)),
-        }
+        let mut connection = self.connection.manager();
+        let result =
+            match tokio::time::timeout_at(deadline, command.query_async(&mut connection)).await {
+                Ok(result) => result.map_err(CacheError::from),
+                Err(_) => Err(CacheError::Timeout(self.op_timeout)),
+            };
+        self.connection.observe(&result);
+        result
     }
 
     pub(crate) async fn get(
@@ -263,11 +256,14 @@ impl RedisBackend {
         pipe: &redis::Pipeline,
         deadline: Instant,
     ) -> Result<T, CacheError> {
-        let mut connection = self.connection.clone();
-        match tokio::time::timeout_at(deadline, pipe.query_async(&mut connection)).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(CacheError::Timeout(self.op_timeout)),
-        }
+        let mut connection = self.connection.manager();
+        let result =
+            match tokio::time::timeout_at(deadline, pipe.query_async(&mut connection)).await {
+                Ok(result) => result.map_err(CacheError::from),
+                Err(_) => Err(CacheError::Timeout(self.op_timeout)),
+            };
+        self.connection.observe(&result);
+        result
     }
 
     pub(crate) async fn acquire_lease(
@@ -433,11 +429,15 @@ impl RedisBackend {
         invocation: &redis::ScriptInvocation<'_>,
         deadline: Instant,
     ) -> Result<T, CacheError> {
-        let mut connection = self.connection.clone();
-        match tokio::time::timeout_at(deadline, invocation.invoke_async(&mut connection)).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(CacheError::Timeout(self.op_timeout)),
-        }
+        let mut connection = self.connection.manager();
+        let result =
+            match tokio::time::timeout_at(deadline, invocation.invoke_async(&mut connection)).await
+            {
+                Ok(result) => result.map_err(CacheError::from),
+                Err(_) => Err(CacheError::Timeout(self.op_timeout)),
+            };
+        self.connection.observe(&result);
+        result
     }
 }
 

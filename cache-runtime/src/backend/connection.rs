@@ -1,0 +1,160 @@
+//! The Redis connection behind the backend, replaced when it stops serving.
+//!
+//! `ConnectionManager` reconnects by itself only when its socket reports an error. A
+//! half-open connection (the peer vanished without closing it: a blackholed failover, a NAT
+//! entry dropped, a proxy that stopped forwarding) reports none, so every request times out
+//! for as long as the kernel keeps it; and after a failover that moves the address to a new
+//! primary, a connection still open to the demoted one answers `READONLY` to every write,
+//! forever. So here [`REPLACE_AFTER_TIMEOUTS`] consecutive timeouts, or one `READONLY`, replace
+//! the manager with a new one (for caches built from a URL: a manager passed in cannot be
+//! remade), at most once per [`RedisConnection::min_interval`]; the fill channels this
+//! process listens on are subscribed again on the new connection, and their waiters look
+//! again (a fill announced meanwhile is lost). TCP keepalive and `TCP_USER_TIMEOUT` (set on
+//! URL connections) let the kernel notice a dead peer as well.
+
+use crate::CacheError;
+use crate::notify::Notices;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+/// Consecutive timeouts after which the connection is replaced.
+pub(crate) const REPLACE_AFTER_TIMEOUTS: u32 = 3;
+
+/// What a new connection is made from.
+pub(crate) struct Remake {
+    pub(crate) client: redis::Client,
+    pub(crate) config: ConnectionManagerConfig,
+}
+
+pub(crate) struct RedisConnection {
+    current: RwLock<ConnectionManager>,
+    remake: Option<Remake>,
+    consecutive_timeouts: AtomicU32,
+    last_replaced: Mutex<Option<Instant>>,
+    op_timeout: Duration,
+    /// Where pushed pub/sub messages go; `None` for a connection built by the user, whose
+    /// pushes do not reach us.
+    pub(crate) notices: Option<Notices>,
+    /// Orders SUBSCRIBE and UNSUBSCRIBE of this process, so that an unsubscription decided
+    /// when the last listener left cannot overtake a new listener's subscription.
+    pub(crate) subscriptions: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConnection")
+            .field("remakable", &self.remake.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisConnection {
+    pub(crate) fn new(
+        manager: ConnectionManager,
+        remake: Option<Remake>,
+        op_timeout: Duration,
+        notices: Option<Notices>,
+    ) -> Arc<Self> {
+        Arc::new(RedisConnection {
+            current: RwLock::new(manager),
+            remake,
+            consecutive_timeouts: AtomicU32::new(0),
+            last_replaced: Mutex::new(None),
+            op_timeout,
+            notices,
+            subscriptions: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The connection to send a command on (a cheap handle).
+    pub(crate) fn manager(&self) -> ConnectionManager {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The shortest time between two replacements: a server that is only slow (paused,
+    /// loading) must not have its connection remade on every burst of timeouts.
+    fn min_interval(&self) -> Duration {
+        (self.op_timeout * 4).max(Duration::from_secs(1))
+    }
+
+    /// Learns from one command's outcome whether the connection still serves.
+    pub(crate) fn observe<T>(self: &Arc<Self>, result: &Result<T, CacheError>) {
+        match result {
+            Ok(_) => self.consecutive_timeouts.store(0, Relaxed),
+            Err(CacheError::Timeout(_)) => {
+                let timeouts = self.consecutive_timeouts.fetch_add(1, Relaxed) + 1;
+                if timeouts >= REPLACE_AFTER_TIMEOUTS {
+                    self.replace("it timed out repeatedly (a half-open connection?)");
+                }
+            }
+            Err(CacheError::Redis(error)) if is_read_only(error) => {
+                self.replace("the server it reaches is a replica now (READONLY)");
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn replace(self: &Arc<Self>, why: &'static str) {
+        let Some(remake) = &self.remake else {
+            return;
+        };
+        {
+            let mut last = self
+                .last_replaced
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if last.is_some_and(|at| at.elapsed() < self.min_interval()) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let fresh = match ConnectionManager::new_lazy_with_config(
+            remake.client.clone(),
+            remake.config.clone(),
+        ) {
+            Ok(fresh) => fresh,
+            Err(error) => {
+                tracing::warn!(%error, "redis-memo: could not make a new Redis connection");
+                return;
+            }
+        };
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+        self.consecutive_timeouts.store(0, Relaxed);
+        tracing::warn!(reason = why, "redis-memo: replacing the Redis connection");
+        if self.notices.is_some()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let connection = Arc::clone(self);
+            runtime.spawn(async move { connection.resubscribe().await });
+        }
+    }
+
+    /// Subscribes the new connection to every channel listened on, then lets every waiter
+    /// look at its entry again.
+    async fn resubscribe(&self) {
+        let Some(notices) = &self.notices else {
+            return;
+        };
+        {
+            let _ordered = self.subscriptions.lock().await;
+            let mut manager = self.manager();
+            for channel in notices.listened_channels() {
+                let subscribe = manager.subscribe(channel);
+                let _ = tokio::time::timeout(self.op_timeout, subscribe).await;
+            }
+        }
+        notices.wake_all();
+    }
+}
+
+fn is_read_only(error: &redis::RedisError) -> bool {
+    error.code() == Some("READONLY")
+        || error
+            .detail()
+            .is_some_and(|detail| detail.contains("READONLY"))
+}

@@ -1,0 +1,176 @@
+//! A TCP proxy on a free loopback port, for faults a server process cannot show: a connection
+//! that goes silent while the server is healthy (a half-open connection after a failover that
+//! blackholed it, a NAT entry dropped), and an address that moves to another server (a
+//! failover that repoints DNS or a virtual IP).
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
+use std::time::Duration;
+
+/// How often an idle pump looks at the proxy's switches.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Forwards connections to a target port until dropped.
+///
+/// ```no_run
+/// let server = redis_memo_testkit::RedisServer::start().unwrap();
+/// let proxy = redis_memo_testkit::TcpProxy::start(server.port()).unwrap();
+/// let url = proxy.url(); // connect through it
+/// proxy.freeze_existing(); // open connections go silent; new ones are forwarded
+/// # drop(url);
+/// ```
+#[derive(Debug)]
+pub struct TcpProxy {
+    port: u16,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    target: AtomicU16,
+    /// Connections accepted before this generation forward nothing more.
+    frozen_below: AtomicU64,
+    generation: AtomicU64,
+    stopped: AtomicBool,
+    /// Every socket, to shut down when the proxy is dropped.
+    sockets: Mutex<Vec<TcpStream>>,
+}
+
+impl TcpProxy {
+    /// Listens on a free loopback port and forwards each connection to `target_port`.
+    ///
+    /// # Errors
+    /// If the listening socket cannot be made.
+    pub fn start(target_port: u16) -> std::io::Result<TcpProxy> {
+        let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let shared = Arc::new(Shared {
+            target: AtomicU16::new(target_port),
+            frozen_below: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+            sockets: Mutex::default(),
+        });
+        let accepting = Arc::clone(&shared);
+        thread::spawn(move || accept_loop(&listener, &accepting));
+        Ok(TcpProxy { port, shared })
+    }
+
+    /// The port clients connect to.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<port>/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Every connection open now stops forwarding in both directions, and stays open: what
+    /// its client sends is accepted and never answered. Later connections are forwarded.
+    pub fn freeze_existing(&self) {
+        let next = self.shared.generation.fetch_add(1, SeqCst) + 1;
+        self.shared.frozen_below.store(next, SeqCst);
+    }
+
+    /// New connections go to `target_port` from now on; open ones keep their server.
+    pub fn retarget(&self, target_port: u16) {
+        self.shared.target.store(target_port, SeqCst);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.shared.stopped.store(true, SeqCst);
+        let sockets = self
+            .shared
+            .sockets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for socket in sockets.iter() {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
+    while !shared.stopped.load(SeqCst) {
+        match listener.accept() {
+            Ok((client, _)) => {
+                let target = shared.target.load(SeqCst);
+                let Ok(server) = TcpStream::connect((Ipv4Addr::LOCALHOST, target)) else {
+                    continue;
+                };
+                let generation = shared.generation.load(SeqCst);
+                if let Err(error) = start_pumps(client, server, generation, shared) {
+                    eprintln!("redis-memo-testkit proxy: {error}");
+                }
+            }
+            Err(error) if error.kind() == ErrorKind::WouldBlock => thread::sleep(POLL),
+            Err(_) => thread::sleep(POLL),
+        }
+    }
+}
+
+fn start_pumps(
+    client: TcpStream,
+    server: TcpStream,
+    generation: u64,
+    shared: &Arc<Shared>,
+) -> std::io::Result<()> {
+    client.set_nodelay(true)?;
+    server.set_nodelay(true)?;
+    {
+        let mut sockets = shared
+            .sockets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        sockets.push(client.try_clone()?);
+        sockets.push(server.try_clone()?);
+    }
+    for (from, to) in [(client.try_clone()?, server.try_clone()?), (server, client)] {
+        let shared = Arc::clone(shared);
+        thread::spawn(move || pump(from, to, generation, &shared));
+    }
+    Ok(())
+}
+
+/// Copies `from` to `to` until either closes; once this connection is frozen, reads nothing
+/// more (the kernel still accepts what the peer sends, as a silent network would).
+fn pump(mut from: TcpStream, mut to: TcpStream, generation: u64, shared: &Shared) {
+    let _ = from.set_read_timeout(Some(POLL));
+    let mut buffer = [0u8; 16 * 1024];
+    loop {
+        if shared.stopped.load(SeqCst) {
+            return;
+        }
+        if generation < shared.frozen_below.load(SeqCst) {
+            thread::sleep(POLL);
+            continue;
+        }
+        match from.read(&mut buffer) {
+            Ok(0) => {
+                let _ = to.shutdown(Shutdown::Write);
+                return;
+            }
+            Ok(read) => {
+                // A freeze between the read and the write drops these bytes: silent either way.
+                if generation < shared.frozen_below.load(SeqCst) {
+                    continue;
+                }
+                if to.write_all(&buffer[..read]).is_err() {
+                    return;
+                }
+            }
+            Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => {
+                let _ = to.shutdown(Shutdown::Both);
+                return;
+            }
+        }
+    }
+}
