@@ -52,6 +52,8 @@ pub(crate) struct Inner {
     pub(crate) refresh_backoff: crate::refresh::RefreshBackoff,
     /// See [`CacheBuilder::max_background_refreshes`].
     pub(crate) max_background_refreshes: usize,
+    /// The correction of `clock` to the server's.
+    pub(crate) server_offset: crate::clock::ServerOffset,
 }
 
 impl Inner {
@@ -252,6 +254,12 @@ impl CacheBuilder {
                 Backend::Redis(RedisBackend::new(connection, self.op_timeout))
             }
         };
+        let server_offset =
+            if matches!(backend, Backend::Redis(_)) && self.clock.follows_server_time() {
+                crate::clock::ServerOffset::learned()
+            } else {
+                crate::clock::ServerOffset::none()
+            };
         Ok(Cache {
             inner: Arc::new(Inner {
                 backend,
@@ -269,6 +277,7 @@ impl CacheBuilder {
                 refresh_ended: tokio::sync::Notify::new(),
                 refresh_backoff: crate::refresh::RefreshBackoff::default(),
                 max_background_refreshes: self.max_background_refreshes,
+                server_offset,
             }),
         })
     }
@@ -436,14 +445,19 @@ impl Cache {
         removed
     }
 
-    /// Checks that the backend answers (a `GET` of a key nobody writes).
+    /// Checks that the backend answers (a `GET` of a key nobody writes), and learns how far
+    /// this cache's clock is from the server's (otherwise learned in the background from the
+    /// first call on; see [`Clock::follows_server_time`]).
     ///
     /// # Errors
     /// When Redis fails or does not answer within the operation timeout.
     pub async fn ping(&self) -> Result<(), CacheError> {
         let deadline = tokio::time::Instant::now() + self.inner.op_timeout;
         let key = self.full_key("redis-memo:ping");
-        self.inner.backend.get(&key, deadline).await.map(drop)
+        self.inner.backend.get(&key, deadline).await?;
+        // Learn the server's clock now rather than on the first call.
+        self.sample_server_time().await;
+        Ok(())
     }
 
     /// Waits until the background refreshes (of functions with `stale`) that run in this

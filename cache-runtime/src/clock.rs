@@ -5,9 +5,14 @@
 //! Redis still expires keys by its own clock: an entry is stored for as long as it can be
 //! served (ttl plus any `stale` window), and whether it is fresh is decided by the clock here,
 //! from the times recorded in its envelope.
+//!
+//! Those times are written by one host and read by others, so a cache on Redis reads the time
+//! as its clock corrected by a [`ServerOffset`]: the difference between its clock and the
+//! server's `TIME`, sampled at start and every minute. Every process sharing a Redis then
+//! shares one time, whatever the skew between their hosts' clocks.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Where a cache reads the time, in milliseconds since the Unix epoch.
@@ -23,6 +28,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     /// Milliseconds since the Unix epoch.
     fn now_unix_ms(&self) -> u64;
+
+    /// Whether a cache on Redis corrects this clock by the server's (`TIME`), so that
+    /// processes on hosts with skewed clocks agree on when entries expire. True by default;
+    /// [`ManualClock`] says no, since a test that moves it wants exactly its time.
+    fn follows_server_time(&self) -> bool {
+        true
+    }
 }
 
 /// The system's clock: the default.
@@ -68,6 +80,85 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now_unix_ms(&self) -> u64 {
         self.now_ms.load(SeqCst)
+    }
+
+    fn follows_server_time(&self) -> bool {
+        false
+    }
+}
+
+/// How far a cache's clock is behind its Redis server's, learned from `TIME`.
+#[derive(Debug)]
+pub(crate) struct ServerOffset {
+    /// False: no correction, ever (no server, or a clock that does not follow it).
+    enabled: bool,
+    offset_ms: AtomicI64,
+    /// By the cache's clock, when the next sample is due.
+    next_sample_ms: AtomicU64,
+}
+
+impl ServerOffset {
+    /// How often the offset is sampled again (clocks drift; NTP steps them).
+    const RESAMPLE_MS: u64 = 60_000;
+    /// How soon after a failed sample another is tried.
+    const RETRY_MS: u64 = 1_000;
+
+    /// An offset to learn: the first sample is due at once.
+    pub(crate) fn learned() -> Self {
+        ServerOffset {
+            enabled: true,
+            offset_ms: AtomicI64::new(0),
+            next_sample_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// No correction, ever.
+    pub(crate) fn none() -> Self {
+        ServerOffset {
+            enabled: false,
+            offset_ms: AtomicI64::new(0),
+            next_sample_ms: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// `local_ms` corrected to the server's time.
+    pub(crate) fn apply(&self, local_ms: u64) -> u64 {
+        local_ms.saturating_add_signed(self.offset_ms.load(Relaxed))
+    }
+
+    /// Whether the caller should take a sample now: true for one caller per due time.
+    pub(crate) fn claim_sample(&self, local_ms: u64) -> bool {
+        let due = self.next_sample_ms.load(Relaxed);
+        local_ms >= due
+            && self
+                .next_sample_ms
+                .compare_exchange(
+                    due,
+                    local_ms.saturating_add(Self::RESAMPLE_MS),
+                    Relaxed,
+                    Relaxed,
+                )
+                .is_ok()
+    }
+
+    /// A sample: the server read `server_ms` between the local readings `before` and `after`.
+    pub(crate) fn record(&self, server_ms: u64, before: u64, after: u64) {
+        if !self.enabled {
+            return;
+        }
+        let midpoint = before / 2 + after / 2;
+        let offset = i128::from(server_ms) - i128::from(midpoint);
+        let offset = i64::try_from(offset).unwrap_or(if offset < 0 { i64::MIN } else { i64::MAX });
+        self.offset_ms.store(offset, Relaxed);
+    }
+
+    /// The sample failed: try again soon.
+    pub(crate) fn retry_soon(&self, local_ms: u64) {
+        if !self.enabled {
+            return;
+        }
+        self.next_sample_ms
+            .store(local_ms.saturating_add(Self::RETRY_MS), Relaxed);
     }
 }
 

@@ -607,9 +607,31 @@ impl Cache {
         }
     }
 
-    /// The time by this cache's clock.
+    /// The time by this cache's clock, corrected to its Redis server's (see
+    /// [`crate::clock::ServerOffset`]).
     pub(crate) fn now_ms(&self) -> u64 {
-        self.inner.clock.now_unix_ms()
+        let local = self.inner.clock.now_unix_ms();
+        if self.inner.server_offset.claim_sample(local)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let cache = self.clone();
+            runtime.spawn(async move { cache.sample_server_time().await });
+        }
+        self.inner.server_offset.apply(local)
+    }
+
+    /// Learns how far this cache's clock is from its server's.
+    pub(crate) async fn sample_server_time(&self) {
+        let clock = &self.inner.clock;
+        let before = clock.now_unix_ms();
+        let deadline = Instant::now() + self.inner.op_timeout;
+        let server = self.inner.backend.server_time_ms(deadline).await;
+        let after = clock.now_unix_ms();
+        match server {
+            Ok(Some(server_ms)) => self.inner.server_offset.record(server_ms, before, after),
+            Ok(None) => {}
+            Err(_) => self.inner.server_offset.retry_soon(after),
+        }
     }
 
     /// Milliseconds since `start_ms` by this cache's clock (what early refresh weighs a

@@ -27,6 +27,18 @@ pub(crate) enum Backend {
 }
 
 impl Backend {
+    /// The server's clock (`TIME`), in ms since the Unix epoch; `None` for the in-memory store,
+    /// which shares the process's clock.
+    pub(crate) async fn server_time_ms(
+        &self,
+        deadline: Instant,
+    ) -> Result<Option<u64>, CacheError> {
+        match self {
+            Backend::Redis(redis) => redis.server_time_ms(deadline).await.map(Some),
+            Backend::Memory(_) => Ok(None),
+        }
+    }
+
     /// Reads `key`, giving up at `deadline`.
     pub(crate) async fn get(
         &self,

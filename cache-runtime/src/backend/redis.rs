@@ -101,6 +101,12 @@ impl RedisBackend {
         result
     }
 
+    /// `TIME`, in ms since the Unix epoch.
+    pub(crate) async fn server_time_ms(&self, deadline: Instant) -> Result<u64, CacheError> {
+        let (seconds, micros): (u64, u64) = self.run_until(&redis::cmd("TIME"), deadline).await?;
+        Ok(seconds.saturating_mul(1000).saturating_add(micros / 1000))
+    }
+
     pub(crate) async fn get(
         &self,
         key: &str,
