@@ -54,6 +54,8 @@ pub(crate) struct Inner {
     pub(crate) max_background_refreshes: usize,
     /// The correction of `clock` to the server's.
     pub(crate) server_offset: crate::clock::ServerOffset,
+    /// Leases being given back in the background (after a hard timeout).
+    pub(crate) background_releases: std::sync::atomic::AtomicUsize,
 }
 
 impl Inner {
@@ -260,7 +262,7 @@ impl CacheBuilder {
             } else {
                 crate::clock::ServerOffset::none()
             };
-        Ok(Cache {
+        let cache = Cache {
             inner: Arc::new(Inner {
                 backend,
                 op_timeout: self.op_timeout,
@@ -278,8 +280,13 @@ impl CacheBuilder {
                 refresh_backoff: crate::refresh::RefreshBackoff::default(),
                 max_background_refreshes: self.max_background_refreshes,
                 server_offset,
+                background_releases: std::sync::atomic::AtomicUsize::new(0),
             }),
-        })
+        };
+        // Learn the server's clock now, in the background (a Redis cache is built inside a
+        // runtime): the first calls then judge freshness by it already.
+        let _ = cache.now_ms();
+        Ok(cache)
     }
 }
 
@@ -475,7 +482,11 @@ impl Cache {
             let ended = self.inner.refresh_ended.notified();
             tokio::pin!(ended);
             ended.as_mut().enable();
-            if self.inner.refreshing().is_empty() {
+            let releasing = self
+                .inner
+                .background_releases
+                .load(std::sync::atomic::Ordering::SeqCst);
+            if self.inner.refreshing().is_empty() && releasing == 0 {
                 return;
             }
             ended.await;

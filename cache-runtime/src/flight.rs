@@ -309,27 +309,15 @@ impl LeaderGuard<'_> {
     }
 
     /// The leader's call failed: ends the flight now (callers from now on start a new one)
-    /// and gives the waiters [`Shared::Failed`] with `failure`. Without a shared error, the
-    /// lease goes to the waiter that leads next, if any; otherwise (or with one) it comes back
-    /// to be released.
-    pub(crate) fn hand_over(mut self, failure: Option<SharedFailure>) -> Option<HeldLease> {
+    /// and gives the waiters [`Shared::Failed`] with `failure`. Its lease must have been given
+    /// back already, so that the waiter that leads next can take it at once.
+    pub(crate) fn hand_over(mut self, failure: Option<SharedFailure>) {
+        debug_assert!(self.lease.is_none(), "the lease is released first");
         self.leave_map();
         self.handed_over = true;
-        // Out of the map: nobody joins any more, so the count of waiters is final.
-        let waiters = Arc::strong_count(&self.slot) > 1;
-        let lease = self.lease.take();
-        let lease = match lease {
-            Some(lease) if failure.is_none() && waiters => {
-                let key = (self.key.to_owned(), self.fingerprint);
-                self.flights.orphaned_leases().insert(key, lease);
-                None
-            }
-            other => other,
-        };
         if self.slot.outcome.set(Some(Shared::Failed(failure))).is_ok() {
             self.slot.changed.notify_waiters();
         }
-        lease
     }
 
     /// Takes this flight out of the map: later callers start a new one.

@@ -250,7 +250,36 @@ impl Cache {
                             key,
                             "waiting for this key's in-process leader"
                         );
-                        let (bytes, current) = match flight::wait(slot).await {
+                        // Bounded by this caller's own hard timeout: the leader it waits on
+                        // may have started later (a waiter whose turn came after a failure).
+                        let hard_deadline = spec
+                            .hard_timeout
+                            .and_then(|hard| call_started.checked_add(hard));
+                        let waited = match hard_deadline {
+                            Some(at) => tokio::time::timeout_at(at, flight::wait(slot)).await.ok(),
+                            None => Some(flight::wait(slot).await),
+                        };
+                        let Some(waited) = waited else {
+                            self.record(Event::HardTimeout, spec);
+                            let after = spec.hard_timeout.unwrap_or_default();
+                            let on_timeout = &outcomes.on_timeout;
+                            return match on_timeout.timed_out(after) {
+                                Some(timed_out) => {
+                                    self.fail_safe::<K, R>(spec, timed_out, fallback)
+                                }
+                                None => {
+                                    self.run_alone::<K, R, F, O>(
+                                        spec,
+                                        call_started,
+                                        compute,
+                                        on_timeout,
+                                        fallback,
+                                    )
+                                    .await
+                                }
+                            };
+                        };
+                        let (bytes, current) = match waited {
                             // Joining checked that this caller may have it.
                             WaitOutcome::Shared(Shared::Computed(bytes)) => (bytes, None),
                             // Stored by someone else: valid under the tokens this caller read
@@ -490,11 +519,13 @@ impl Cache {
         let computed_ms = self.ms_since(started_ms);
 
         if K::is_failure(&result) {
-            // Its waiters get the error (or take turns), and nothing is stored.
-            let failure = outcomes.on_failure.share(&result);
-            if let Some(lease) = guard.hand_over(failure) {
+            // Nothing is stored. The lease goes back first (another process, or the waiter
+            // whose turn is next, may take it at once); then the waiters get the error, or
+            // their fail-safe value, or take turns.
+            if let Some(lease) = guard.take_lease() {
                 self.release(spec, lease, unusable).await;
             }
+            guard.hand_over(outcomes.on_failure.share(&result));
             return result;
         }
         let recorded = tokens.as_deref().unwrap_or_default();
@@ -611,11 +642,14 @@ impl Cache {
     /// [`crate::clock::ServerOffset`]).
     pub(crate) fn now_ms(&self) -> u64 {
         let local = self.inner.clock.now_unix_ms();
-        if self.inner.server_offset.claim_sample(local)
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            let cache = self.clone();
-            runtime.spawn(async move { cache.sample_server_time().await });
+        if self.inner.server_offset.claim_sample(local) {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    let cache = self.clone();
+                    runtime.spawn(async move { cache.sample_server_time().await });
+                }
+                Err(_) => self.inner.server_offset.retry_soon(local),
+            }
         }
         self.inner.server_offset.apply(local)
     }

@@ -61,11 +61,15 @@ impl KeyPattern {
     /// A Redis `SCAN MATCH` pattern that selects at least every key this pattern does: the
     /// pattern's literal beginning (no longer than a long key's readable prefix), then `*`.
     pub(crate) fn scan_match(&self) -> String {
-        let literal_len = self
+        let mut literal_len = self
             .glob
             .find(['*', '?', '[', '\\'])
             .unwrap_or(self.glob.len())
             .min(HASHED_PREFIX_LEN);
+        // Keys are ASCII, a pattern need not be: never cut a character.
+        while !self.glob.is_char_boundary(literal_len) {
+            literal_len -= 1;
+        }
         format!("{}{}*", self.entry_prefix, &self.glob[..literal_len])
     }
 
@@ -235,6 +239,12 @@ mod tests {
             KeyPattern::new("ns", &"y".repeat(100)).scan_match(),
             format!("ns:{{{}*", "y".repeat(64)),
             "no longer than a long key's readable prefix"
+        );
+        let wide = "a".repeat(63) + "é*";
+        assert_eq!(
+            KeyPattern::new("ns", &wide).scan_match(),
+            format!("ns:{{{}*", "a".repeat(63)),
+            "cut before a character that would cross the limit"
         );
     }
 

@@ -265,11 +265,32 @@ impl Cache {
             })
     }
 
+    /// [`Cache::mark_refreshing`], unless `max` keys are marked already (checked and marked
+    /// under one lock, so concurrent callers cannot overshoot).
+    fn mark_refreshing_within(&self, key: &str, max: usize) -> Result<Option<Refreshing>, Skipped> {
+        let mut refreshing = self.inner.refreshing();
+        if refreshing.contains(key) {
+            return Ok(None);
+        }
+        if refreshing.len() >= max {
+            return Err(Skipped);
+        }
+        refreshing.insert(key.to_owned());
+        Ok(Some(Refreshing {
+            cache: self.clone(),
+            key: key.to_owned(),
+            finished: true,
+        }))
+    }
+
     pub(crate) fn is_refreshing(&self, key: &str) -> bool {
         let refreshing = self.inner.refreshing();
         !refreshing.is_empty() && refreshing.contains(key)
     }
 }
+
+/// A refresh not started: the bound on background refreshes was reached.
+struct Skipped;
 
 impl Drop for Refreshing {
     fn drop(&mut self) {
@@ -300,12 +321,15 @@ impl Cache {
         }
         // A sweep over many stale keys must not start as many bodies at once against the
         // source: past the bound the stale value is served and a later call refreshes.
-        if self.inner.refreshing().len() >= self.inner.max_background_refreshes {
-            self.record(Event::RefreshSkipped, from.entry.spec);
-            return;
-        }
-        let Some(mut guard) = self.mark_refreshing(key) else {
-            return;
+        let mut guard = match self.mark_refreshing_within(key, self.inner.max_background_refreshes)
+        {
+            Ok(Some(guard)) => guard,
+            // Refreshing already.
+            Ok(None) => return,
+            Err(Skipped) => {
+                self.record(Event::RefreshSkipped, from.entry.spec);
+                return;
+            }
         };
         // Until it finishes, it counts as failed (a panic in the body).
         guard.finished = false;

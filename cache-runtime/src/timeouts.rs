@@ -274,11 +274,17 @@ impl Cache {
     /// Gives `lease` back in a task of its own, which [`Cache::refreshes_done`] waits for.
     fn release_in_background(&self, entry: &EntryAt<'_>, lease: HeldLease) {
         let spec = entry.spec;
-        let mark = self.mark_refreshing(entry.key);
         let cache = self.clone();
+        self.inner
+            .background_releases
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(async move {
             cache.release(spec, lease, false).await;
-            drop(mark);
+            cache
+                .inner
+                .background_releases
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            cache.inner.refresh_ended.notify_waiters();
         });
     }
 

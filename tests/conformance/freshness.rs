@@ -643,3 +643,78 @@ pub async fn background_refreshes_are_bounded_and_the_skipped_ones_counted(backe
     );
     assert_eq!(h.cache.stats().refreshes_skipped, 3);
 }
+
+/// A source that can fail with an error that is not `Clone`, holding its first failure.
+pub struct Flaky {
+    failing: std::sync::atomic::AtomicBool,
+    loads: AtomicU64,
+    started: Notify,
+    release: Notify,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct FlakyError;
+
+#[redis_cached(ttl = "10s", fail_safe = "1h", key = "flaky:<id>", cache = cache)]
+async fn flaky(
+    id: u64,
+    #[cache(skip)] cache: Cache,
+    #[cache(skip)] source: Arc<Flaky>,
+) -> Result<u64, FlakyError> {
+    let load = source.loads.fetch_add(1, Ordering::SeqCst) + 1;
+    if !source.failing.load(Ordering::SeqCst) {
+        return Ok(id * 100 + load);
+    }
+    if load == 2 {
+        source.started.notify_one();
+        source.release.notified().await;
+    }
+    Err(FlakyError)
+}
+
+pub async fn waiters_of_a_failed_leader_get_their_fail_safe_value_and_the_lease_is_free(
+    backend: Backend,
+) {
+    let (h, clock) = clocked(backend);
+    let source = Arc::new(Flaky {
+        failing: false.into(),
+        loads: AtomicU64::new(0),
+        started: Notify::new(),
+        release: Notify::new(),
+    });
+    assert_eq!(
+        flaky(1, h.cache.clone(), Arc::clone(&source)).await,
+        Ok(101)
+    );
+    clock.advance(Duration::from_secs(11));
+    source.failing.store(true, Ordering::SeqCst);
+    let spawn_call = || {
+        let (cache, source) = (h.cache.clone(), Arc::clone(&source));
+        tokio::task::spawn_local(async move { flaky(1, cache, source).await })
+    };
+    let results =
+        crate::suite::leader_and_waiters(10, &source.started, spawn_call, async |leader| {
+            source.release.notify_one();
+            assert_eq!(
+                leader.await.unwrap(),
+                Ok(101),
+                "the leader's own fail-safe value"
+            );
+        })
+        .await;
+    assert!(
+        results.iter().all(|result| *result == Ok(101)),
+        "{results:?}"
+    );
+    assert_eq!(
+        source.loads.load(Ordering::SeqCst),
+        2,
+        "one failing call for eleven callers"
+    );
+
+    // The failed leader's lease was given back: another process computes and stores at once.
+    source.failing.store(false, Ordering::SeqCst);
+    let other = h.another_process(|builder| builder.clock(clock.clone()));
+    assert_eq!(flaky(1, other.clone(), Arc::clone(&source)).await, Ok(103));
+    assert_eq!(other.stats().fills, 1, "the lease was free");
+}

@@ -126,4 +126,5 @@ conformance_on_backend!(freshness_conformance: freshness {
     past_the_hard_timeout_a_call_returns_its_error_and_the_body_is_cancelled,
     past_the_hard_timeout_a_fail_safe_value_is_served,
     background_refreshes_are_bounded_and_the_skipped_ones_counted,
+    waiters_of_a_failed_leader_get_their_fail_safe_value_and_the_lease_is_free,
 });

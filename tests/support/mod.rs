@@ -21,6 +21,7 @@ pub struct Harness {
     pub cache: Cache,
     pub server: Option<RedisServer>,
     store: Option<MemoryStore>,
+    namespace: String,
 }
 
 /// Namespaces differ per harness so nothing can leak between tests even on one server.
@@ -44,9 +45,10 @@ impl Harness {
         backend: Backend,
         configure: impl FnOnce(redis_memo::CacheBuilder) -> redis_memo::CacheBuilder,
     ) -> Harness {
+        let namespace = unique_namespace();
         let builder = configure(
             Cache::builder()
-                .namespace(unique_namespace())
+                .namespace(namespace.clone())
                 .op_timeout(Duration::from_millis(250)),
         );
         match backend {
@@ -57,6 +59,7 @@ impl Harness {
                     cache,
                     server: Some(server),
                     store: None,
+                    namespace,
                 }
             }
             Backend::Memory => {
@@ -67,8 +70,23 @@ impl Harness {
                     cache,
                     server: None,
                     store: Some(store),
+                    namespace,
                 }
             }
+        }
+    }
+
+    /// Another cache on the same backend and namespace, as another process would have it,
+    /// built with `configure` applied to the builder.
+    pub fn another_process(
+        &self,
+        configure: impl FnOnce(redis_memo::CacheBuilder) -> redis_memo::CacheBuilder,
+    ) -> Cache {
+        let builder = configure(Cache::builder().namespace(self.namespace.clone()));
+        match (&self.server, &self.store) {
+            (Some(server), _) => builder.redis_url(server.url()).build().expect("cache"),
+            (None, Some(store)) => builder.memory(store.clone()).build().expect("cache"),
+            (None, None) => unreachable!("a harness has a server or a store"),
         }
     }
 

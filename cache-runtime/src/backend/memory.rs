@@ -327,7 +327,15 @@ impl MemoryStore {
     /// Removes the entries and leases `pattern` selects; the number of live entries removed.
     pub(crate) fn invalidate_matching(&self, pattern: &KeyPattern) -> u64 {
         let mut leases = self.leases();
-        leases.versions.retain(|lease, _| !pattern.selects(lease));
+        // Deleted leases are announced, as the Redis script does: `lock` waiters take over.
+        leases.versions.retain(|lease, _| {
+            let selected = pattern.selects(lease);
+            if selected && let Some(entry) = lease.strip_suffix(crate::lease::LEASE_SUFFIX) {
+                self.notices
+                    .deliver(&notify::channel(entry), Notice::Released);
+            }
+            !selected
+        });
         let matching: Vec<String> = self
             .entries
             .iter()
