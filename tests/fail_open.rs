@@ -346,3 +346,49 @@ async fn a_connection_left_on_a_demoted_primary_is_replaced() {
         .unwrap();
     assert!(stored.is_some(), "the entry was written to the new primary");
 }
+
+#[derive(Debug, PartialEq)]
+struct TimedOutError;
+
+impl From<redis_memo::TimedOut> for TimedOutError {
+    fn from(_: redis_memo::TimedOut) -> Self {
+        TimedOutError
+    }
+}
+
+/// Hangs until its caller gives up, after its connection went silent.
+#[redis_cached(ttl = "1m", key = "hangs:<id>", hard_timeout = "200ms", cache = cache)]
+async fn hangs_after_silence(
+    id: u64,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] proxy: &redis_memo_testkit::TcpProxy,
+) -> Result<u64, TimedOutError> {
+    proxy.freeze_existing();
+    std::future::pending::<()>().await;
+    Ok(id)
+}
+
+/// A caller cancelled at its hard timeout does not wait for its lease to be given back: with
+/// the connection silent, that round trip would take the whole (long) operation timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_timeout_does_not_wait_for_the_lease_release() {
+    let server = redis_memo_testkit::RedisServer::start().expect("redis-server");
+    let proxy = redis_memo_testkit::TcpProxy::start(server.port()).unwrap();
+    let cache = Cache::builder()
+        .redis_url(proxy.url())
+        .op_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    cache.ping().await.unwrap();
+    let started = Instant::now();
+    assert_eq!(
+        hangs_after_silence(1, &cache, &proxy).await,
+        Err(TimedOutError)
+    );
+    // 200 ms, not 200 ms + the 5 s operation timeout of the release.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the caller waited {:?}",
+        started.elapsed()
+    );
+}

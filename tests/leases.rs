@@ -519,3 +519,41 @@ async fn a_published_message_never_stands_in_for_a_stored_value() {
         "the stored value, not the published bytes"
     );
 }
+
+/// A `lock` waiter whose connection goes silent is not stranded: once other calls find the
+/// connection dead and replace it, the waiter's subscription is made again on the new one and
+/// it is woken by the holder's fill, long before its 20 s wait bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_waiter_survives_the_replacement_of_its_connection() {
+    let server = RedisServer::start().expect("the test suite needs redis-server");
+    let proxy = redis_memo_testkit::TcpProxy::start(server.port()).unwrap();
+    let holder = Cache::builder()
+        .namespace("rewire")
+        .redis_url(server.url())
+        .build()
+        .unwrap();
+    let waiter = Cache::builder()
+        .namespace("rewire")
+        .redis_url(proxy.url())
+        .op_timeout(std::time::Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let probe = Arc::new(Probe::default());
+    let (gate, held) = hold_lease_on(&holder, 9, false, &probe).await;
+    let waiting = start_locked_waiter(&waiter, 9, &probe).await;
+
+    proxy.freeze_existing();
+    // Other calls of the waiting process time out on the silent connection, which is replaced.
+    for id in 100..110 {
+        assert_eq!(
+            load_locked(id, &waiter, &open_gate(), false, &probe).await,
+            Ok(id * 10)
+        );
+    }
+    gate.release.notify_one();
+    assert_eq!(held.await.unwrap(), Ok(90));
+    let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiter was stranded on its old connection");
+    assert_eq!(got.unwrap(), Ok(90), "the holder's value, not its own");
+}

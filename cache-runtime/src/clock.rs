@@ -166,3 +166,32 @@ impl ServerOffset {
 pub(crate) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_offset_is_sampled_at_once_then_every_minute() {
+        let offset = ServerOffset::learned();
+        assert!(
+            offset.claim_sample(5_000),
+            "due as soon as the cache is built"
+        );
+        assert!(!offset.claim_sample(5_001), "one sampler at a time");
+        offset.record(9_000, 5_000, 5_002);
+        assert_eq!(offset.apply(6_000), 9_999, "corrected by the server's lead");
+        assert!(!offset.claim_sample(64_999));
+        assert!(offset.claim_sample(65_000), "a minute later");
+        offset.retry_soon(65_100);
+        assert!(
+            offset.claim_sample(66_100),
+            "a failed sample is retried within a second"
+        );
+
+        let none = ServerOffset::none();
+        assert!(!none.claim_sample(u64::MAX - 1));
+        none.record(9_000, 0, 0);
+        assert_eq!(none.apply(1), 1, "a manual clock is never corrected");
+    }
+}

@@ -207,3 +207,51 @@ pub async fn after_a_failed_leader_every_waiter_is_bounded_by_its_hard_timeout(h
         gauge.runs()
     );
 }
+
+/// Generic over its error: the error type is not known to be `Clone` here, so waiters take
+/// turns even though the type it is called with is `Clone`.
+#[redis_cached(ttl = "1m", key = "fails-generic:<id>", cache = cache)]
+async fn fails_generically<E: From<Unavailable> + Send + 'static>(
+    id: u64,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] gauge: &Gauge,
+    #[cache(skip)] started: &Notify,
+    #[cache(skip)] release: &Notify,
+) -> Result<u64, E> {
+    let (run, _running) = gauge.enter();
+    if run == 1 {
+        started.notify_one();
+        release.notified().await;
+    }
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
+    }
+    Err(E::from(Unavailable(run))).map(|()| id)
+}
+
+pub async fn a_generic_error_type_takes_turns(h: Harness) {
+    let gauge = Arc::new(Gauge::default());
+    let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let spawn_call = || {
+        let (cache, gauge) = (h.cache.clone(), Arc::clone(&gauge));
+        let (started, release) = (Arc::clone(&started), Arc::clone(&release));
+        tokio::task::spawn_local(async move {
+            fails_generically::<Unavailable>(4, &cache, &gauge, &started, &release).await
+        })
+    };
+    let results = leader_and_waiters(10, &started, spawn_call, async |leader| {
+        release.notify_one();
+        assert_eq!(leader.await.unwrap(), Err(Unavailable(1)));
+    })
+    .await;
+    assert!(
+        results
+            .iter()
+            .all(|result| matches!(result, Err(Unavailable(run)) if *run > 1))
+    );
+    assert_eq!(
+        (gauge.runs(), gauge.peak()),
+        (11, 1),
+        "one turn each, one at a time"
+    );
+}

@@ -77,6 +77,7 @@ conformance!(suite {
     waiters_of_a_failed_computation_get_its_error_without_calling_the_source,
     waiters_whose_error_cannot_be_shared_take_turns,
     after_a_failed_leader_every_waiter_is_bounded_by_its_hard_timeout,
+    a_generic_error_type_takes_turns,
 } races {
     an_entry_invalidation_racing_fills,
     a_tag_invalidation_racing_fills,
