@@ -557,3 +557,92 @@ async fn a_lock_waiter_survives_the_replacement_of_its_connection() {
         .expect("the waiter was stranded on its old connection");
     assert_eq!(got.unwrap(), Ok(90), "the holder's value, not its own");
 }
+
+/// Subscriptions and unsubscriptions of a process take turns under one lock; an unsubscription
+/// sent on a connection that went silent must not hold that lock for good, or no `lock` waiter
+/// of the process could subscribe again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsubscription_on_a_silent_connection_does_not_block_later_waiters() {
+    let server = RedisServer::start().expect("the test suite needs redis-server");
+    let proxy = redis_memo_testkit::TcpProxy::start(server.port()).unwrap();
+    let holder = Cache::builder()
+        .namespace("unsub")
+        .redis_url(server.url())
+        .build()
+        .unwrap();
+    let waiter = Cache::builder()
+        .namespace("unsub")
+        .redis_url(proxy.url())
+        .op_timeout(std::time::Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let probe = Arc::new(Probe::default());
+    let (first_gate, first_held) = hold_lease_on(&holder, 11, false, &probe).await;
+    let first_waiter = start_locked_waiter(&waiter, 11, &probe).await;
+
+    proxy.freeze_existing();
+    // The waiter goes away: its unsubscription is sent on the silent connection.
+    first_waiter.abort();
+    assert!(first_waiter.await.unwrap_err().is_cancelled());
+    // Other calls find the connection dead; it is replaced.
+    for id in 200..210 {
+        assert_eq!(
+            load_locked(id, &waiter, &open_gate(), false, &probe).await,
+            Ok(id * 10)
+        );
+    }
+    first_gate.release.notify_one();
+    assert_eq!(first_held.await.unwrap(), Ok(110));
+    // Until the breaker those timeouts opened has let calls through again and one was a hit
+    // (the breaker's cooldown has no event to wait for).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let hits = waiter.stats().hits;
+    while waiter.stats().hits == hits {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "caching did not resume"
+        );
+        load_locked(300, &waiter, &open_gate(), false, &probe)
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+
+    // A new waiter of the process must be able to subscribe, and be woken by the fill.
+    let (gate, held) = hold_lease_on(&holder, 12, false, &probe).await;
+    let waits_before = waiter.stats().lock_waits;
+    let second_waiter = tokio::spawn({
+        let (cache, probe) = (waiter.clone(), probe.clone());
+        async move { load_locked(12, &cache, &open_gate(), false, &probe).await }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while waiter.stats().lock_waits == waits_before {
+        assert!(std::time::Instant::now() < deadline, "no call waited");
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    // Its subscription is in place once PUBLISH reaches a receiver.
+    let channel = format!("{}:fill", holder.full_key(&load_locked_cache_key(12)));
+    let mut connection = server.connection();
+    loop {
+        let receivers: i64 = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&channel)
+            .query::<(String, i64)>(&mut connection)
+            .unwrap()
+            .1;
+        if receivers > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new waiter never subscribed: the lock was still held"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    gate.release.notify_one();
+    assert_eq!(held.await.unwrap(), Ok(120));
+    let got = tokio::time::timeout(std::time::Duration::from_secs(5), second_waiter)
+        .await
+        .expect("the new waiter was not woken");
+    assert_eq!(got.unwrap(), Ok(120));
+}
