@@ -15,7 +15,8 @@ pub enum CacheError {
     /// Redis answered with an error, or the connection failed.
     #[error("redis error: {0}")]
     Redis(#[from] redis::RedisError),
-    /// Redis did not answer within the per-operation timeout.
+    /// Redis did not answer in time: within the per-operation timeout, or within what was
+    /// left of it for a step of a memoized call (the call's steps before its body share one).
     #[error("redis did not answer within {0:?}")]
     Timeout(Duration),
     /// Redis was not tried: after repeated failures the circuit breaker skips it for a while

@@ -1007,7 +1007,13 @@ impl Cache {
     }
 
     fn report_outage(&self, operation: &'static str, spec: &'static FnSpec, error: &CacheError) {
-        self.inner.health.record_failure(operation, error);
+        // A step that timed out on what was left of the call's budget (a miss's lease after a
+        // slow read) says the server is slow for this call, not that it is down: the breaker
+        // counts only operations that had a whole operation timeout.
+        let short_budget = matches!(error, CacheError::Timeout(budget) if *budget < self.inner.op_timeout * 9 / 10);
+        if !short_budget {
+            self.inner.health.record_failure(operation, error);
+        }
         self.record(Event::FailOpen, spec);
     }
 

@@ -1,7 +1,7 @@
 //! A TCP proxy on a free loopback port, for faults a server process cannot show: a connection
 //! that goes silent while the server is healthy (a half-open connection after a failover that
-//! blackholed it, a NAT entry dropped), and an address that moves to another server (a
-//! failover that repoints DNS or a virtual IP).
+//! blackholed it, a NAT entry dropped), an address that moves to another server (a failover
+//! that repoints DNS or a virtual IP), and a slow but healthy path (every reply delayed).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -34,6 +34,8 @@ struct Shared {
     /// Connections accepted before this generation forward nothing more.
     frozen_below: AtomicU64,
     generation: AtomicU64,
+    /// Microseconds each chunk of a server's reply is held before it is forwarded.
+    reply_delay_us: AtomicU64,
     stopped: AtomicBool,
     /// Every socket, to shut down when the proxy is dropped.
     sockets: Mutex<Vec<TcpStream>>,
@@ -52,6 +54,7 @@ impl TcpProxy {
             target: AtomicU16::new(target_port),
             frozen_below: AtomicU64::new(0),
             generation: AtomicU64::new(0),
+            reply_delay_us: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
             sockets: Mutex::default(),
         });
@@ -75,6 +78,13 @@ impl TcpProxy {
     pub fn freeze_existing(&self) {
         let next = self.shared.generation.fetch_add(1, SeqCst) + 1;
         self.shared.frozen_below.store(next, SeqCst);
+    }
+
+    /// Holds every chunk of every server reply for `delay` before forwarding it, on open and
+    /// new connections: a slow network or server that still answers.
+    pub fn delay_replies(&self, delay: Duration) {
+        let micros = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        self.shared.reply_delay_us.store(micros, SeqCst);
     }
 
     /// New connections go to `target_port` from now on; open ones keep their server.
@@ -132,16 +142,20 @@ fn start_pumps(
         sockets.push(client.try_clone()?);
         sockets.push(server.try_clone()?);
     }
-    for (from, to) in [(client.try_clone()?, server.try_clone()?), (server, client)] {
+    for (from, to, replies) in [
+        (client.try_clone()?, server.try_clone()?, false),
+        (server, client, true),
+    ] {
         let shared = Arc::clone(shared);
-        thread::spawn(move || pump(from, to, generation, &shared));
+        thread::spawn(move || pump(from, to, generation, replies, &shared));
     }
     Ok(())
 }
 
-/// Copies `from` to `to` until either closes; once this connection is frozen, reads nothing
-/// more (the kernel still accepts what the peer sends, as a silent network would).
-fn pump(mut from: TcpStream, mut to: TcpStream, generation: u64, shared: &Shared) {
+/// Copies `from` to `to` until either closes (`replies`: from the server, so delayed as
+/// configured); once this connection is frozen, reads nothing more (the kernel still accepts
+/// what the peer sends, as a silent network would).
+fn pump(mut from: TcpStream, mut to: TcpStream, generation: u64, replies: bool, shared: &Shared) {
     let _ = from.set_read_timeout(Some(POLL));
     let mut buffer = [0u8; 16 * 1024];
     loop {
@@ -161,6 +175,10 @@ fn pump(mut from: TcpStream, mut to: TcpStream, generation: u64, shared: &Shared
                 // A freeze between the read and the write drops these bytes: silent either way.
                 if generation < shared.frozen_below.load(SeqCst) {
                     continue;
+                }
+                let delay = shared.reply_delay_us.load(SeqCst);
+                if replies && delay > 0 {
+                    thread::sleep(Duration::from_micros(delay));
                 }
                 if to.write_all(&buffer[..read]).is_err() {
                     return;

@@ -5,7 +5,8 @@
 //! entry dropped, a proxy that stopped forwarding) reports none, so every request times out
 //! for as long as the kernel keeps it; and after a failover that moves the address to a new
 //! primary, a connection still open to the demoted one answers `READONLY` to every write,
-//! forever. So here [`REPLACE_AFTER_TIMEOUTS`] consecutive timeouts, or one `READONLY`, replace
+//! forever. So here [`REPLACE_AFTER_TIMEOUTS`] consecutive timeouts (of operations that had a
+//! whole operation timeout), or one `READONLY`, replace
 //! the manager with a new one (for caches built from a URL: a manager passed in cannot be
 //! remade), at most once per [`RedisConnection::min_interval`]; the fill channels this
 //! process listens on are subscribed again on the new connection, and their waiters look
@@ -86,7 +87,9 @@ impl RedisConnection {
     pub(crate) fn observe<T>(self: &Arc<Self>, result: &Result<T, CacheError>) {
         match result {
             Ok(_) => self.consecutive_timeouts.store(0, Relaxed),
-            Err(CacheError::Timeout(_)) => {
+            // Only an operation that had a whole timeout says the connection is silent; one
+            // that had what was left of a call's budget may just have met a slow server.
+            Err(CacheError::Timeout(budget)) if *budget >= self.op_timeout * 9 / 10 => {
                 let timeouts = self.consecutive_timeouts.fetch_add(1, Relaxed) + 1;
                 if timeouts >= REPLACE_AFTER_TIMEOUTS {
                     self.replace("it timed out repeatedly (a half-open connection?)");

@@ -92,10 +92,11 @@ impl RedisBackend {
     ) -> Result<T, CacheError> {
         // ConnectionManager is a cheap handle (an Arc); commands need it mutably.
         let mut connection = self.connection.manager();
+        let budget = deadline.saturating_duration_since(Instant::now());
         let result =
             match tokio::time::timeout_at(deadline, command.query_async(&mut connection)).await {
                 Ok(result) => result.map_err(CacheError::from),
-                Err(_) => Err(CacheError::Timeout(self.op_timeout)),
+                Err(_) => Err(CacheError::Timeout(budget)),
             };
         self.connection.observe(&result);
         result
@@ -263,10 +264,11 @@ impl RedisBackend {
         deadline: Instant,
     ) -> Result<T, CacheError> {
         let mut connection = self.connection.manager();
+        let budget = deadline.saturating_duration_since(Instant::now());
         let result =
             match tokio::time::timeout_at(deadline, pipe.query_async(&mut connection)).await {
                 Ok(result) => result.map_err(CacheError::from),
-                Err(_) => Err(CacheError::Timeout(self.op_timeout)),
+                Err(_) => Err(CacheError::Timeout(budget)),
             };
         self.connection.observe(&result);
         result
@@ -436,11 +438,12 @@ impl RedisBackend {
         deadline: Instant,
     ) -> Result<T, CacheError> {
         let mut connection = self.connection.manager();
+        let budget = deadline.saturating_duration_since(Instant::now());
         let result =
             match tokio::time::timeout_at(deadline, invocation.invoke_async(&mut connection)).await
             {
                 Ok(result) => result.map_err(CacheError::from),
-                Err(_) => Err(CacheError::Timeout(self.op_timeout)),
+                Err(_) => Err(CacheError::Timeout(budget)),
             };
         self.connection.observe(&result);
         result

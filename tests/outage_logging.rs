@@ -1,0 +1,96 @@
+//! The outage is logged once and the recovery once, whatever the number of calls in between.
+//!
+//! Alone in its test binary: it counts events through a thread-local subscriber, and tracing
+//! caches each log line's interest process-wide, so other tests hitting the same lines at the
+//! same time on other threads could make it miss one.
+
+mod support;
+
+use redis_memo::{Cache, redis_cached};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use support::{Backend, Harness, Probe};
+
+const OP_TIMEOUT: Duration = Duration::from_millis(500);
+
+#[derive(Debug, PartialEq)]
+struct LoadError;
+
+#[redis_cached(ttl = "1m", key = "lookup:<id>", cache = cache)]
+async fn lookup(
+    id: u64,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] probe: &Probe,
+) -> Result<u64, LoadError> {
+    probe.ran();
+    Ok(id * 10)
+}
+
+/// Calls `lookup(id)` until one is served from the cache again, or gives up after 10 s.
+async fn wait_until_cached_again(cache: &Cache, id: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let probe = Probe::default();
+        assert_eq!(lookup(id, cache, &probe).await, Ok(id * 10));
+        assert_eq!(lookup(id, cache, &probe).await, Ok(id * 10));
+        if probe.runs() <= 1 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "caching did not resume within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Counts the runtime's log events by level.
+#[derive(Clone, Default)]
+struct LogCounter {
+    warnings: Arc<AtomicUsize>,
+    infos: Arc<AtomicUsize>,
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogCounter {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let metadata = event.metadata();
+        if !metadata.target().starts_with("redis_memo") {
+            return;
+        }
+        match *metadata.level() {
+            tracing::Level::WARN => self.warnings.fetch_add(1, Ordering::SeqCst),
+            tracing::Level::INFO => self.infos.fetch_add(1, Ordering::SeqCst),
+            _ => 0,
+        };
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_outage_is_logged_once_and_the_recovery_once() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let counter = LogCounter::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(counter.clone()));
+
+    let mut h = Harness::with_timeout(Backend::Redis, OP_TIMEOUT);
+    let probe = Probe::default();
+    assert_eq!(lookup(1, &h.cache, &probe).await, Ok(10));
+    h.server().stop();
+    for id in 0..30 {
+        assert_eq!(lookup(id, &h.cache, &probe).await, Ok(id * 10));
+    }
+    assert_eq!(
+        counter.warnings.load(Ordering::SeqCst),
+        1,
+        "one warning for the whole outage"
+    );
+    h.server().restart().unwrap();
+    wait_until_cached_again(&h.cache, 1).await;
+    assert_eq!(
+        counter.infos.load(Ordering::SeqCst),
+        1,
+        "one line when caching resumes"
+    );
+    assert_eq!(counter.warnings.load(Ordering::SeqCst), 1);
+}
