@@ -86,7 +86,12 @@ impl RedisConnection {
     /// Learns from one command's outcome whether the connection still serves.
     pub(crate) fn observe<T>(self: &Arc<Self>, result: &Result<T, CacheError>) {
         match result {
-            Ok(_) => self.consecutive_timeouts.store(0, Relaxed),
+            // Read first: a write on every command would bounce the cache line between cores.
+            Ok(_) => {
+                if self.consecutive_timeouts.load(Relaxed) != 0 {
+                    self.consecutive_timeouts.store(0, Relaxed);
+                }
+            }
             // Only an operation that had a whole timeout says the connection is silent; one
             // that had what was left of a call's budget may just have met a slow server.
             Err(CacheError::Timeout(budget)) if *budget >= self.op_timeout * 9 / 10 => {
