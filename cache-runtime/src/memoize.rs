@@ -259,25 +259,18 @@ impl Cache {
                             Some(at) => tokio::time::timeout_at(at, flight::wait(slot)).await.ok(),
                             None => Some(flight::wait(slot).await),
                         };
+                        let on_timeout = &outcomes.on_timeout;
                         let Some(waited) = waited else {
                             self.record(Event::HardTimeout, spec);
-                            let after = spec.hard_timeout.unwrap_or_default();
-                            let on_timeout = &outcomes.on_timeout;
-                            return match on_timeout.timed_out(after) {
-                                Some(timed_out) => {
-                                    self.fail_safe::<K, R>(spec, timed_out, fallback)
-                                }
-                                None => {
-                                    self.run_alone::<K, R, F, O>(
-                                        spec,
-                                        call_started,
-                                        compute,
-                                        on_timeout,
-                                        fallback,
-                                    )
-                                    .await
-                                }
-                            };
+                            return self
+                                .past_hard_timeout::<K, R, F, O>(
+                                    spec,
+                                    call_started,
+                                    compute,
+                                    on_timeout,
+                                    fallback,
+                                )
+                                .await;
                         };
                         let (bytes, current) = match waited {
                             // Joining checked that this caller may have it.
@@ -290,7 +283,6 @@ impl Cache {
                             }
                             // The leader's value did not serialize: nothing to share.
                             WaitOutcome::Shared(Shared::NotShareable) => {
-                                let on_timeout = &outcomes.on_timeout;
                                 return self
                                     .run_alone::<K, R, F, O>(
                                         spec,
@@ -321,25 +313,17 @@ impl Cache {
                                 read_deadline = Instant::now() + self.inner.op_timeout;
                                 continue;
                             }
+                            // Its leader stopped waiting at the hard timeout: so does it.
                             WaitOutcome::Shared(Shared::TimedOut) => {
-                                let after = spec.hard_timeout.unwrap_or_default();
-                                let on_timeout = &outcomes.on_timeout;
-                                return match on_timeout.timed_out(after) {
-                                    // Its own fail-safe value, if its read found one.
-                                    Some(timed_out) => {
-                                        self.fail_safe::<K, R>(spec, timed_out, fallback)
-                                    }
-                                    None => {
-                                        self.run_alone::<K, R, F, O>(
-                                            spec,
-                                            call_started,
-                                            compute,
-                                            on_timeout,
-                                            fallback,
-                                        )
-                                        .await
-                                    }
-                                };
+                                return self
+                                    .past_hard_timeout::<K, R, F, O>(
+                                        spec,
+                                        call_started,
+                                        compute,
+                                        on_timeout,
+                                        fallback,
+                                    )
+                                    .await;
                             }
                             // The leader was cancelled or panicked: start over, maybe as the
                             // leader. The ticket is kept: the ended flight counts as completed,
@@ -362,7 +346,6 @@ impl Cache {
                             // The leader encoded these bytes with the same fingerprint, so
                             // they decode; if they somehow did not, computing is still right.
                             Err(_) => {
-                                let on_timeout = &outcomes.on_timeout;
                                 return self
                                     .run_alone::<K, R, F, O>(
                                         spec,
@@ -584,6 +567,33 @@ impl Cache {
             *version = created.next();
         }
         versions.iter().copied().collect()
+    }
+
+    /// What a caller whose hard timeout has passed returns: its fail-safe value (if its read
+    /// found one), else the timeout error.
+    async fn past_hard_timeout<K, R, F, O>(
+        &self,
+        spec: &'static FnSpec,
+        call_started: Instant,
+        compute: F,
+        on_timeout: &O,
+        fallback: Option<Fallback<K::Stored>>,
+    ) -> R
+    where
+        K: ReturnKind<R>,
+        F: Future<Output = R>,
+        O: OnTimeout<R>,
+    {
+        let after = spec.hard_timeout.unwrap_or_default();
+        match on_timeout.timed_out(after) {
+            Some(timed_out) => self.fail_safe::<K, R>(spec, timed_out, fallback),
+            // Only functions with `hard_timeout` time out, and they have the error to return;
+            // for the others this is unreachable, and running the body is still right.
+            None => {
+                self.run_alone::<K, R, F, O>(spec, call_started, compute, on_timeout, fallback)
+                    .await
+            }
+        }
     }
 
     /// Runs this caller's own body, outside any flight (its leader's value could not be

@@ -74,15 +74,26 @@ impl RedisBackend {
         if first {
             let _ordered = self.connection.subscriptions.lock().await;
             let mut manager = self.connection.manager();
-            let subscribed =
-                match tokio::time::timeout(self.op_timeout, manager.subscribe(&channel)).await {
-                    Ok(result) => result.map_err(CacheError::from),
-                    Err(_) => Err(CacheError::Timeout(self.op_timeout)),
-                };
-            self.connection.observe(&subscribed);
-            subscribed?;
+            let deadline = Instant::now() + self.op_timeout;
+            self.bounded(deadline, manager.subscribe(&channel)).await?;
         }
         Ok(Some(listener))
+    }
+
+    /// Sends one request, bounded by `deadline`, and lets the connection learn from how it
+    /// went (see [`RedisConnection::observe`]). A timeout carries the budget the request had.
+    async fn bounded<T>(
+        &self,
+        deadline: Instant,
+        request: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, CacheError> {
+        let budget = deadline.saturating_duration_since(Instant::now());
+        let result = match tokio::time::timeout_at(deadline, request).await {
+            Ok(result) => result.map_err(CacheError::from),
+            Err(_) => Err(CacheError::Timeout(budget)),
+        };
+        self.connection.observe(&result);
+        result
     }
 
     async fn run_until<T: redis::FromRedisValue>(
@@ -92,14 +103,8 @@ impl RedisBackend {
     ) -> Result<T, CacheError> {
         // ConnectionManager is a cheap handle (an Arc); commands need it mutably.
         let mut connection = self.connection.manager();
-        let budget = deadline.saturating_duration_since(Instant::now());
-        let result =
-            match tokio::time::timeout_at(deadline, command.query_async(&mut connection)).await {
-                Ok(result) => result.map_err(CacheError::from),
-                Err(_) => Err(CacheError::Timeout(budget)),
-            };
-        self.connection.observe(&result);
-        result
+        self.bounded(deadline, command.query_async(&mut connection))
+            .await
     }
 
     /// `TIME`, in ms since the Unix epoch.
@@ -264,14 +269,8 @@ impl RedisBackend {
         deadline: Instant,
     ) -> Result<T, CacheError> {
         let mut connection = self.connection.manager();
-        let budget = deadline.saturating_duration_since(Instant::now());
-        let result =
-            match tokio::time::timeout_at(deadline, pipe.query_async(&mut connection)).await {
-                Ok(result) => result.map_err(CacheError::from),
-                Err(_) => Err(CacheError::Timeout(budget)),
-            };
-        self.connection.observe(&result);
-        result
+        self.bounded(deadline, pipe.query_async(&mut connection))
+            .await
     }
 
     pub(crate) async fn acquire_lease(
@@ -438,15 +437,8 @@ impl RedisBackend {
         deadline: Instant,
     ) -> Result<T, CacheError> {
         let mut connection = self.connection.manager();
-        let budget = deadline.saturating_duration_since(Instant::now());
-        let result =
-            match tokio::time::timeout_at(deadline, invocation.invoke_async(&mut connection)).await
-            {
-                Ok(result) => result.map_err(CacheError::from),
-                Err(_) => Err(CacheError::Timeout(budget)),
-            };
-        self.connection.observe(&result);
-        result
+        self.bounded(deadline, invocation.invoke_async(&mut connection))
+            .await
     }
 }
 
