@@ -52,6 +52,8 @@ pub(crate) struct Inner {
     pub(crate) refresh_backoff: crate::refresh::RefreshBackoff,
     /// See [`CacheBuilder::max_background_refreshes`].
     pub(crate) max_background_refreshes: usize,
+    /// Background refreshes running (changed under the `refreshing` lock).
+    pub(crate) background_refreshes: std::sync::atomic::AtomicUsize,
     /// The correction of `clock` to the server's.
     pub(crate) server_offset: crate::clock::ServerOffset,
     /// Leases being given back in the background (after a hard timeout).
@@ -279,6 +281,7 @@ impl CacheBuilder {
                 refresh_ended: tokio::sync::Notify::new(),
                 refresh_backoff: crate::refresh::RefreshBackoff::default(),
                 max_background_refreshes: self.max_background_refreshes,
+                background_refreshes: std::sync::atomic::AtomicUsize::new(0),
                 server_offset,
                 background_releases: std::sync::atomic::AtomicUsize::new(0),
             }),

@@ -419,6 +419,10 @@ impl Cache {
             Read::Unavailable => (false, false),
         };
         self.record(Event::Miss, spec);
+        // No step of this call outlasts it (a lock wait, a release, a fill).
+        let hard_deadline = spec
+            .hard_timeout
+            .and_then(|hard| call_started.checked_add(hard));
         // A body whose caller stopped waiting at its soft timeout still runs for this key:
         // take the fail-safe value too rather than start another.
         if spec.soft_timeout.is_some()
@@ -449,13 +453,14 @@ impl Cache {
         // Not for a write-through's lease: its writer may be this very call's caller, reading
         // the entry inside its body, and would wait for itself.
         if let (LeaseOutcome::Busy { writer: false }, Some(wait)) = (&lease, spec.lock_wait) {
-            // Within the hard timeout too.
-            let wait = spec.hard_timeout.map_or(wait, |hard| {
-                wait.min((call_started + hard).saturating_duration_since(Instant::now()))
-            });
-            lease = self
-                .wait_for_holder::<K::Stored>(entry, &versions, wait)
-                .await;
+            // Within the hard timeout too, its last round trips included.
+            let waiting = self.wait_for_holder::<K::Stored>(entry, &versions, wait);
+            lease = match hard_deadline {
+                Some(at) => tokio::time::timeout_at(at, waiting)
+                    .await
+                    .unwrap_or(LeaseOutcome::Busy { writer: false }),
+                None => waiting.await,
+            };
         }
         match lease {
             // Another caller's value after all (filled since the read, or waited for).
@@ -506,7 +511,7 @@ impl Cache {
             // whose turn is next, may take it at once); then the waiters get the error, or
             // their fail-safe value, or take turns.
             if let Some(lease) = guard.take_lease() {
-                self.release(spec, lease, unusable).await;
+                within(hard_deadline, self.release(spec, lease, unusable)).await;
             }
             guard.hand_over(outcomes.on_failure.share(&result));
             return result;
@@ -520,8 +525,8 @@ impl Cache {
         if let Some(lease) = guard.take_lease() {
             let storable =
                 encoded.filter(|_| K::storable(&result, spec.cache_none) && tokens.is_some());
-            self.store(entry, lease, storable, unusable, computed_in)
-                .await;
+            let storing = self.store(entry, lease, storable, unusable, computed_in);
+            within(hard_deadline, storing).await;
         }
         // Dropping the guard ends the flight only now, after the fill: a caller that arrives
         // later reads the stored entry instead of computing again.
@@ -1048,5 +1053,17 @@ impl Cache {
 
     pub(crate) fn record(&self, event: Event, spec: &'static FnSpec) {
         self.inner.counters.record(event, spec.metrics());
+    }
+}
+
+/// Runs `step` until `deadline`, if any. A step cut short there is dropped where it stands: a
+/// lease it was giving back or filling through is then released in the background (see
+/// [`HeldLease`]'s `Drop`).
+async fn within(deadline: Option<Instant>, step: impl Future<Output = ()>) {
+    match deadline {
+        Some(at) => {
+            let _ = tokio::time::timeout_at(at, step).await;
+        }
+        None => step.await,
     }
 }

@@ -147,40 +147,36 @@ fn glob_match(pattern: &[u8], text: &[u8], mode: Mode) -> bool {
 }
 
 /// Matches `byte` against the class starting after its `[` at `from`: where the pattern goes
-/// on if it matches, `None` if not (or if the class is not closed: no match, as Redis).
+/// on if it matches, `None` if not. As Redis's `stringmatchlen` reads a class: `\x` is `x`,
+/// `a-z` (any three bytes with `-` in the middle, `]` included) a range either way round, and
+/// a class the pattern ends inside is closed by its end.
 fn match_class(pattern: &[u8], from: usize, byte: u8) -> Option<usize> {
-    let (negate, mut class) = match pattern[from..].split_first() {
-        Some((b'^', class)) => (true, class),
-        _ => (false, &pattern[from..]),
-    };
+    let negate = pattern.get(from) == Some(&b'^');
+    let mut i = if negate { from + 1 } else { from };
     let mut found = false;
-    loop {
-        match class {
-            [] => return None,
-            [b']', after @ ..] => {
-                class = after;
-                break;
+    let next = loop {
+        match pattern.get(i) {
+            None => break pattern.len(),
+            Some(b'\\') if i + 1 < pattern.len() => {
+                i += 1;
+                found |= pattern[i] == byte;
             }
-            [b'\\', escaped, after @ ..] => {
-                found |= *escaped == byte;
-                class = after;
-            }
-            [low, b'-', high, after @ ..] if *high != b']' => {
-                let (low, high) = if low <= high {
-                    (*low, *high)
+            Some(b']') => break i + 1,
+            Some(&start) if i + 2 < pattern.len() && pattern[i + 1] == b'-' => {
+                let end = pattern[i + 2];
+                let (low, high) = if start <= end {
+                    (start, end)
                 } else {
-                    (*high, *low)
+                    (end, start)
                 };
                 found |= (low..=high).contains(&byte);
-                class = after;
+                i += 2;
             }
-            [single, after @ ..] => {
-                found |= *single == byte;
-                class = after;
-            }
+            Some(&single) => found |= single == byte,
         }
-    }
-    (found != negate).then_some(pattern.len() - class.len())
+        i += 1;
+    };
+    (found != negate).then_some(next)
 }
 
 #[cfg(test)]
@@ -204,9 +200,14 @@ mod tests {
         assert!(matches(b"*", b"") && matches(b"a**", b"a") && !matches(b"a?", b"a"));
         assert!(matches(b"*b*c", b"abxbc") && !matches(b"*b*c", b"abxbd"));
         assert!(
-            !matches(b"user:[0-9", b"user:1"),
-            "an unclosed class matches nothing"
+            matches(b"user:[0-9", b"user:1"),
+            "a class the pattern ends in is closed"
         );
+        assert!(
+            matches(b"[a-]x", b"^") && matches(b"[a-]x", b"x") && !matches(b"[a-]x", b"b"),
+            "`a-]` is the range `]` to `a`, and the class goes on to the pattern's end"
+        );
+        assert!(matches(b"[z-a]", b"m") && matches(b"[\\]]", b"]") && !matches(b"[^a]", b"a"));
     }
 
     #[test]

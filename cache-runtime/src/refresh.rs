@@ -248,6 +248,9 @@ pub(crate) struct Refreshing {
     cache: Cache,
     key: String,
     finished: bool,
+    /// A background refresh, counted against `max_background_refreshes` (a body finishing
+    /// after its caller's timeout is not).
+    bounded: bool,
 }
 
 impl Cache {
@@ -262,24 +265,28 @@ impl Cache {
                 cache: self.clone(),
                 key: key.to_owned(),
                 finished: true,
+                bounded: false,
             })
     }
 
-    /// [`Cache::mark_refreshing`], unless `max` keys are marked already (checked and marked
-    /// under one lock, so concurrent callers cannot overshoot).
+    /// [`Cache::mark_refreshing`] for a background refresh, unless `max` of them run already
+    /// (checked and counted under the set's lock, so concurrent callers cannot overshoot).
     fn mark_refreshing_within(&self, key: &str, max: usize) -> Result<Option<Refreshing>, Skipped> {
         let mut refreshing = self.inner.refreshing();
         if refreshing.contains(key) {
             return Ok(None);
         }
-        if refreshing.len() >= max {
+        let running = &self.inner.background_refreshes;
+        if running.load(std::sync::atomic::Ordering::SeqCst) >= max {
             return Err(Skipped);
         }
+        running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         refreshing.insert(key.to_owned());
         Ok(Some(Refreshing {
             cache: self.clone(),
             key: key.to_owned(),
             finished: true,
+            bounded: true,
         }))
     }
 
@@ -298,7 +305,14 @@ impl Drop for Refreshing {
             let now = self.cache.now_ms();
             self.cache.inner.refresh_backoff.failed(&self.key, now);
         }
-        self.cache.inner.refreshing().remove(&self.key);
+        {
+            let mut refreshing = self.cache.inner.refreshing();
+            refreshing.remove(&self.key);
+            if self.bounded {
+                let running = &self.cache.inner.background_refreshes;
+                running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
         self.cache.inner.refresh_ended.notify_waiters();
     }
 }

@@ -20,8 +20,13 @@ use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-/// Consecutive timeouts after which the connection is replaced.
+/// Consecutive timeouts after which the connection is replaced, if they span at least an
+/// operation timeout (requests in flight together when a server pauses once time out together;
+/// that is a slow server, not a dead connection).
 pub(crate) const REPLACE_AFTER_TIMEOUTS: u32 = 3;
+/// How often a replacement is logged as a warning (the others at debug level): a long stall
+/// may replace the connection after each breaker cooldown.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// What a new connection is made from.
 pub(crate) struct Remake {
@@ -33,7 +38,10 @@ pub(crate) struct RedisConnection {
     current: RwLock<ConnectionManager>,
     remake: Option<Remake>,
     consecutive_timeouts: AtomicU32,
+    /// When the first of the current run of timeouts happened.
+    first_timeout_at: Mutex<Option<Instant>>,
     last_replaced: Mutex<Option<Instant>>,
+    last_warned: Mutex<Option<Instant>>,
     op_timeout: Duration,
     /// Where pushed pub/sub messages go; `None` for a connection built by the user, whose
     /// pushes do not reach us.
@@ -62,7 +70,9 @@ impl RedisConnection {
             current: RwLock::new(manager),
             remake,
             consecutive_timeouts: AtomicU32::new(0),
+            first_timeout_at: Mutex::new(None),
             last_replaced: Mutex::new(None),
+            last_warned: Mutex::new(None),
             op_timeout,
             notices,
             subscriptions: tokio::sync::Mutex::new(()),
@@ -96,7 +106,14 @@ impl RedisConnection {
             // that had what was left of a call's budget may just have met a slow server.
             Err(CacheError::Timeout(budget)) if *budget >= self.op_timeout * 9 / 10 => {
                 let timeouts = self.consecutive_timeouts.fetch_add(1, Relaxed) + 1;
-                if timeouts >= REPLACE_AFTER_TIMEOUTS {
+                let first_at = {
+                    let mut first = lock(&self.first_timeout_at);
+                    if timeouts == 1 || first.is_none() {
+                        *first = Some(Instant::now());
+                    }
+                    first.unwrap_or_else(Instant::now)
+                };
+                if timeouts >= REPLACE_AFTER_TIMEOUTS && first_at.elapsed() >= self.op_timeout {
                     self.replace("it timed out repeatedly (a half-open connection?)");
                 }
             }
@@ -112,10 +129,7 @@ impl RedisConnection {
             return;
         };
         {
-            let mut last = self
-                .last_replaced
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut last = lock(&self.last_replaced);
             if last.is_some_and(|at| at.elapsed() < self.min_interval()) {
                 return;
             }
@@ -133,7 +147,19 @@ impl RedisConnection {
         };
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = fresh;
         self.consecutive_timeouts.store(0, Relaxed);
-        tracing::warn!(reason = why, "redis-memo: replacing the Redis connection");
+        let warn = {
+            let mut last = lock(&self.last_warned);
+            let due = last.is_none_or(|at| at.elapsed() >= WARN_EVERY);
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if warn {
+            tracing::warn!(reason = why, "redis-memo: replacing the Redis connection");
+        } else {
+            tracing::debug!(reason = why, "redis-memo: replacing the Redis connection");
+        }
         if self.notices.is_some()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
@@ -148,16 +174,20 @@ impl RedisConnection {
         let Some(notices) = &self.notices else {
             return;
         };
-        {
+        let channels = notices.listened_channels();
+        if !channels.is_empty() {
+            // One SUBSCRIBE for all of them, one operation timeout: the lock that orders
+            // subscriptions is held meanwhile.
             let _ordered = self.subscriptions.lock().await;
             let mut manager = self.manager();
-            for channel in notices.listened_channels() {
-                let subscribe = manager.subscribe(channel);
-                let _ = tokio::time::timeout(self.op_timeout, subscribe).await;
-            }
+            let _ = tokio::time::timeout(self.op_timeout, manager.subscribe(channels)).await;
         }
         notices.wake_all();
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn is_read_only(error: &redis::RedisError) -> bool {
