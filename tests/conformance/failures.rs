@@ -255,3 +255,42 @@ pub async fn a_generic_error_type_takes_turns(h: Harness) {
         "one turn each, one at a time"
     );
 }
+
+/// Generic, with bounds that say the error can be shared: the waiters get the leader's error.
+#[redis_cached(ttl = "1m", key = "fails-generic-clone:<id>", cache = cache)]
+async fn fails_generically_clone<E: From<Unavailable> + Clone + Send + Sync + 'static>(
+    id: u64,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] gauge: &Gauge,
+    #[cache(skip)] started: &Notify,
+    #[cache(skip)] release: &Notify,
+) -> Result<u64, E> {
+    let (run, _running) = gauge.enter();
+    if run == 1 {
+        started.notify_one();
+        release.notified().await;
+    }
+    Err(E::from(Unavailable(run))).map(|()| id)
+}
+
+pub async fn a_generic_error_type_bounded_clone_is_shared(h: Harness) {
+    let gauge = Arc::new(Gauge::default());
+    let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let spawn_call = || {
+        let (cache, gauge) = (h.cache.clone(), Arc::clone(&gauge));
+        let (started, release) = (Arc::clone(&started), Arc::clone(&release));
+        tokio::task::spawn_local(async move {
+            fails_generically_clone::<Unavailable>(5, &cache, &gauge, &started, &release).await
+        })
+    };
+    let results = leader_and_waiters(10, &started, spawn_call, async |leader| {
+        release.notify_one();
+        assert_eq!(leader.await.unwrap(), Err(Unavailable(1)));
+    })
+    .await;
+    assert!(
+        results.iter().all(|result| *result == Err(Unavailable(1))),
+        "{results:?}"
+    );
+    assert_eq!(gauge.runs(), 1, "the waiters shared the leader's error");
+}

@@ -78,6 +78,7 @@ conformance!(suite {
     waiters_whose_error_cannot_be_shared_take_turns,
     after_a_failed_leader_every_waiter_is_bounded_by_its_hard_timeout,
     a_generic_error_type_takes_turns,
+    a_generic_error_type_bounded_clone_is_shared,
 } races {
     an_entry_invalidation_racing_fills,
     a_tag_invalidation_racing_fills,
