@@ -40,6 +40,68 @@ impl Gauge {
     }
 }
 
+/// A leader held in its first run, callers that join it while it is held, then the leader
+/// released: what each test below does with another function.
+struct Crowd {
+    cache: Cache,
+    gauge: Arc<Gauge>,
+    started: Arc<Notify>,
+    release: Arc<Notify>,
+}
+
+impl Crowd {
+    fn on(h: &Harness) -> Crowd {
+        Crowd {
+            cache: h.cache.clone(),
+            gauge: Arc::default(),
+            started: Arc::new(Notify::new()),
+            release: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Runs `call` as the leader and as `waiters` callers joining it; checks that the leader
+    /// gets `leader_gets`; the waiters' results.
+    async fn run<T, Fut>(
+        &self,
+        waiters: usize,
+        leader_gets: T,
+        call: impl Fn(Cache, Arc<Gauge>, Arc<Notify>, Arc<Notify>) -> Fut,
+    ) -> Vec<T>
+    where
+        T: PartialEq + std::fmt::Debug + 'static,
+        Fut: std::future::Future<Output = T> + 'static,
+    {
+        let spawn_call = || {
+            tokio::task::spawn_local(call(
+                self.cache.clone(),
+                Arc::clone(&self.gauge),
+                Arc::clone(&self.started),
+                Arc::clone(&self.release),
+            ))
+        };
+        leader_and_waiters(waiters, &self.started, spawn_call, async |leader| {
+            self.release.notify_one();
+            assert_eq!(leader.await.unwrap(), leader_gets);
+        })
+        .await
+    }
+}
+
+/// The body of the failing functions below, up to their error: counts the run in `gauge`,
+/// holds the first one until released, and yields a few times (so runs that overlapped would
+/// show in the gauge); the run's number.
+async fn failing_run(gauge: &Gauge, started: &Notify, release: &Notify) -> u32 {
+    let (run, _running) = gauge.enter();
+    if run == 1 {
+        started.notify_one();
+        release.notified().await;
+    }
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
+    }
+    run
+}
+
 /// An error the waiters can share: `Clone + Send + Sync`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Unavailable(u32);
@@ -67,32 +129,18 @@ async fn fails_with_a_shared_error(
     #[cache(skip)] started: &Notify,
     #[cache(skip)] release: &Notify,
 ) -> Result<u64, Unavailable> {
-    let (run, _running) = gauge.enter();
-    if run == 1 {
-        started.notify_one();
-        release.notified().await;
-    }
-    for _ in 0..3 {
-        tokio::task::yield_now().await;
-    }
+    let run = failing_run(gauge, started, release).await;
     Err(Unavailable(run)).map(|()| id)
 }
 
 pub async fn waiters_of_a_failed_computation_get_its_error_without_calling_the_source(h: Harness) {
-    let gauge = Arc::new(Gauge::default());
-    let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let spawn_call = || {
-        let (cache, gauge) = (h.cache.clone(), Arc::clone(&gauge));
-        let (started, release) = (Arc::clone(&started), Arc::clone(&release));
-        tokio::task::spawn_local(async move {
-            fails_with_a_shared_error(1, &cache, &gauge, &started, &release).await
+    let crowd = Crowd::on(&h);
+    let gauge = Arc::clone(&crowd.gauge);
+    let results = crowd
+        .run(99, Err(Unavailable(1)), |c, g, s, r| async move {
+            fails_with_a_shared_error(1, &c, &g, &s, &r).await
         })
-    };
-    let results = leader_and_waiters(99, &started, spawn_call, async |leader| {
-        release.notify_one();
-        assert_eq!(leader.await.unwrap(), Err(Unavailable(1)));
-    })
-    .await;
+        .await;
     assert!(
         results.iter().all(|result| *result == Err(Unavailable(1))),
         "every waiter gets the leader's error: {results:?}"
@@ -114,32 +162,18 @@ async fn fails_with_an_error_that_is_not_clone(
     #[cache(skip)] started: &Notify,
     #[cache(skip)] release: &Notify,
 ) -> Result<u64, NotClone> {
-    let (run, _running) = gauge.enter();
-    if run == 1 {
-        started.notify_one();
-        release.notified().await;
-    }
-    for _ in 0..3 {
-        tokio::task::yield_now().await;
-    }
+    let run = failing_run(gauge, started, release).await;
     Err(NotClone::Failed(run)).map(|()| id)
 }
 
 pub async fn waiters_whose_error_cannot_be_shared_take_turns(h: Harness) {
-    let gauge = Arc::new(Gauge::default());
-    let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let spawn_call = || {
-        let (cache, gauge) = (h.cache.clone(), Arc::clone(&gauge));
-        let (started, release) = (Arc::clone(&started), Arc::clone(&release));
-        tokio::task::spawn_local(async move {
-            fails_with_an_error_that_is_not_clone(2, &cache, &gauge, &started, &release).await
+    let crowd = Crowd::on(&h);
+    let gauge = Arc::clone(&crowd.gauge);
+    let results = crowd
+        .run(30, Err(NotClone::Failed(1)), |c, g, s, r| async move {
+            fails_with_an_error_that_is_not_clone(2, &c, &g, &s, &r).await
         })
-    };
-    let results = leader_and_waiters(30, &started, spawn_call, async |leader| {
-        release.notify_one();
-        assert_eq!(leader.await.unwrap(), Err(NotClone::Failed(1)));
-    })
-    .await;
+        .await;
     let mut runs: Vec<u32> = results
         .iter()
         .map(|result| match result {
@@ -178,22 +212,15 @@ async fn fails_then_hangs(
 }
 
 pub async fn after_a_failed_leader_every_waiter_is_bounded_by_its_hard_timeout(h: Harness) {
-    let gauge = Arc::new(Gauge::default());
-    let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let spawn_call = || {
-        let (cache, gauge) = (h.cache.clone(), Arc::clone(&gauge));
-        let (started, release) = (Arc::clone(&started), Arc::clone(&release));
-        tokio::task::spawn_local(async move {
-            fails_then_hangs(3, &cache, &gauge, &started, &release).await
-        })
-    };
+    let crowd = Crowd::on(&h);
+    let gauge = Arc::clone(&crowd.gauge);
     // A waiter that ran the hanging body without its hard timeout would never return, and
     // `leader_and_waiters` would report it hung.
-    let results = leader_and_waiters(20, &started, spawn_call, async |leader| {
-        release.notify_one();
-        assert_eq!(leader.await.unwrap(), Err(NotClone::Failed(1)));
-    })
-    .await;
+    let results = crowd
+        .run(20, Err(NotClone::Failed(1)), |c, g, s, r| async move {
+            fails_then_hangs(3, &c, &g, &s, &r).await
+        })
+        .await;
     assert!(
         results
             .iter()
@@ -218,32 +245,18 @@ async fn fails_generically<E: From<Unavailable> + Send + 'static>(
     #[cache(skip)] started: &Notify,
     #[cache(skip)] release: &Notify,
 ) -> Result<u64, E> {
-    let (run, _running) = gauge.enter();
-    if run == 1 {
-        started.notify_one();
-        release.notified().await;
-    }
-    for _ in 0..3 {
-        tokio::task::yield_now().await;
-    }
+    let run = failing_run(gauge, started, release).await;
     Err(E::from(Unavailable(run))).map(|()| id)
 }
 
 pub async fn a_generic_error_type_takes_turns(h: Harness) {
-    let gauge = Arc::new(Gauge::default());
-    let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let spawn_call = || {
-        let (cache, gauge) = (h.cache.clone(), Arc::clone(&gauge));
-        let (started, release) = (Arc::clone(&started), Arc::clone(&release));
-        tokio::task::spawn_local(async move {
-            fails_generically::<Unavailable>(4, &cache, &gauge, &started, &release).await
+    let crowd = Crowd::on(&h);
+    let gauge = Arc::clone(&crowd.gauge);
+    let results = crowd
+        .run(10, Err(Unavailable(1)), |c, g, s, r| async move {
+            fails_generically::<Unavailable>(4, &c, &g, &s, &r).await
         })
-    };
-    let results = leader_and_waiters(10, &started, spawn_call, async |leader| {
-        release.notify_one();
-        assert_eq!(leader.await.unwrap(), Err(Unavailable(1)));
-    })
-    .await;
+        .await;
     assert!(
         results
             .iter()
@@ -265,29 +278,18 @@ async fn fails_generically_clone<E: From<Unavailable> + Clone + Send + Sync + 's
     #[cache(skip)] started: &Notify,
     #[cache(skip)] release: &Notify,
 ) -> Result<u64, E> {
-    let (run, _running) = gauge.enter();
-    if run == 1 {
-        started.notify_one();
-        release.notified().await;
-    }
+    let run = failing_run(gauge, started, release).await;
     Err(E::from(Unavailable(run))).map(|()| id)
 }
 
 pub async fn a_generic_error_type_bounded_clone_is_shared(h: Harness) {
-    let gauge = Arc::new(Gauge::default());
-    let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let spawn_call = || {
-        let (cache, gauge) = (h.cache.clone(), Arc::clone(&gauge));
-        let (started, release) = (Arc::clone(&started), Arc::clone(&release));
-        tokio::task::spawn_local(async move {
-            fails_generically_clone::<Unavailable>(5, &cache, &gauge, &started, &release).await
+    let crowd = Crowd::on(&h);
+    let gauge = Arc::clone(&crowd.gauge);
+    let results = crowd
+        .run(10, Err(Unavailable(1)), |c, g, s, r| async move {
+            fails_generically_clone::<Unavailable>(5, &c, &g, &s, &r).await
         })
-    };
-    let results = leader_and_waiters(10, &started, spawn_call, async |leader| {
-        release.notify_one();
-        assert_eq!(leader.await.unwrap(), Err(Unavailable(1)));
-    })
-    .await;
+        .await;
     assert!(
         results.iter().all(|result| *result == Err(Unavailable(1))),
         "{results:?}"
