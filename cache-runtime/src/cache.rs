@@ -521,6 +521,14 @@ mod tests {
     }
 
     #[test]
+    fn url_connections_detect_dead_peers() {
+        let settings = dead_peer_detection();
+        assert!(settings.keepalive().is_some(), "TCP keepalive probes");
+        #[cfg(target_os = "linux")]
+        assert_eq!(settings.user_timeout(), Some(Duration::from_secs(10)));
+    }
+
+    #[test]
     fn an_op_timeout_that_bounds_nothing_is_refused() {
         let build = |timeout| {
             Cache::builder()

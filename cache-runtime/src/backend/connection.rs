@@ -42,6 +42,8 @@ pub(crate) struct RedisConnection {
     first_timeout_at: Mutex<Option<Instant>>,
     last_replaced: Mutex<Option<Instant>>,
     last_warned: Mutex<Option<Instant>>,
+    /// How many times the connection was replaced.
+    replacements: AtomicU32,
     op_timeout: Duration,
     /// Where pushed pub/sub messages go; `None` for a connection built by the user, whose
     /// pushes do not reach us.
@@ -73,6 +75,7 @@ impl RedisConnection {
             first_timeout_at: Mutex::new(None),
             last_replaced: Mutex::new(None),
             last_warned: Mutex::new(None),
+            replacements: AtomicU32::new(0),
             op_timeout,
             notices,
             subscriptions: tokio::sync::Mutex::new(()),
@@ -147,6 +150,7 @@ impl RedisConnection {
         };
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = fresh;
         self.consecutive_timeouts.store(0, Relaxed);
+        self.replacements.fetch_add(1, Relaxed);
         let warn = {
             let mut last = lock(&self.last_warned);
             let due = last.is_none_or(|at| at.elapsed() >= WARN_EVERY);
@@ -195,4 +199,65 @@ fn is_read_only(error: &redis::RedisError) -> bool {
         || error
             .detail()
             .is_some_and(|detail| detail.contains("READONLY"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection to a port nothing listens on (made lazily: nothing is sent here).
+    fn connection(op_timeout: Duration) -> Arc<RedisConnection> {
+        let client = redis::Client::open("redis://127.0.0.1:1/").unwrap();
+        let config = ConnectionManagerConfig::new();
+        let manager =
+            ConnectionManager::new_lazy_with_config(client.clone(), config.clone()).unwrap();
+        RedisConnection::new(manager, Some(Remake { client, config }), op_timeout, None)
+    }
+
+    fn timed_out(budget: Duration) -> Result<(), CacheError> {
+        Err(CacheError::Timeout(budget))
+    }
+
+    #[tokio::test]
+    async fn replaced_after_timeouts_spread_over_an_op_timeout_at_most_once_a_second() {
+        let op_timeout = Duration::from_millis(20);
+        let connection = connection(op_timeout);
+        let replacements = || connection.replacements.load(Relaxed);
+        for _ in 0..5 {
+            connection.observe(&timed_out(op_timeout));
+        }
+        assert_eq!(
+            replacements(),
+            0,
+            "timeouts that came together: one pause, not a dead peer"
+        );
+        // Waiting out a duration is what is under test.
+        tokio::time::sleep(op_timeout).await;
+        connection.observe(&timed_out(op_timeout));
+        assert_eq!(
+            replacements(),
+            1,
+            "a run of timeouts over an operation timeout"
+        );
+        for _ in 0..3 {
+            connection.observe(&timed_out(op_timeout));
+        }
+        tokio::time::sleep(op_timeout).await;
+        connection.observe(&timed_out(op_timeout));
+        assert_eq!(replacements(), 1, "not again within a second");
+
+        let fresh = self::connection(op_timeout);
+        fresh.observe(&timed_out(Duration::from_millis(1)));
+        fresh.observe(&Ok::<(), CacheError>(()));
+        for _ in 0..5 {
+            fresh.observe(&timed_out(op_timeout / 2));
+        }
+        tokio::time::sleep(op_timeout).await;
+        fresh.observe(&timed_out(op_timeout / 2));
+        assert_eq!(
+            fresh.replacements.load(Relaxed),
+            0,
+            "timeouts on what was left of a budget say nothing about the connection"
+        );
+    }
 }
