@@ -94,3 +94,66 @@ async fn an_outage_is_logged_once_and_the_recovery_once() {
     );
     assert_eq!(counter.warnings.load(Ordering::SeqCst), 1);
 }
+
+/// Counts the runtime's warnings, keeping the text of their fields.
+#[derive(Clone, Default)]
+struct Warnings(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!("{}={value:?} ", field.name()));
+            }
+        }
+        if *event.metadata().level() == tracing::Level::WARN
+            && event.metadata().target().starts_with("redis_memo")
+        {
+            let mut fields = Fields(String::new());
+            event.record(&mut fields);
+            self.0.lock().unwrap().push(fields.0);
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+struct FeedError(&'static str);
+
+#[redis_cached(ttl = "10s", stale = "1m", key = "feed:<id>", cache = cache)]
+async fn feed(
+    id: u64,
+    #[cache(skip)] cache: Cache,
+    #[cache(skip)] down: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<u64, FeedError> {
+    if down.load(Ordering::SeqCst) {
+        return Err(FeedError("the feed is down"));
+    }
+    Ok(id)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_failed_background_refresh_is_counted_and_logged_with_its_error() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let warnings = Warnings::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(warnings.clone()));
+    let clock = redis_memo::ManualClock::starting_now();
+    let h = Harness::with(Backend::Redis, |builder| builder.clock(clock.clone()));
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    assert_eq!(feed(1, h.cache.clone(), Arc::clone(&down)).await, Ok(1));
+    clock.advance(Duration::from_secs(11));
+    down.store(true, Ordering::SeqCst);
+    assert_eq!(
+        feed(1, h.cache.clone(), Arc::clone(&down)).await,
+        Ok(1),
+        "stale"
+    );
+    h.cache.refreshes_done().await;
+    assert_eq!(h.cache.stats().refresh_failures, 1);
+    let logged = warnings.0.lock().unwrap().clone();
+    assert!(
+        logged.iter().any(|line| line.contains("the feed is down")),
+        "a warning with the error: {logged:?}"
+    );
+}

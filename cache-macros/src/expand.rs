@@ -182,6 +182,11 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
                 use #private::{PickCloneFailure as _, PickTakeTurns as _};
                 (&#private::FailureSharing::<#output>::new()).pick()
             },
+            // The error's `Debug` text for logs, when it has one.
+            {
+                use #private::{PickDebugText as _, PickNoText as _};
+                (&#private::FailureText::<#output>::new()).pick()
+            },
         )
         .await
     };

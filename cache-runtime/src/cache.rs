@@ -54,6 +54,8 @@ pub(crate) struct Inner {
     pub(crate) max_background_refreshes: usize,
     /// Background refreshes running (changed under the `refreshing` lock).
     pub(crate) background_refreshes: std::sync::atomic::AtomicUsize,
+    /// Warnings about failed background refreshes, once a minute.
+    pub(crate) refresh_failures_log: crate::health::LogEvery,
     /// The correction of `clock` to the server's.
     pub(crate) server_offset: crate::clock::ServerOffset,
     /// Leases being given back in the background (after a hard timeout).
@@ -282,6 +284,7 @@ impl CacheBuilder {
                 refresh_backoff: crate::refresh::RefreshBackoff::default(),
                 max_background_refreshes: self.max_background_refreshes,
                 background_refreshes: std::sync::atomic::AtomicUsize::new(0),
+                refresh_failures_log: crate::health::LogEvery::minute(),
                 server_offset,
                 background_releases: std::sync::atomic::AtomicUsize::new(0),
             }),

@@ -17,9 +17,8 @@ pub(crate) struct Health {
     consecutive_failures: AtomicU64,
     /// Milliseconds since `epoch` until which the breaker is open.
     open_until_ms: AtomicU64,
-    /// Refused operations (OOM, READONLY) since the last warning, and when that was.
-    refusals: AtomicU64,
-    refusal_logged_at_ms: AtomicU64,
+    /// Refused operations (OOM, READONLY), warned about once a minute.
+    refusals: LogEvery,
 }
 
 impl Health {
@@ -30,8 +29,7 @@ impl Health {
             cooldown,
             consecutive_failures: AtomicU64::new(0),
             open_until_ms: AtomicU64::new(0),
-            refusals: AtomicU64::new(0),
-            refusal_logged_at_ms: AtomicU64::new(0),
+            refusals: LogEvery::minute(),
         }
     }
 
@@ -67,17 +65,7 @@ impl Health {
     /// Counts an operation a live server refused; `Some(count since the last warning)` when
     /// it is time to warn again (the first refusal, then at most once a minute).
     pub(crate) fn record_refusal(&self) -> Option<u64> {
-        const EVERY_MS: u64 = 60_000;
-        self.refusals.fetch_add(1, Relaxed);
-        let now = self.now_ms().max(1);
-        let last = self.refusal_logged_at_ms.load(Relaxed);
-        let due = last == 0 || now.saturating_sub(last) >= EVERY_MS;
-        // One caller wins the exchange and reports the count so far.
-        (due && self
-            .refusal_logged_at_ms
-            .compare_exchange(last, now, Relaxed, Relaxed)
-            .is_ok())
-        .then(|| self.refusals.swap(0, Relaxed))
+        self.refusals.tick(self.now_ms())
     }
 
     pub(crate) fn record_failure(&self, operation: &'static str, error: &dyn std::fmt::Display) {
@@ -91,6 +79,40 @@ impl Health {
             let until = self.now_ms().saturating_add(cooldown).max(1);
             self.open_until_ms.store(until, Relaxed);
         }
+    }
+}
+
+/// Rate-limits a warning about events that may repeat on every call: the first one is
+/// reported, then at most one line per interval, with the count since the last.
+#[derive(Debug)]
+pub(crate) struct LogEvery {
+    every_ms: u64,
+    count: AtomicU64,
+    /// When the last line was due (`u64::MAX`: never yet).
+    logged_at_ms: AtomicU64,
+}
+
+impl LogEvery {
+    pub(crate) fn minute() -> Self {
+        LogEvery {
+            every_ms: 60_000,
+            count: AtomicU64::new(0),
+            logged_at_ms: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// Counts one event at `now_ms` (any monotonic millisecond clock); `Some(count since the
+    /// last line)` when a line is due.
+    pub(crate) fn tick(&self, now_ms: u64) -> Option<u64> {
+        self.count.fetch_add(1, Relaxed);
+        let last = self.logged_at_ms.load(Relaxed);
+        let due = last == u64::MAX || now_ms.saturating_sub(last) >= self.every_ms;
+        // One caller wins the exchange and reports the count so far.
+        (due && self
+            .logged_at_ms
+            .compare_exchange(last, now_ms, Relaxed, Relaxed)
+            .is_ok())
+        .then(|| self.count.swap(0, Relaxed))
     }
 }
 

@@ -50,9 +50,9 @@ pub mod __private {
     pub use crate::key::{KeyPart, KeyWriter};
     pub use crate::refresh::{NoRefresh, RefreshFrom, Refresher, SpawnedBody};
     pub use crate::returns::{
-        CacheValue, CloneFailure, FailureSharing, Fallible, FallibleOptional, Optional,
-        PickCloneFailure, PickTakeTurns, Plain, ReturnKind, ShareFailure, StoredKind, TakeTurns,
-        Written,
+        CacheValue, CloneFailure, DescribeFailure, FailureSharing, FailureText, Fallible,
+        FallibleOptional, Optional, PickCloneFailure, PickDebugText, PickNoText, PickTakeTurns,
+        Plain, ReturnKind, ShareFailure, StoredKind, TakeTurns, Written,
     };
     pub use crate::spec::FnSpec;
     pub use crate::timeouts::{Handoff, NoTimeoutError, OnTimeout, TimeoutAsError};
@@ -93,7 +93,8 @@ pub mod __private {
     /// that of a tuple of references to the parameters keys and tags are rendered from.
     /// `refresh` is [`NoRefresh`], or for `stale` the factory of the body's futures;
     /// `on_timeout` is [`NoTimeoutError`], or [`TimeoutAsError`] for `hard_timeout`;
-    /// `on_failure` is what [`FailureSharing`] picks for the return type.
+    /// `on_failure` is what [`FailureSharing`] picks for the return type, `describe` what
+    /// [`FailureText`] picks.
     #[allow(clippy::too_many_arguments)]
     pub async fn memoize<K, R, F, B, O, S>(
         cache: Option<&Cache>,
@@ -105,6 +106,7 @@ pub mod __private {
         refresh: B,
         on_timeout: O,
         on_failure: S,
+        describe: DescribeFailure<R>,
     ) -> R
     where
         K: ReturnKind<R> + 'static,
@@ -118,6 +120,7 @@ pub mod __private {
                 let outcomes = crate::memoize::Outcomes {
                     on_timeout,
                     on_failure,
+                    describe,
                 };
                 cache
                     .memoize::<K, R, F, B, O, S>(

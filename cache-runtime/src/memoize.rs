@@ -49,9 +49,11 @@ pub(crate) enum LeaseOutcome<V> {
 
 /// What a call returns when it does not get a value: after its `hard_timeout`, and when it
 /// waited on another caller's failed computation.
-pub(crate) struct Outcomes<O, S> {
+pub(crate) struct Outcomes<O, S, R> {
     pub(crate) on_timeout: O,
     pub(crate) on_failure: S,
+    /// The text of a failure, for logs.
+    pub(crate) describe: crate::returns::DescribeFailure<R>,
 }
 
 /// The entry a leader works on.
@@ -118,7 +120,7 @@ impl Cache {
         [body_type, key_types]: [&'static str; 2],
         compute: F,
         refresh: B,
-        outcomes: Outcomes<O, S>,
+        outcomes: Outcomes<O, S, R>,
     ) -> R
     where
         K: ReturnKind<R> + 'static,
@@ -185,7 +187,7 @@ impl Cache {
                                     versions: &versions,
                                     times,
                                 };
-                                refresh.start::<K>(self, from);
+                                refresh.start::<K>(self, from, outcomes.describe);
                             }
                             match freshness {
                                 Freshness::Fresh => {
@@ -369,7 +371,7 @@ impl Cache {
         mut guard: LeaderGuard<'_>,
         (read, mut versions): (Read, Versions),
         (call_started, deadline): (Instant, Instant),
-        (compute, refresh, outcomes): (F, &B, &Outcomes<O, S>),
+        (compute, refresh, outcomes): (F, &B, &Outcomes<O, S, R>),
         fallback: &mut Option<Fallback<K::Stored>>,
     ) -> R
     where

@@ -14,7 +14,7 @@
 use crate::Cache;
 use crate::envelope::EntryTimes;
 use crate::memoize::{EntryAt, LeaseOutcome};
-use crate::returns::ReturnKind;
+use crate::returns::{DescribeFailure, ReturnKind};
 use crate::spec::FnSpec;
 use crate::stats::Event;
 use crate::tags::{TagKeys, Versions};
@@ -34,7 +34,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 pub trait Refresher<R> {
     /// Starts the background refresh of the entry `from` describes, unless this function
     /// has none (or one runs already, or the last one failed too recently).
-    fn start<K: ReturnKind<R> + 'static>(&self, cache: &Cache, from: RefreshFrom<'_>);
+    fn start<K: ReturnKind<R> + 'static>(
+        &self,
+        cache: &Cache,
+        from: RefreshFrom<'_>,
+        describe: DescribeFailure<R>,
+    );
 
     /// Runs the body as a task of its own, which can outlive the call (`soft_timeout`,
     /// `hard_timeout`); `None` for functions that have no factory.
@@ -77,7 +82,13 @@ impl<T: Clone + Send + 'static> RefreshArgument for T {}
 pub struct NoRefresh;
 
 impl<R> Refresher<R> for NoRefresh {
-    fn start<K: ReturnKind<R> + 'static>(&self, _: &Cache, _: RefreshFrom<'_>) {}
+    fn start<K: ReturnKind<R> + 'static>(
+        &self,
+        _: &Cache,
+        _: RefreshFrom<'_>,
+        _: DescribeFailure<R>,
+    ) {
+    }
 
     fn spawn_body<K: ReturnKind<R> + 'static>(
         &self,
@@ -94,9 +105,14 @@ where
     Fut: Future<Output = R> + Send + 'static,
     R: Send + 'static,
 {
-    fn start<K: ReturnKind<R> + 'static>(&self, cache: &Cache, from: RefreshFrom<'_>) {
+    fn start<K: ReturnKind<R> + 'static>(
+        &self,
+        cache: &Cache,
+        from: RefreshFrom<'_>,
+        describe: DescribeFailure<R>,
+    ) {
         // The factory (which copies the arguments) runs only if a refresh starts.
-        cache.spawn_refresh::<K, R, Fut>(from, *self);
+        cache.spawn_refresh::<K, R, Fut>(from, *self, describe);
     }
 
     fn spawn_body<K: ReturnKind<R> + 'static>(
@@ -251,6 +267,8 @@ pub(crate) struct Refreshing {
     /// A background refresh, counted against `max_background_refreshes` (a body finishing
     /// after its caller's timeout is not).
     bounded: bool,
+    /// The refreshed function, for counting a refresh that panicked.
+    spec: Option<&'static FnSpec>,
 }
 
 impl Cache {
@@ -266,6 +284,7 @@ impl Cache {
                 key: key.to_owned(),
                 finished: true,
                 bounded: false,
+                spec: None,
             })
     }
 
@@ -287,6 +306,7 @@ impl Cache {
             key: key.to_owned(),
             finished: true,
             bounded: true,
+            spec: None,
         }))
     }
 
@@ -304,6 +324,10 @@ impl Drop for Refreshing {
         if !self.finished {
             let now = self.cache.now_ms();
             self.cache.inner.refresh_backoff.failed(&self.key, now);
+            if let Some(spec) = self.spec {
+                self.cache
+                    .report_refresh_failure(spec, "it panicked or was cancelled");
+            }
         }
         {
             let mut refreshing = self.cache.inner.refreshing();
@@ -320,8 +344,12 @@ impl Drop for Refreshing {
 impl Cache {
     /// Runs `compute` in the background to refresh `job`'s entry, unless a refresh of it
     /// already runs in this process.
-    fn spawn_refresh<K, R, Fut>(&self, from: RefreshFrom<'_>, make: impl FnOnce() -> Fut)
-    where
+    fn spawn_refresh<K, R, Fut>(
+        &self,
+        from: RefreshFrom<'_>,
+        make: impl FnOnce() -> Fut,
+        describe: DescribeFailure<R>,
+    ) where
         K: ReturnKind<R> + 'static,
         Fut: Future<Output = R> + Send + 'static,
         R: Send + 'static,
@@ -347,17 +375,40 @@ impl Cache {
         };
         // Until it finishes, it counts as failed (a panic in the body).
         guard.finished = false;
+        guard.spec = Some(from.entry.spec);
         let (job, compute) = (RefreshJob::new(from), make());
         runtime.spawn(async move {
-            guard.cache.refresh::<K, R, Fut>(&job, compute).await;
+            guard
+                .cache
+                .refresh::<K, R, Fut>(&job, compute, describe)
+                .await;
             guard.finished = true;
             drop(guard);
         });
     }
 
+    /// Counts a failed background refresh, logs it at debug level, and as a warning (with the
+    /// count since the last one) at most once a minute.
+    pub(crate) fn report_refresh_failure(&self, spec: &'static FnSpec, error: &str) {
+        self.record(Event::RefreshFailure, spec);
+        tracing::debug!(
+            function = spec.name,
+            error,
+            "redis-memo: a background refresh failed"
+        );
+        if let Some(failures) = self.inner.refresh_failures_log.tick(self.now_ms()) {
+            tracing::warn!(
+                function = spec.name,
+                error,
+                failures,
+                "redis-memo: background refreshes fail; stale values are served until one succeeds"
+            );
+        }
+    }
+
     /// Recomputes `job`'s entry under its lease; nothing if another caller holds the lease
     /// (it refreshes) or filled the entry since (the acquire script returns it fresh).
-    async fn refresh<K, R, Fut>(&self, job: &RefreshJob, compute: Fut)
+    async fn refresh<K, R, Fut>(&self, job: &RefreshJob, compute: Fut, describe: DescribeFailure<R>)
     where
         K: ReturnKind<R>,
         Fut: Future<Output = R>,
@@ -392,6 +443,7 @@ impl Cache {
                 "redis-memo: a background refresh outlasted its lease and was abandoned"
             );
             self.inner.refresh_backoff.failed(&job.key, self.now_ms());
+            self.report_refresh_failure(spec, "it outlasted its lease");
             self.release(spec, lease, false).await;
             return;
         };
@@ -400,6 +452,8 @@ impl Cache {
         let failed = K::is_failure(&result);
         if failed {
             self.inner.refresh_backoff.failed(&job.key, self.now_ms());
+            let error = describe(&result);
+            self.report_refresh_failure(spec, error.as_deref().unwrap_or("an error"));
         } else {
             self.inner.refresh_backoff.succeeded(&job.key);
         }

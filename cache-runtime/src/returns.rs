@@ -290,3 +290,63 @@ impl<R> PickTakeTurns for &FailureSharing<R> {
         TakeTurns
     }
 }
+
+/// Picks how a failed call of return type `R` is described in logs, by method resolution as
+/// [`FailureSharing`] does: the error's `Debug` text when it has one
+/// ([`PickDebugText`]), nothing otherwise ([`PickNoText`]).
+#[derive(Debug)]
+pub struct FailureText<R>(std::marker::PhantomData<fn() -> R>);
+
+impl<R> FailureText<R> {
+    /// The selector for return type `R`.
+    #[must_use]
+    pub const fn new() -> Self {
+        FailureText(std::marker::PhantomData)
+    }
+}
+
+impl<R> Default for FailureText<R> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// How a failed result is described: `None` for a result that is not a failure, or whose
+/// error cannot be shown.
+pub type DescribeFailure<R> = fn(&R) -> Option<String>;
+
+/// The preferred pick of [`FailureText`]: the error's `Debug` text.
+pub trait PickDebugText {
+    /// The return type.
+    type Returned;
+    /// The describer.
+    fn pick(&self) -> DescribeFailure<Self::Returned>;
+}
+
+impl<T, E: std::fmt::Debug> PickDebugText for FailureText<Result<T, E>> {
+    type Returned = Result<T, E>;
+
+    fn pick(&self) -> DescribeFailure<Result<T, E>> {
+        debug_text::<T, E>
+    }
+}
+
+fn debug_text<T, E: std::fmt::Debug>(result: &Result<T, E>) -> Option<String> {
+    result.as_ref().err().map(|error| format!("{error:?}"))
+}
+
+/// The fallback pick of [`FailureText`]: no text.
+pub trait PickNoText {
+    /// The return type.
+    type Returned;
+    /// The describer.
+    fn pick(&self) -> DescribeFailure<Self::Returned>;
+}
+
+impl<R> PickNoText for &FailureText<R> {
+    type Returned = R;
+
+    fn pick(&self) -> DescribeFailure<R> {
+        |_| None
+    }
+}

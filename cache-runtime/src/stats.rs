@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// A snapshot of a cache's counters since it was built.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct Stats {
     /// Calls answered from the cache with a fresh value.
@@ -19,6 +19,10 @@ pub struct Stats {
     pub stale_served: u64,
     /// Background refreshes that computed a value (one per stale entry across processes).
     pub refreshes: u64,
+    /// Background refreshes that failed (an error, a panic, or a body that outlasted its
+    /// lease): the stale value stays and is served on; each is logged at debug level, and a
+    /// warning with the count is logged at most once a minute.
+    pub refresh_failures: u64,
     /// Refreshes not started because this cache already ran its most background refreshes
     /// at once ([`CacheBuilder::max_background_refreshes`](crate::CacheBuilder::max_background_refreshes)):
     /// the stale value was served, and a later call starts the refresh.
@@ -63,6 +67,7 @@ pub(crate) struct Counters {
     stale_served: AtomicU64,
     refreshes: AtomicU64,
     refreshes_skipped: AtomicU64,
+    refresh_failures: AtomicU64,
     fail_safe_served: AtomicU64,
     soft_timeouts: AtomicU64,
     hard_timeouts: AtomicU64,
@@ -86,6 +91,7 @@ pub(crate) enum Event {
     StaleServed,
     Refresh,
     RefreshSkipped,
+    RefreshFailure,
     FailSafe,
     SoftTimeout,
     HardTimeout,
@@ -101,11 +107,12 @@ pub(crate) enum Event {
 }
 
 impl Event {
-    const ALL: [Event; 16] = [
+    const ALL: [Event; 17] = [
         Event::Hit,
         Event::StaleServed,
         Event::Refresh,
         Event::RefreshSkipped,
+        Event::RefreshFailure,
         Event::FailSafe,
         Event::SoftTimeout,
         Event::HardTimeout,
@@ -126,6 +133,7 @@ impl Event {
             Event::StaleServed => "redis_memo_stale_served_total",
             Event::Refresh => "redis_memo_refreshes_total",
             Event::RefreshSkipped => "redis_memo_refreshes_skipped_total",
+            Event::RefreshFailure => "redis_memo_refresh_failures_total",
             Event::FailSafe => "redis_memo_fail_safe_served_total",
             Event::SoftTimeout => "redis_memo_soft_timeouts_total",
             Event::HardTimeout => "redis_memo_hard_timeouts_total",
@@ -165,6 +173,7 @@ impl Counters {
             Event::StaleServed => &self.stale_served,
             Event::Refresh => &self.refreshes,
             Event::RefreshSkipped => &self.refreshes_skipped,
+            Event::RefreshFailure => &self.refresh_failures,
             Event::FailSafe => &self.fail_safe_served,
             Event::SoftTimeout => &self.soft_timeouts,
             Event::HardTimeout => &self.hard_timeouts,
@@ -194,6 +203,7 @@ impl Counters {
             stale_served: self.stale_served.load(Relaxed),
             refreshes: self.refreshes.load(Relaxed),
             refreshes_skipped: self.refreshes_skipped.load(Relaxed),
+            refresh_failures: self.refresh_failures.load(Relaxed),
             fail_safe_served: self.fail_safe_served.load(Relaxed),
             soft_timeouts: self.soft_timeouts.load(Relaxed),
             hard_timeouts: self.hard_timeouts.load(Relaxed),

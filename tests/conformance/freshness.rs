@@ -325,6 +325,11 @@ pub async fn a_failed_refresh_keeps_serving_stale_and_backs_off(backend: Backend
     h.cache.refreshes_done().await;
     assert_eq!(call().await, Ok(4), "refreshed once the feed answers");
     assert_eq!(h.cache.stats().refreshes, 3);
+    assert_eq!(
+        h.cache.stats().refresh_failures,
+        2,
+        "the two failed refreshes are counted"
+    );
 }
 
 /// Takes a second to compute, by the test's clock.
