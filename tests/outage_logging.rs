@@ -55,7 +55,7 @@ struct LogCounter {
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogCounter {
     fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
         let metadata = event.metadata();
-        if !metadata.target().starts_with("redis_memo") {
+        if metadata.target() != "redis_memo" {
             return;
         }
         match *metadata.level() {
@@ -107,8 +107,9 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
                 self.0.push_str(&format!("{}={value:?} ", field.name()));
             }
         }
+        // One stable target for every line, whatever module logs it.
         if *event.metadata().level() == tracing::Level::WARN
-            && event.metadata().target().starts_with("redis_memo")
+            && event.metadata().target() == "redis_memo"
         {
             let mut fields = Fields(String::new());
             event.record(&mut fields);

@@ -24,8 +24,7 @@ pub fn installed() -> Option<&'static Cache> {
     if cache.is_none() {
         static WARNED: AtomicBool = AtomicBool::new(false);
         if !WARNED.swap(true, Relaxed) {
-            tracing::warn!(
-                "redis-memo: a memoized function ran before `redis_memo::install`; it runs uncached"
+            tracing::warn!(target: "redis_memo", "redis-memo: a memoized function ran before `redis_memo::install`; it runs uncached"
             );
         }
     }

@@ -55,8 +55,7 @@ impl Health {
         let failed = self.consecutive_failures.swap(0, Relaxed);
         self.open_until_ms.store(0, Relaxed);
         if failed > 0 {
-            tracing::info!(
-                failed_operations = failed,
+            tracing::info!(target: "redis_memo", failed_operations = failed,
                 "redis-memo: redis answers again; caching resumed"
             );
         }
@@ -71,7 +70,7 @@ impl Health {
     pub(crate) fn record_failure(&self, operation: &'static str, error: &dyn std::fmt::Display) {
         let failures = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
         if failures == 1 {
-            tracing::warn!(operation, %error, "redis-memo: redis operation failed; calls run uncached until it answers again");
+            tracing::warn!(target: "redis_memo", operation, %error, "redis-memo: redis operation failed; calls run uncached until it answers again");
         }
         if failures >= self.threshold {
             let cooldown = u64::try_from(self.cooldown.as_millis()).unwrap_or(u64::MAX);

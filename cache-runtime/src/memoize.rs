@@ -247,8 +247,7 @@ impl Cache {
                         return self.fail_safe::<K, R>(spec, result, fallback);
                     }
                     Role::Waiter(slot) => {
-                        tracing::trace!(
-                            function = spec.name,
+                        tracing::trace!(target: "redis_memo", function = spec.name,
                             key,
                             "waiting for this key's in-process leader"
                         );
@@ -645,8 +644,7 @@ impl Cache {
         match fallback {
             Some(Fallback { value, .. }) if K::is_failure(&result) => {
                 self.record(Event::FailSafe, spec);
-                tracing::debug!(
-                    function = spec.name,
+                tracing::debug!(target: "redis_memo", function = spec.name,
                     "redis-memo: the function failed; serving its last good value (fail_safe)"
                 );
                 K::from_stored(value)
@@ -747,7 +745,7 @@ impl Cache {
             }),
             Err(error) => {
                 self.record(Event::EncodeFailure, spec);
-                tracing::warn!(function = spec.name, %error, "redis-memo: return value does not serialize; not cached");
+                tracing::warn!(target: "redis_memo", function = spec.name, %error, "redis-memo: return value does not serialize; not cached");
                 None
             }
         }
@@ -939,16 +937,14 @@ impl Cache {
                 // began, so its value may be stale; or the computation outlasted its lease.
                 self.record(Event::RejectedFill, spec);
                 if computed_in >= spec.lease && spec.warn_once_slower_than_lease() {
-                    tracing::warn!(
-                        function = spec.name,
+                    tracing::warn!(target: "redis_memo", function = spec.name,
                         ?computed_in,
                         lease = ?spec.lease,
                         "redis-memo: the computation outlasted its lease, so its value was not stored; \
                          give the function a longer `lock(lease = ..)`"
                     );
                 }
-                tracing::debug!(
-                    function = spec.name,
+                tracing::debug!(target: "redis_memo", function = spec.name,
                     key,
                     "redis-memo: fill rejected, the entry changed while it was computed"
                 );
@@ -981,7 +977,7 @@ impl Cache {
                 // a minute, with the count, rather than on every miss.
                 let refused = self.inner.health.record_refusal();
                 if let Some(since_last) = refused {
-                    tracing::warn!(function = spec.name, operation, %error, refusals = since_last, "redis-memo: redis refuses to store entries; calls run uncached");
+                    tracing::warn!(target: "redis_memo", function = spec.name, operation, %error, refusals = since_last, "redis-memo: redis refuses to store entries; calls run uncached");
                 }
                 None
             }
@@ -1012,7 +1008,7 @@ impl Cache {
                 // A live server's error reply (`WRONGTYPE`: someone else's data under the key).
                 self.inner.health.record_success();
                 self.record(Event::DecodeFailure, spec);
-                tracing::warn!(function = spec.name, key, %error, "redis-memo: reading the entry failed; recomputing and overwriting");
+                tracing::warn!(target: "redis_memo", function = spec.name, key, %error, "redis-memo: reading the entry failed; recomputing and overwriting");
                 Read::Unusable
             }
             Err(error) => {
@@ -1043,13 +1039,12 @@ impl Cache {
         if matches!(error, DecodeError::Fingerprint | DecodeError::Layout(_)) {
             // Expected once per entry after a deploy that changed the type or `version` (or
             // upgraded redis-memo to a new envelope layout).
-            tracing::debug!(
-                function = spec.name,
+            tracing::debug!(target: "redis_memo", function = spec.name,
                 key,
                 "redis-memo: entry from another version; recomputing"
             );
         } else {
-            tracing::warn!(function = spec.name, key, %error, reason = error.reason(), "redis-memo: unusable entry; recomputing and overwriting");
+            tracing::warn!(target: "redis_memo", function = spec.name, key, %error, reason = error.reason(), "redis-memo: unusable entry; recomputing and overwriting");
         }
     }
 

@@ -133,8 +133,7 @@ where
                     match tokio::time::timeout(spec.lease, &mut body).await {
                         Ok(result) => result,
                         Err(_) => {
-                            tracing::warn!(
-                                function = spec.name,
+                            tracing::warn!(target: "redis_memo", function = spec.name,
                                 lease = ?spec.lease,
                                 "redis-memo: a body finishing in the background outlasted its lease and was abandoned"
                             );
@@ -391,14 +390,12 @@ impl Cache {
     /// count since the last one) at most once a minute.
     pub(crate) fn report_refresh_failure(&self, spec: &'static FnSpec, error: &str) {
         self.record(Event::RefreshFailure, spec);
-        tracing::debug!(
-            function = spec.name,
+        tracing::debug!(target: "redis_memo", function = spec.name,
             error,
             "redis-memo: a background refresh failed"
         );
         if let Some(failures) = self.inner.refresh_failures_log.tick(self.now_ms()) {
-            tracing::warn!(
-                function = spec.name,
+            tracing::warn!(target: "redis_memo", function = spec.name,
                 error,
                 failures,
                 "redis-memo: background refreshes fail; stale values are served until one succeeds"
@@ -437,8 +434,7 @@ impl Cache {
         // Bounded by the lease: past it the fill would be rejected anyway, and a body that
         // hangs must not keep this key from ever being refreshed again.
         let Ok(result) = tokio::time::timeout(spec.lease, compute).await else {
-            tracing::warn!(
-                function = spec.name,
+            tracing::warn!(target: "redis_memo", function = spec.name,
                 lease = ?spec.lease,
                 "redis-memo: a background refresh outlasted its lease and was abandoned"
             );

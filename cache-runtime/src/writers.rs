@@ -293,8 +293,7 @@ impl Cache {
         if !stored? {
             // An eviction or another write came while the body ran (or the body outlasted
             // the lease): which value is newer cannot be told, so neither stays.
-            tracing::debug!(
-                function = spec.name,
+            tracing::debug!(target: "redis_memo", function = spec.name,
                 key = entry.rendered,
                 "redis-memo: the entry changed while the writer ran; removing it"
             );
@@ -346,14 +345,12 @@ impl Cache {
     pub(crate) fn report_lost_write(&self, write: LostWrite, key: &str, error: &CacheError) {
         self.inner.counters.record_lost_write();
         match write {
-            LostWrite::Put => tracing::error!(
-                key,
+            LostWrite::Put => tracing::error!(target: "redis_memo", key,
                 %error,
                 "redis-memo: a write-through failed; removing the entry instead where Redis \
                  answers (if it does not, the entry may hold the old value until its ttl)"
             ),
-            LostWrite::Evict => tracing::error!(
-                key,
+            LostWrite::Evict => tracing::error!(target: "redis_memo", key,
                 %error,
                 "redis-memo: an eviction failed; the entry may hold the old value until its ttl"
             ),

@@ -144,7 +144,7 @@ impl RedisConnection {
         ) {
             Ok(fresh) => fresh,
             Err(error) => {
-                tracing::warn!(%error, "redis-memo: could not make a new Redis connection");
+                tracing::warn!(target: "redis_memo", %error, "redis-memo: could not make a new Redis connection");
                 return;
             }
         };
@@ -160,9 +160,9 @@ impl RedisConnection {
             due
         };
         if warn {
-            tracing::warn!(reason = why, "redis-memo: replacing the Redis connection");
+            tracing::warn!(target: "redis_memo", reason = why, "redis-memo: replacing the Redis connection");
         } else {
-            tracing::debug!(reason = why, "redis-memo: replacing the Redis connection");
+            tracing::debug!(target: "redis_memo", reason = why, "redis-memo: replacing the Redis connection");
         }
         if self.notices.is_some()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
