@@ -349,8 +349,14 @@ pub(crate) fn select_cache(
                 }
             }
         }
+        // The task's scoped cache (`with_cache`, in tests), else the installed one.
         None => quote! {
-            let __redis_memo_cache: ::core::option::Option<&#private::Cache> = #private::global();
+            let __redis_memo_cache_scoped: ::core::option::Option<#private::Cache> = #private::scoped();
+            let __redis_memo_cache: ::core::option::Option<&#private::Cache> =
+                match &__redis_memo_cache_scoped {
+                    ::core::option::Option::Some(__redis_memo_scoped) => ::core::option::Option::Some(__redis_memo_scoped),
+                    ::core::option::Option::None => #private::global(),
+                };
         },
     }
 }

@@ -35,7 +35,7 @@ pub use crate::cache::{Cache, CacheBuilder};
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::codec::{Bincode, Codec};
 pub use crate::error::CacheError;
-pub use crate::global::install;
+pub use crate::global::{install, with_cache};
 pub use crate::key::{KeyPart, KeyWriter, MAX_RENDERED_LEN};
 pub use crate::pattern::pattern_part;
 pub use crate::returns::CacheValue;
@@ -70,6 +70,11 @@ pub mod __private {
     /// The global cache, if installed.
     pub fn global() -> Option<&'static Cache> {
         crate::global::installed()
+    }
+
+    /// The cache scoped to the current task by `with_cache`, if any.
+    pub fn scoped() -> Option<Cache> {
+        crate::global::scoped()
     }
 
     /// The writer of a memoized call's key: the entry's full key when there is a cache.
