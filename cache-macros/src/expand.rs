@@ -106,12 +106,14 @@ fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: It
         model,
         quote!(#private::entry_key_writer(__redis_memo_cache)),
         &private,
+        Params::ByValue,
     );
     let render_tags = render_tags(
         options.tags.iter(),
         model,
         quote!(#private::tag_key_writer(__redis_memo_cache)),
         &private,
+        Params::ByValue,
     );
     // The body's statements, not its block: braces around a one-line body would be
     // reported (`unused_braces`) on the user's tokens.
@@ -313,8 +315,10 @@ pub(crate) fn render_tags<'a>(
     model: &FnModel,
     writer_init: TokenStream,
     private: &TokenStream,
+    params: Params,
 ) -> TokenStream {
-    let rendered = tags.map(|tag| render_template(tag, model, writer_init.clone(), private));
+    let rendered =
+        tags.map(|tag| render_template(tag, model, writer_init.clone(), private, params));
     quote!(::std::vec![#(#rendered),*])
 }
 
@@ -361,6 +365,15 @@ pub(crate) fn select_cache(
     }
 }
 
+/// How the parameters a template reads are in scope where it is rendered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Params {
+    /// As the function declares them.
+    ByValue,
+    /// As references to those (the hidden entry helper's).
+    ByReference,
+}
+
 /// An expression rendering `template` from the parameters in scope, into the `KeyWriter` that
 /// `writer_init` creates.
 pub(crate) fn render_template(
@@ -368,6 +381,7 @@ pub(crate) fn render_template(
     model: &FnModel,
     writer_init: TokenStream,
     private: &TokenStream,
+    params: Params,
 ) -> TokenStream {
     let writer = quote!(__redis_memo_writer);
     let mut steps = Vec::new();
@@ -395,7 +409,13 @@ pub(crate) fn render_template(
                         });
                         continue;
                     }
-                    quote!(#ident)
+                    // A field is read through the parameter's own type wherever the template is
+                    // rendered, so a misspelt field is one error (rustc merges identical ones),
+                    // not one per helper.
+                    match params {
+                        Params::ByValue => quote!(#ident),
+                        Params::ByReference => quote!((*#ident)),
+                    }
                 };
                 let fields = placeholder
                     .fields
@@ -409,7 +429,11 @@ pub(crate) fn render_template(
                             quote!(.#index)
                         }
                         Err(_) => {
-                            let ident = syn::Ident::new(field, template.lit.span());
+                            // Pointing at the template, but from the expansion: rustc's
+                            // suggestion for a misspelt field would replace the whole template
+                            // string with the field's name.
+                            let span = template.lit.span().resolved_at(Span::mixed_site());
+                            let ident = syn::Ident::new(field, span);
                             quote!(.#ident)
                         }
                     });
@@ -447,7 +471,13 @@ fn helpers(
     // Helpers take the handle by reference where the function may take it by value.
     let select_cache = select_cache(options.cache.as_ref(), private, false);
     let plain_writer = quote!(#private::KeyWriter::new());
-    let render_key = render_template(&options.key, model, plain_writer.clone(), private);
+    let render_key = render_template(
+        &options.key,
+        model,
+        plain_writer.clone(),
+        private,
+        Params::ByValue,
+    );
     let allow = quote!(#[allow(dead_code, clippy::needless_pass_by_value, clippy::ptr_arg)]);
     let errors_doc = quote! {
         #[doc = ""]
@@ -534,7 +564,20 @@ fn helpers(
     let stored = &model.stored;
     let kind = model.kind.runtime_name();
     let (entry_generics, entry_where) = helper_generics(generics, &entry_params, quote!(#stored));
-    let render_tags = render_tags(options.tags.iter(), model, plain_writer, private);
+    let entry_key = render_template(
+        &options.key,
+        model,
+        plain_writer.clone(),
+        private,
+        Params::ByReference,
+    );
+    let render_tags = render_tags(
+        options.tags.iter(),
+        model,
+        plain_writer,
+        private,
+        Params::ByReference,
+    );
     let key_types = key_types(model, usage, true);
 
     quote! {
@@ -565,7 +608,7 @@ fn helpers(
             #key_types
             #private::EntryRef::new(
                 &__REDIS_MEMO_SPEC,
-                #render_key,
+                #entry_key,
                 #render_tags,
                 [__redis_memo_body_type, __redis_memo_key_types],
                 <#private::#kind as #private::StoredKind<#stored>>::storable,
@@ -630,6 +673,7 @@ fn tag_helpers(
             model,
             quote!(#private::tag_key_writer(__redis_memo_cache)),
             private,
+            Params::ByValue,
         );
         quote! {
             #[doc = #doc]

@@ -13,7 +13,7 @@
 
 use crate::args::tag_templates;
 use crate::errors::Errors;
-use crate::expand::{parse_item, render_tags, respan, select_cache};
+use crate::expand::{Params, parse_item, render_tags, respan, select_cache};
 use crate::signature::{self, FnModel, Param};
 use crate::template::Template;
 use proc_macro2::{Span, TokenStream};
@@ -448,6 +448,7 @@ fn expand_body(mode: Mode, args: &WriterArgs, model: &FnModel, function: &ItemFn
                 model,
                 quote!(#private::KeyWriter::new()),
                 &private,
+                Params::ByValue,
             );
             let all_of = args.all_of.iter().map(|path| {
                 let helper = helper_path(path, "_cache_function");
