@@ -515,6 +515,25 @@ fn helpers(
          `Ok(true)` if it had entries."
     );
 
+    let invalidate_many = many_helper(
+        &Many {
+            private,
+            model,
+            function,
+            helper: format_ident!("invalidate_{}_many", name),
+            items: &usage.key,
+            cache: &usage.cache,
+            cache_expr: cache_expr.clone(),
+            select_cache: &select_cache,
+            doc: format!(
+                " [`invalidate_{name}`] for many argument sets at once: each entry removed with its \
+                 lease, in one round trip (pipelined); how many there were. An item is the tuple of \
+                 the key's arguments (the argument itself when there is one)."
+            ),
+        },
+        quote!(__redis_memo_keys.push(#render_key);),
+        quote!(#private::invalidate_many(__redis_memo_cache, __redis_memo_keys).await),
+    );
     let tag_helpers = tag_helpers(options, model, usage, function, private, &select_cache);
     let (invalidate_all, function_companion) = if options.invalidate_all {
         let function_fn = format_ident!("{}_cache_function", name);
@@ -596,6 +615,8 @@ fn helpers(
             #private::invalidate(__redis_memo_cache, __redis_memo_key).await
         }
 
+        #invalidate_many
+
         #invalidate_all
 
         #tag_helpers
@@ -675,6 +696,24 @@ fn tag_helpers(
             private,
             Params::ByValue,
         );
+        let many = many_helper(
+            &Many {
+                private,
+                model,
+                function,
+                helper: format_ident!("{}_many", helper),
+                items: inputs,
+                cache: &usage.cache,
+                cache_expr: cache_expr.clone(),
+                select_cache,
+                doc: format!(
+                    " [`{helper}`] for many argument sets at once, in one round trip (pipelined); \
+                     how many of the tags had entries."
+                ),
+            },
+            quote!(__redis_memo_keys.extend(#render);),
+            quote!(#private::invalidate_tags(__redis_memo_cache, __redis_memo_keys).await),
+        );
         quote! {
             #[doc = #doc]
             #[doc = ""]
@@ -686,9 +725,143 @@ fn tag_helpers(
                 let __redis_memo_tags: ::std::vec::Vec<::std::string::String> = #render;
                 ::core::result::Result::Ok(#private::invalidate_tags(__redis_memo_cache, __redis_memo_tags).await? > 0)
             }
+
+            #many
         }
     });
     quote!(#(#helpers)*)
+}
+
+/// What [`many_helper`] writes a helper from.
+struct Many<'a> {
+    private: &'a TokenStream,
+    model: &'a FnModel,
+    function: &'a ItemFn,
+    helper: syn::Ident,
+    /// The parameters of one item (with `self`, the helper's receiver instead).
+    items: &'a HelperInputs,
+    /// What the `cache` expression reads: the helper's other parameters.
+    cache: &'a HelperInputs,
+    cache_expr: TokenStream,
+    select_cache: &'a TokenStream,
+    doc: String,
+}
+
+/// `async fn <helper>(items: impl IntoIterator<Item = (A, B)>, <cache params>)`: binds each
+/// item's parameters, runs `per_item` (which pushes onto `__redis_memo_keys`), then returns
+/// `finish` (a `Result<u64, CacheError>`). Nothing when an item would be empty or the `cache`
+/// expression reads an item's parameter (it must be known before the items are).
+fn many_helper(many: &Many<'_>, per_item: TokenStream, finish: TokenStream) -> TokenStream {
+    let Many {
+        private,
+        model,
+        function,
+        helper,
+        items,
+        cache,
+        cache_expr,
+        select_cache,
+        doc,
+    } = many;
+    if items.params.is_empty()
+        || items
+            .params
+            .iter()
+            .any(|index| cache.params.contains(index))
+    {
+        return TokenStream::new();
+    }
+    // `impl IntoIterator<Item = &Q>` with `Q` a type parameter would need an outlives bound
+    // on a lifetime the function does not have: such functions get no batch helper.
+    let type_params: Vec<String> = function
+        .sig
+        .generics
+        .type_params()
+        .map(|param| param.ident.to_string())
+        .collect();
+    if items
+        .params
+        .iter()
+        .any(|&index| borrows_a_type_parameter(&model.params[index].ty, &type_params))
+    {
+        return TokenStream::new();
+    }
+    let vis = &function.vis;
+    let idents: Vec<&syn::Ident> = items
+        .params
+        .iter()
+        .map(|&index| &model.params[index].ident)
+        .collect();
+    let types: Vec<&Type> = items
+        .params
+        .iter()
+        .map(|&index| &model.params[index].ty)
+        .collect();
+    let (item_type, item_pattern) = if let ([ty], [ident]) = (&types[..], &idents[..]) {
+        (quote!(#ty), quote!(#ident))
+    } else {
+        (quote!((#(#types,)*)), quote!((#(#idents,)*)))
+    };
+    let receiver = (items.takes_self || cache.takes_self).then(|| quote!(&self,));
+    let rest = helper_inputs(
+        model,
+        &HelperInputs {
+            params: cache.params.clone(),
+            takes_self: false,
+        },
+    );
+    let signature = quote! {
+        #receiver __redis_memo_items: impl ::core::iter::IntoIterator<Item = #item_type>, #rest
+    };
+    let (helper_generics, helper_where) = helper_generics(
+        &function.sig.generics,
+        &quote!(#item_type #rest),
+        cache_expr.clone(),
+    );
+    quote! {
+        #[doc = #doc]
+        #[doc = ""]
+        #[doc = " # Errors"]
+        #[doc = " When Redis fails or times out (a lost invalidation must not pass silently), or no cache is installed."]
+        #[allow(dead_code, clippy::needless_pass_by_value, clippy::ptr_arg)]
+        #vis async fn #helper #helper_generics (#signature) -> ::core::result::Result<u64, #private::CacheError> #helper_where {
+            #select_cache
+            let mut __redis_memo_keys: ::std::vec::Vec<::std::string::String> = ::std::vec::Vec::new();
+            for #item_pattern in __redis_memo_items {
+                #per_item
+            }
+            #finish
+        }
+    }
+}
+
+/// Whether `ty` has a reference to a type that mentions one of `type_params`.
+fn borrows_a_type_parameter(ty: &Type, type_params: &[String]) -> bool {
+    use syn::visit::Visit;
+    struct Finder<'a> {
+        type_params: &'a [String],
+        under_reference: bool,
+        found: bool,
+    }
+    impl<'ast> Visit<'ast> for Finder<'_> {
+        fn visit_type_reference(&mut self, reference: &'ast syn::TypeReference) {
+            let outer = std::mem::replace(&mut self.under_reference, true);
+            syn::visit::visit_type_reference(self, reference);
+            self.under_reference = outer;
+        }
+        fn visit_ident(&mut self, ident: &'ast syn::Ident) {
+            if self.under_reference && self.type_params.iter().any(|param| ident == param) {
+                self.found = true;
+            }
+        }
+    }
+    let mut finder = Finder {
+        type_params,
+        under_reference: false,
+        found: false,
+    };
+    finder.visit_type(ty);
+    finder.found
 }
 
 /// `&self, a: A, b: B` for a helper's signature.

@@ -431,6 +431,28 @@ impl Cache {
         removed
     }
 
+    /// Removes the entries whose rendered keys are `rendered`, each with its lease, in one
+    /// round trip (pipelined); how many there were. Generated `invalidate_<fn>_many` helpers
+    /// call this.
+    ///
+    /// # Errors
+    /// When Redis fails or times out: a lost invalidation must not pass silently.
+    pub async fn invalidate_many<S: AsRef<str>>(
+        &self,
+        rendered: impl IntoIterator<Item = S>,
+    ) -> Result<u64, CacheError> {
+        let entries: Vec<String> = rendered
+            .into_iter()
+            .map(|rendered| self.full_key(rendered.as_ref()))
+            .collect();
+        let refs: Vec<&str> = entries.iter().map(String::as_str).collect();
+        let removed = self.inner.backend.invalidate_entries(&refs).await;
+        for entry in &entries {
+            self.inner.flights.detach(entry);
+        }
+        removed
+    }
+
     /// Removes every entry whose rendered key matches the Redis glob `pattern` (`"user:*"`),
     /// with two SCAN passes in batches (never `KEYS`, which blocks the server), each entry
     /// deleted together with its lease; returns how many entries it removed. Once it has

@@ -196,6 +196,17 @@ pub mod __private {
         }
     }
 
+    /// Removes the entries of rendered keys (from `KeyWriter::new`), in one round trip.
+    pub async fn invalidate_many(
+        cache: Option<&Cache>,
+        rendered_keys: Vec<String>,
+    ) -> Result<u64, CacheError> {
+        cache
+            .ok_or(CacheError::NotInstalled)?
+            .invalidate_many(rendered_keys)
+            .await
+    }
+
     /// Removes one entry.
     pub async fn invalidate(
         cache: Option<&Cache>,

@@ -754,3 +754,54 @@ pub async fn a_caller_never_joins_a_computation_under_another_tag_value(h: Harne
     held.1.notify_one();
     assert_eq!(leader.await.unwrap(), "1@1");
 }
+
+pub async fn many_entries_and_tags_are_invalidated_in_one_call(h: Harness) {
+    let probe = Probe::default();
+    let orgs = ["acme", "initech"];
+    for org in orgs {
+        for id in 0..100 {
+            member(id, org, &h.cache, &probe).await;
+            member_card(id, org, &h.cache, &probe).await;
+        }
+    }
+    assert_eq!(probe.runs(), 400);
+    // Deleting the acme org: its 100 members of each function, named by their arguments.
+    let acme: Vec<(u64, &str)> = (0..100).map(|id| (id, "acme")).collect();
+    assert_eq!(
+        invalidate_member_many(acme.clone(), &h.cache)
+            .await
+            .unwrap(),
+        100
+    );
+    assert_eq!(
+        invalidate_member_card_many(acme, &h.cache).await.unwrap(),
+        100
+    );
+    assert_eq!(
+        invalidate_member_many([(0, "acme")], &h.cache)
+            .await
+            .unwrap(),
+        0,
+        "already gone"
+    );
+    for id in [0, 50, 99] {
+        member(id, "acme", &h.cache, &probe).await;
+        member(id, "initech", &h.cache, &probe).await;
+    }
+    assert_eq!(
+        probe.runs(),
+        403,
+        "acme's entries recomputed, initech's still there"
+    );
+
+    // Tags of many argument sets at once.
+    assert_eq!(
+        invalidate_member_by_org_many(["initech", "nobody"], &h.cache)
+            .await
+            .unwrap(),
+        1,
+        "one of the two tags had entries"
+    );
+    member(1, "initech", &h.cache, &probe).await;
+    assert_eq!(probe.runs(), 404);
+}

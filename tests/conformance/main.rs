@@ -61,6 +61,7 @@ conformance!(suite {
     a_caller_after_a_tag_invalidation_never_joins_an_older_computation,
     a_caller_after_invalidating_a_tag_its_leader_created_never_joins,
     a_caller_never_joins_a_computation_under_another_tag_value,
+    many_entries_and_tags_are_invalidated_in_one_call,
     put_stores_the_new_value_only_when_the_writer_succeeds,
     put_with_a_value_expression,
     put_defeats_a_computation_in_flight,
@@ -81,6 +82,8 @@ conformance!(suite {
     a_generic_error_type_bounded_clone_is_shared,
 } races {
     an_entry_invalidation_racing_fills,
+    a_batch_invalidation_racing_fills,
+    a_batch_tag_invalidation_racing_fills,
     a_tag_invalidation_racing_fills,
     invalidate_all_racing_fills,
     a_pattern_invalidation_racing_fills,

@@ -59,6 +59,10 @@ async fn evict_raced(id: u64, group: u32, cache: &Cache) {}
 #[derive(Debug, Clone, Copy)]
 enum Kind {
     Entry,
+    /// `invalidate_<fn>_many`: all entries in one pipelined round trip.
+    Entries,
+    /// `invalidate_<fn>_by_<params>_many`.
+    Tags,
     Tag,
     All,
     Pattern,
@@ -73,8 +77,19 @@ async fn invalidate(kind: Kind, cache: Cache, world: Arc<World>) {
                 invalidate_raced(id, &cache).await.unwrap();
             }
         }
+        Kind::Entries => {
+            let removed = invalidate_raced_many(0..COMPUTATIONS, &cache)
+                .await
+                .unwrap();
+            assert!(removed <= COMPUTATIONS);
+        }
         Kind::Tag => {
             invalidate_raced_by_group(1, &cache).await.unwrap();
+        }
+        Kind::Tags => {
+            invalidate_raced_by_group_many([1, 2, 3], &cache)
+                .await
+                .unwrap();
         }
         Kind::All => {
             invalidate_all_raced(&cache).await.unwrap();
@@ -146,6 +161,14 @@ async fn race(h: Harness, kind: Kind) {
 
 pub async fn an_entry_invalidation_racing_fills(h: Harness) {
     race(h, Kind::Entry).await;
+}
+
+pub async fn a_batch_invalidation_racing_fills(h: Harness) {
+    race(h, Kind::Entries).await;
+}
+
+pub async fn a_batch_tag_invalidation_racing_fills(h: Harness) {
+    race(h, Kind::Tags).await;
 }
 
 pub async fn a_tag_invalidation_racing_fills(h: Harness) {

@@ -194,6 +194,17 @@ impl Backend {
     }
 
     /// Removes an entry and its lease together; true if the entry was there.
+    /// Deletes each entry with its lease, in one round trip; how many entries existed.
+    pub(crate) async fn invalidate_entries(&self, entries: &[&str]) -> Result<u64, CacheError> {
+        match self {
+            Backend::Redis(redis) => redis.invalidate_entries(entries).await,
+            Backend::Memory(memory) => Ok(entries
+                .iter()
+                .filter(|entry| memory.invalidate(entry, &crate::lease::lease_key(entry)))
+                .count() as u64),
+        }
+    }
+
     pub(crate) async fn invalidate(&self, entry: &str, lease: &str) -> Result<bool, CacheError> {
         match self {
             Backend::Redis(redis) => redis.invalidate(entry, lease).await,

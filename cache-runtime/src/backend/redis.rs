@@ -12,6 +12,10 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// Deletes an entry and its lease together (see [`lease::INVALIDATE_SCRIPT`]).
+static INVALIDATE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(lease::INVALIDATE_SCRIPT));
+
 #[derive(Clone)]
 pub(crate) struct RedisBackend {
     /// Replaced when it stops serving (see [`RedisConnection`]).
@@ -355,8 +359,6 @@ impl RedisBackend {
     }
 
     async fn invalidate_matching_once(&self, pattern: &KeyPattern) -> Result<u64, CacheError> {
-        static INVALIDATE: LazyLock<redis::Script> =
-            LazyLock::new(|| redis::Script::new(lease::INVALIDATE_SCRIPT));
         // The server narrows by the pattern's literal beginning; `selects` decides.
         let scan_match = pattern.scan_match();
         let mut cursor: u64 = 0;
@@ -379,34 +381,7 @@ impl RedisBackend {
                 .collect();
             entries.sort_unstable();
             entries.dedup();
-            if !entries.is_empty() {
-                let leases: Vec<String> = entries
-                    .iter()
-                    .map(|entry| lease::lease_key(entry))
-                    .collect();
-                let channels: Vec<String> =
-                    entries.iter().map(|entry| notify::channel(entry)).collect();
-                let invocations: Vec<redis::ScriptInvocation<'_>> = entries
-                    .iter()
-                    .zip(&leases)
-                    .zip(&channels)
-                    .map(|((entry, lease), channel)| {
-                        let mut invocation = INVALIDATE.key(*entry);
-                        invocation.key(lease).arg(channel);
-                        invocation
-                    })
-                    .collect();
-                // A pipeline runs EVALSHA without loading the script: load it first.
-                let mut pipe = redis::pipe();
-                pipe.load_script(&INVALIDATE).ignore();
-                for invocation in &invocations {
-                    pipe.invoke_script(invocation);
-                }
-                let deleted: Vec<i64> = self
-                    .pipeline_until(&pipe, Instant::now() + self.op_timeout)
-                    .await?;
-                removed += deleted.into_iter().filter(|&count| count > 0).count() as u64;
-            }
+            removed += self.invalidate_entries(&entries).await?;
             if next == 0 {
                 return Ok(removed);
             }
@@ -414,9 +389,40 @@ impl RedisBackend {
         }
     }
 
+    /// Deletes each of `entries` together with its lease (the invalidation script, waking
+    /// `lock` waiters), pipelined: one round trip; how many entries existed.
+    pub(crate) async fn invalidate_entries(&self, entries: &[&str]) -> Result<u64, CacheError> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let leases: Vec<String> = entries
+            .iter()
+            .map(|entry| lease::lease_key(entry))
+            .collect();
+        let channels: Vec<String> = entries.iter().map(|entry| notify::channel(entry)).collect();
+        let invocations: Vec<redis::ScriptInvocation<'_>> = entries
+            .iter()
+            .zip(&leases)
+            .zip(&channels)
+            .map(|((entry, lease), channel)| {
+                let mut invocation = INVALIDATE.key(*entry);
+                invocation.key(lease).arg(channel);
+                invocation
+            })
+            .collect();
+        // A pipeline runs EVALSHA without loading the script: load it first.
+        let mut pipe = redis::pipe();
+        pipe.load_script(&INVALIDATE).ignore();
+        for invocation in &invocations {
+            pipe.invoke_script(invocation);
+        }
+        let deleted: Vec<i64> = self
+            .pipeline_until(&pipe, Instant::now() + self.op_timeout)
+            .await?;
+        Ok(deleted.into_iter().filter(|&count| count > 0).count() as u64)
+    }
+
     pub(crate) async fn invalidate(&self, entry: &str, lease: &str) -> Result<bool, CacheError> {
-        static INVALIDATE: LazyLock<redis::Script> =
-            LazyLock::new(|| redis::Script::new(lease::INVALIDATE_SCRIPT));
         let mut invocation = INVALIDATE.key(entry);
         invocation.key(lease).arg(notify::channel(entry));
         let removed: i64 = self.invoke(&invocation).await?;

@@ -87,6 +87,8 @@ fn uses(service: &Service) {
     let _ = (returns_early(1), mutable(1), service.load(1), service.store(1), service.forget(1));
     let _ = (put_plain(1), put_value(1), evict_plain(1), evict_tags(1));
     let _ = (shared_error(1), generic_error::<DbError>(1), alias(1));
+    let _ = (service.invalidate_load_many([1, 2]), invalidate_plain_many(vec![1, 2]));
+    let _ = invalidate_both_by_id_many([1, 2]);
 }
 
 fn main() {

@@ -79,6 +79,11 @@ async fn helpers(service: &Service, cache: &Cache) -> Result<(), CacheError> {
     let _: u64 = injected(cache, 5).await;
     let _ = (get_user(1, &Db).await, search("q", &Request { user_id: 1, page: (1, 2) }).await);
     let _ = (count("n".into()).await, generic(1u8).await, Service::associated(1).await);
+    let request = Request { user_id: 1, page: (1, 2) };
+    let _: u64 = invalidate_search_many([("q", &request), ("r", &request)]).await?;
+    let _: u64 = invalidate_generic_many::<u8>([1, 2, 3]).await?;
+    let _: u64 = service.invalidate_load_many(vec![5, 6]).await?;
+    let _: u64 = invalidate_injected_many([5], cache).await?;
     Ok(())
 }
 
