@@ -29,16 +29,7 @@
 //!
 //! ## Options of `#[redis_cached]`
 //!
-//! | option | meaning |
-//! |---|---|
-//! | `ttl = "15m"` | how long an entry is kept (`"500ms"`, `"1h30m"`; required) |
-//! | `key = "user:<id>"` | the key template (required): `<param>`, `<param.field>`, `<self.field>` |
-//! | `tags = ["org:<org_id>"]` | tags: invalidating one makes all its entries misses, with one command |
-//! | `invalidate_all` | also generate `invalidate_all_<fn>()` (one more key read per hit) |
-//! | `cache = <expr>` | the cache to use (`&Cache`, `Cache` or `Arc<Cache>`); the installed one otherwise |
-//! | `cache_none` | also cache `None` results of `Option` functions |
-//! | `version = N` | bump when the cached type changes shape: old entries become misses |
-//! | `crate = "path"` | where `redis_memo` is, when the dependency is renamed |
+#![doc = include_str!("../cache-macros/docs/redis_cached.md")]
 //!
 //! Parameters that are neither in the key nor in a tag must be marked `#[cache(skip)]`.
 //!

@@ -18,21 +18,35 @@ mod signature;
 mod template;
 mod writer;
 
-/// Memoizes an async function on Redis (cache-aside). See the `redis-memo` crate docs.
+/// Memoizes an async function on Redis (cache-aside): `#[redis_cached(ttl = "15m", key =
+/// "user:<id>")]` on an `async fn`, free or in an `impl` block. Every parameter is in the key,
+/// in a tag, or marked `#[cache(skip)]`. Generates `<fn>_cache_key`, `invalidate_<fn>`,
+/// `invalidate_<fn>_many` and, per set of tag parameters, `invalidate_<fn>_by_<params>`.
+///
+#[doc = include_str!("../docs/redis_cached.md")]
+///
+/// Unknown and duplicate options are refused with the list of valid ones. The `redis-memo`
+/// crate docs and README say more about each.
 #[proc_macro_attribute]
 pub fn redis_cached(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::redis_cached(args.into(), item.into()).into()
 }
 
 /// Write-through: after the function succeeds, stores its value as the entry a memoized
-/// function (the reader) would read for the given arguments. See the `redis-memo` crate docs.
+/// function (the reader) would read for the given arguments:
+/// `#[redis_cache_put(get_user(user.id, user.org_id))]`.
+///
+#[doc = include_str!("../docs/redis_cache_put.md")]
 #[proc_macro_attribute]
 pub fn redis_cache_put(args: TokenStream, item: TokenStream) -> TokenStream {
     writer::writer(writer::Mode::Put, args.into(), item.into()).into()
 }
 
 /// After the function succeeds (with `before`, also before it), invalidates entries of
-/// memoized functions, tags, or all entries of functions. See the `redis-memo` crate docs.
+/// memoized functions, tags, or all entries of functions:
+/// `#[redis_cache_evict(get_user(id, org_id), tags = ["org:<org_id>"])]`.
+///
+#[doc = include_str!("../docs/redis_cache_evict.md")]
 #[proc_macro_attribute]
 pub fn redis_cache_evict(args: TokenStream, item: TokenStream) -> TokenStream {
     writer::writer(writer::Mode::Evict, args.into(), item.into()).into()

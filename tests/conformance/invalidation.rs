@@ -805,3 +805,33 @@ pub async fn many_entries_and_tags_are_invalidated_in_one_call(h: Harness) {
     member(1, "initech", &h.cache, &probe).await;
     assert_eq!(probe.runs(), 404);
 }
+
+/// A put and an evict on one writer: the moved account's entry is written, and its old org's
+/// entries are invalidated.
+#[redis_cache_put(get_account(account.id, account.org), cache = cache)]
+#[redis_cache_evict(tags = ["org:<old_org>"], cache = cache)]
+async fn move_account(
+    account: Account,
+    old_org: u32,
+    cache: &Cache,
+    db: &Db,
+) -> Result<Account, String> {
+    let _ = old_org;
+    db.write(account)
+}
+
+pub async fn a_put_and_an_evict_stack_on_one_writer(h: Harness) {
+    let db = Db::with(&[(1, 7, "ada"), (2, 7, "grace")]);
+    get_account(1, 7, &h.cache, &db).await.unwrap();
+    get_account(2, 7, &h.cache, &db).await.unwrap();
+    assert_eq!(db.loads(), 2);
+    let moved = account(1, 8, "ada");
+    assert_eq!(
+        move_account(moved.clone(), 7, &h.cache, &db).await,
+        Ok(moved.clone())
+    );
+    assert_eq!(get_account(1, 8, &h.cache, &db).await, Ok(moved), "put");
+    assert_eq!(db.loads(), 2, "served from the put");
+    get_account(2, 7, &h.cache, &db).await.unwrap();
+    assert_eq!(db.loads(), 3, "the old org's tag was invalidated");
+}
