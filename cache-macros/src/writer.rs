@@ -41,9 +41,11 @@ impl Mode {
 
     fn valid(self) -> &'static str {
         match self {
-            Mode::Put => "a reader call like `get_user(user.id)`, `value`, `cache`, `crate`",
+            Mode::Put => {
+                "a reader call like `get_user(user.id)`, `value`, `result`, `cache`, `crate`"
+            }
             Mode::Evict => {
-                "reader calls like `get_user(id)`, `tags`, `all_of`, `before`, `cache`, `crate`"
+                "reader calls like `get_user(id)`, `tags`, `all_of`, `before`, `result`, `cache`, `crate`"
             }
         }
     }
@@ -93,6 +95,9 @@ impl Parse for Items {
 struct WriterArgs {
     readers: Vec<ExprCall>,
     value: Option<Expr>,
+    /// `result = name`: the body's result (its `Ok` value for a `Result`) under `name`, for
+    /// reader arguments, `tags` and `value`, which are then evaluated after the body.
+    result: Option<Ident>,
     tags: Vec<Template>,
     all_of: Vec<Path>,
     before: Option<Span>,
@@ -104,6 +109,7 @@ fn check_args(mode: Mode, items: Items, attr_span: Span, errors: &mut Errors) ->
     let mut args = WriterArgs {
         readers: Vec::new(),
         value: None,
+        result: None,
         tags: Vec::new(),
         all_of: Vec::new(),
         before: None,
@@ -141,6 +147,15 @@ fn check_args(mode: Mode, items: Items, attr_span: Span, errors: &mut Errors) ->
                 None => {
                     errors.spanned(&name, "`value` needs an expression: `value = user.clone()`")
                 }
+            },
+            (_, "result") => match value {
+                Some(Expr::Path(path)) if path.path.get_ident().is_some() => {
+                    args.result = path.path.get_ident().cloned();
+                }
+                _ => errors.spanned(
+                    &name,
+                    "`result` names the body's result for the reader arguments and tags: `result = user`",
+                ),
             },
             (Mode::Evict, "tags") => args.tags = tag_templates(&name, value.as_ref(), errors),
             (Mode::Evict, "all_of") => {
@@ -184,6 +199,15 @@ fn check_args(mode: Mode, items: Items, attr_span: Span, errors: &mut Errors) ->
                 ),
             ),
         }
+    }
+    if let (Some(before), Some(result)) = (args.before, &args.result) {
+        errors.at(
+            before,
+            format!(
+                "`before` runs before the body, when `{result}` (the body's result) does not exist yet: \
+                 drop `before`, or name what to evict from the parameters"
+            ),
+        );
     }
     let nothing = match mode {
         Mode::Put => args.readers.is_empty(),
@@ -270,7 +294,23 @@ fn writer_model(mode: Mode, function: &ItemFn, errors: &mut Errors) -> Option<Fn
     })
 }
 
-/// Tag placeholders must name the writer's parameters.
+/// The writer's model with `result = name` as one more parameter, of the type a successful
+/// call returns (bound by reference after the body).
+fn with_result(mut model: FnModel, args: &WriterArgs) -> FnModel {
+    if let Some(name) = &args.result {
+        let krate = &args.krate;
+        let (kind, output) = (model.kind.runtime_name(), &model.output);
+        model.params.push(Param {
+            ident: name.clone(),
+            ty: syn::parse_quote!(&<#krate::__private::#kind as #krate::__private::Written<#output>>::Value),
+            skip: None,
+            mutable: false,
+        });
+    }
+    model
+}
+
+/// Tag placeholders must name the writer's parameters (or its `result`).
 fn check_tags(tags: &[Template], model: &FnModel, errors: &mut Errors) {
     for tag in tags {
         for placeholder in tag.placeholders() {
@@ -319,6 +359,8 @@ pub(crate) fn writer(mode: Mode, args: TokenStream, item: TokenStream) -> TokenS
         let errors = errors.into_compile_errors();
         return quote!(#errors #function);
     };
+    // The result, if named, is one more name the tags may read.
+    let model = with_result(model, &args);
     check_tags(&args.tags, &model, &mut errors);
     if mode == Mode::Put
         && args.value.is_none()
@@ -418,25 +460,46 @@ fn expand_body(mode: Mode, args: &WriterArgs, model: &FnModel, function: &ItemFn
                     )
                 }
             };
-            (
-                quote!(let __redis_memo_put = #private::begin_put(__redis_memo_cache, #entry).await;),
-                // One statement per arm: a temporary in `value = ..` lives until it is stored.
-                quote! {
-                    match #written {
-                        ::core::option::Option::Some(#bind) => {
-                            #private::finish_put(
-                                __redis_memo_cache,
-                                ::core::option::Option::Some(#private::PendingPut::checked(&__redis_memo_put, #value)),
-                                __redis_memo_put,
-                            ).await;
-                        }
-                        ::core::option::Option::None => {
-                            #private::finish_put(__redis_memo_cache, ::core::option::Option::None, __redis_memo_put).await;
-                        }
+            if let Some(result) = &args.result {
+                // The entry is named by the result: its lease is taken after the body, over
+                // any computation's (whose fill is then rejected), and the value filled at once.
+                let value = match &args.value {
+                    Some(expr) => quote_spanned!(expr.span()=> &(#expr)),
+                    None => quote!(#result),
+                };
+                let put = quote! {
+                    if let ::core::option::Option::Some(#result) = #written {
+                        let _ = #result;
+                        let __redis_memo_put = #private::begin_put(__redis_memo_cache, #entry).await;
+                        #private::finish_put(
+                            __redis_memo_cache,
+                            ::core::option::Option::Some(#private::PendingPut::checked(&__redis_memo_put, #value)),
+                            __redis_memo_put,
+                        ).await;
                     }
-                },
-                TokenStream::new(),
-            )
+                };
+                (TokenStream::new(), put, TokenStream::new())
+            } else {
+                (
+                    quote!(let __redis_memo_put = #private::begin_put(__redis_memo_cache, #entry).await;),
+                    // One statement per arm: a temporary in `value = ..` lives until it is stored.
+                    quote! {
+                        match #written {
+                            ::core::option::Option::Some(#bind) => {
+                                #private::finish_put(
+                                    __redis_memo_cache,
+                                    ::core::option::Option::Some(#private::PendingPut::checked(&__redis_memo_put, #value)),
+                                    __redis_memo_put,
+                                ).await;
+                            }
+                            ::core::option::Option::None => {
+                                #private::finish_put(__redis_memo_cache, ::core::option::Option::None, __redis_memo_put).await;
+                            }
+                        }
+                    },
+                    TokenStream::new(),
+                )
+            }
         }
         Mode::Evict => {
             let entries = args.readers.iter().map(|call| {
@@ -469,7 +532,17 @@ fn expand_body(mode: Mode, args: &WriterArgs, model: &FnModel, function: &ItemFn
                 let __redis_memo_tags: ::std::vec::Vec<::std::string::String> = #tags;
                 let __redis_memo_all_of: ::std::vec::Vec<#private::FunctionRef> = ::std::vec![#(#all_of),*];
             };
-            if args.before.is_some() {
+            if let Some(result) = &args.result {
+                // What to evict is named by the result: worked out after the body.
+                let evict_after = quote! {
+                    if let ::core::option::Option::Some(#result) = #written {
+                        let _ = #result;
+                        #prepare
+                        #evict
+                    }
+                };
+                (TokenStream::new(), evict_after, TokenStream::new())
+            } else if args.before.is_some() {
                 // Before the body, whatever its outcome; and again once it succeeded, since a
                 // reader may have stored the old value again while it ran.
                 (prepare, quote!(if #written.is_some() { #evict }), evict)

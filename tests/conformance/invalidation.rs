@@ -835,3 +835,68 @@ pub async fn a_put_and_an_evict_stack_on_one_writer(h: Harness) {
     get_account(2, 7, &h.cache, &db).await.unwrap();
     assert_eq!(db.loads(), 3, "the old org's tag was invalidated");
 }
+
+impl Db {
+    /// Renames an account known only by id: its org is known from the row written.
+    fn rename(&self, id: u64, name: &str) -> Result<Account, String> {
+        let mut account = self
+            .accounts
+            .lock()
+            .unwrap()
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| format!("no account {id}"))?;
+        account.name = name.into();
+        self.write(account)
+    }
+}
+
+/// The reader's arguments come from the result: the org is only known once the row is read.
+#[redis_cache_put(get_account(renamed.id, renamed.org), result = renamed, cache = cache)]
+async fn rename_in_place(id: u64, name: &str, cache: &Cache, db: &Db) -> Result<Account, String> {
+    db.rename(id, name)
+}
+
+#[redis_cache_evict(get_account(id, renamed.org), tags = ["org:<renamed.org>"], result = renamed, cache = cache)]
+async fn rename_and_evict(id: u64, name: &str, cache: &Cache, db: &Db) -> Result<Account, String> {
+    db.rename(id, name)
+}
+
+pub async fn writers_can_name_entries_by_their_result(h: Harness) {
+    let db = Db::with(&[(1, 7, "ada"), (2, 7, "grace"), (3, 9, "edsger")]);
+    for (id, org) in [(1, 7), (2, 7), (3, 9)] {
+        get_account(id, org, &h.cache, &db).await.unwrap();
+    }
+    assert_eq!(db.loads(), 3);
+
+    let renamed = rename_in_place(1, "ada lovelace", &h.cache, &db)
+        .await
+        .unwrap();
+    assert_eq!(renamed.org, 7);
+    assert_eq!(
+        get_account(1, 7, &h.cache, &db).await,
+        Ok(renamed),
+        "put by its result"
+    );
+    assert_eq!(db.loads(), 3, "served from the put");
+
+    rename_and_evict(3, "dijkstra", &h.cache, &db)
+        .await
+        .unwrap();
+    assert_eq!(
+        get_account(3, 9, &h.cache, &db).await.unwrap().name,
+        "dijkstra"
+    );
+    assert_eq!(db.loads(), 4, "evicted by its result, then loaded again");
+    get_account(2, 7, &h.cache, &db).await.unwrap();
+    assert_eq!(db.loads(), 4, "another org's entries stay");
+
+    db.fail_writes.store(true, Ordering::SeqCst);
+    assert!(rename_and_evict(2, "hopper", &h.cache, &db).await.is_err());
+    get_account(2, 7, &h.cache, &db).await.unwrap();
+    assert_eq!(
+        db.loads(),
+        4,
+        "a failed writer has no result, and evicts nothing"
+    );
+}
