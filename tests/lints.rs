@@ -48,6 +48,16 @@ mod shapes {
         pub(crate) async fn forget(&self, id: u64) -> Result<(), DbError> { let _ = id; Ok(()) }
     }
 
+    pub(crate) trait Named {
+        fn name(&self, id: u64) -> impl std::future::Future<Output = String> + Send;
+    }
+
+    #[redis_memo::redis_cached_impl]
+    impl Named for Service {
+        #[redis_cached(ttl = "1m", key = "n:<self.tenant>:<id>", cache = self.cache)]
+        async fn name(&self, id: u64) -> String { format!("{}{id}", self.tenant) }
+    }
+
     #[redis_cache_put(plain(id), cache = cache)]
     pub(crate) async fn put_plain(id: u64, cache: &Cache) -> u64 { id }
 
@@ -69,6 +79,8 @@ async fn pedantic_shapes_run() {
         tenant: "a".into(),
     };
     assert_eq!(service.load(5).await, "a5");
+    assert_eq!(service.name(5).await, "a5");
+    assert!(service.invalidate_name(5).await.unwrap());
     assert_eq!(service.store(6).await, "a6");
     service.forget(6).await.unwrap();
     assert_eq!(put_plain(7, &cache).await, 7);

@@ -27,10 +27,24 @@ use syn::spanned::Spanned;
 use syn::{ItemFn, Type};
 
 pub(crate) fn redis_cached(args: TokenStream, item: TokenStream) -> TokenStream {
-    let (mut function, attr_span) = match parse_item("#[redis_cached]", &args, item) {
-        Ok(parsed) => parsed,
-        Err(tokens) => return tokens,
-    };
+    // Left by `#[redis_cached_impl]` on a method it expanded already.
+    if args.to_string() == crate::impl_block::EXPANDED {
+        return item;
+    }
+    match memoize_function(args, item) {
+        Ok(Expansion { function, helpers }) => quote!(#function #helpers),
+        Err(tokens) => tokens,
+    }
+}
+
+/// The wrapper of the attributed function and its helpers, apart (`#[redis_cached_impl]`
+/// puts them in different `impl` blocks); or, on error, the errors next to the function as
+/// written.
+pub(crate) fn memoize_function(
+    args: TokenStream,
+    item: TokenStream,
+) -> Result<Expansion, TokenStream> {
+    let (mut function, attr_span) = parse_item("#[redis_cached]", &args, item)?;
     let mut errors = Errors::default();
     let options = match syn::parse2::<RawOptions>(args) {
         Ok(raw) => args::check(raw, attr_span, &mut errors),
@@ -41,17 +55,13 @@ pub(crate) fn redis_cached(args: TokenStream, item: TokenStream) -> TokenStream 
     };
     let model = signature::analyze(&mut function.sig, &mut errors);
     let (Some(options), Some(model)) = (options, model) else {
-        return with_errors(errors, &function);
+        return Err(with_errors(errors, &function));
     };
     let usage = check::check(&options, &model, &mut errors);
     if !errors.is_empty() {
-        return with_errors(errors, &function);
+        return Err(with_errors(errors, &function));
     }
-    let Expansion {
-        function: wrapper,
-        helpers,
-    } = expand(&options, &model, &usage, function);
-    quote!(#wrapper #helpers)
+    Ok(expand(&options, &model, &usage, function))
 }
 
 /// The attributed `async fn`, and where to report errors about the attribute as a whole; or,
@@ -86,9 +96,9 @@ fn with_errors(errors: Errors, function: &ItemFn) -> TokenStream {
     quote!(#errors #function)
 }
 
-struct Expansion {
-    function: ItemFn,
-    helpers: TokenStream,
+pub(crate) struct Expansion {
+    pub(crate) function: ItemFn,
+    pub(crate) helpers: TokenStream,
 }
 
 fn expand(options: &CachedArgs, model: &FnModel, usage: &Usage, mut function: ItemFn) -> Expansion {

@@ -14,6 +14,7 @@ mod check;
 mod duration;
 mod errors;
 mod expand;
+mod impl_block;
 mod signature;
 mod template;
 mod writer;
@@ -50,4 +51,25 @@ pub fn redis_cache_put(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn redis_cache_evict(args: TokenStream, item: TokenStream) -> TokenStream {
     writer::writer(writer::Mode::Evict, args.into(), item.into()).into()
+}
+
+/// On an `impl` block whose methods use `#[redis_cached]`; required on a trait impl. The
+/// memoized methods stay in the block, and their generated helpers (`invalidate_<fn>`,
+/// `<fn>_cache_key`, `invalidate_<fn>_many`, ..) go into an inherent `impl` of the same type
+/// (with the same generics) next to it: a trait impl can hold only the trait's items. Helpers
+/// of a trait's methods are `pub`.
+///
+/// ```ignore
+/// #[redis_cached_impl]
+/// impl Directory for Service {
+///     #[redis_cached(ttl = "5m", key = "name:<self.tenant>:<id>")]
+///     async fn display_name(&self, id: u64) -> String { .. }
+/// }
+/// // service.invalidate_display_name(7).await?;
+/// ```
+///
+/// With `#[async_trait]`, write `#[redis_cached_impl]` above it.
+#[proc_macro_attribute]
+pub fn redis_cached_impl(args: TokenStream, item: TokenStream) -> TokenStream {
+    impl_block::redis_cached_impl(args.into(), item.into()).into()
 }

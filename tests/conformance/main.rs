@@ -51,6 +51,7 @@ conformance!(suite {
     a_pattern_reaches_keys_too_long_to_store_whole,
     methods_key_on_named_fields_of_self,
     field_paths_and_helpers_agree_with_the_stored_key,
+    trait_impl_methods_are_memoized_with_their_helpers,
 } invalidation {
     a_tag_invalidates_its_entries_and_no_others,
     typed_tag_helpers_escape_their_arguments,

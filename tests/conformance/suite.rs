@@ -819,3 +819,61 @@ pub async fn field_paths_and_helpers_agree_with_the_stored_key(h: Harness) {
     assert!(invalidate_profile(&request, &h.cache).await.unwrap());
     assert!(h.read_raw(&rendered).await.is_none());
 }
+
+/// A repository trait, as services implement them.
+trait Directory {
+    async fn display_name(&self, id: u64) -> String;
+    async fn rename(&self, id: u64, name: &str) -> Result<(), String>;
+}
+
+/// Generic over its store, as `impl<T: Repo> Service<T>` often is.
+struct DirectoryService<S> {
+    cache: Cache,
+    tenant: String,
+    store: S,
+}
+
+#[redis_memo::redis_cached_impl]
+impl<S: AsRef<Probe> + Sync> Directory for DirectoryService<S> {
+    #[redis_cached(ttl = "1m", key = "name:<self.tenant>:<id>", cache = self.cache)]
+    async fn display_name(&self, id: u64) -> String {
+        self.store.as_ref().ran();
+        format!("{}#{id}", self.tenant)
+    }
+
+    #[redis_memo::redis_cache_evict(Self::display_name(self, id), cache = self.cache)]
+    async fn rename(&self, id: u64, name: &str) -> Result<(), String> {
+        let _ = (id, name);
+        Ok(())
+    }
+}
+
+struct OwnedProbe(Probe);
+
+impl AsRef<Probe> for OwnedProbe {
+    fn as_ref(&self) -> &Probe {
+        &self.0
+    }
+}
+
+pub async fn trait_impl_methods_are_memoized_with_their_helpers(h: Harness) {
+    let service = DirectoryService {
+        cache: h.cache.clone(),
+        tenant: "acme".into(),
+        store: OwnedProbe(Probe::default()),
+    };
+    assert_eq!(service.display_name(1).await, "acme#1");
+    assert_eq!(service.display_name(1).await, "acme#1");
+    assert_eq!(service.store.0.runs(), 1, "the second call is a hit");
+    assert_eq!(service.display_name_cache_key(1), "name:acme:1");
+    assert!(service.invalidate_display_name(1).await.unwrap());
+    assert_eq!(service.display_name(1).await, "acme#1");
+    assert_eq!(service.store.0.runs(), 2);
+    service.rename(1, "ada").await.unwrap();
+    assert_eq!(service.display_name(1).await, "acme#1");
+    assert_eq!(service.store.0.runs(), 3, "the trait's writer evicted it");
+    assert_eq!(
+        service.invalidate_display_name_many([1, 2]).await.unwrap(),
+        1
+    );
+}

@@ -82,7 +82,18 @@ async fn evict_plain(id: u64) {}
 #[redis_cache_evict(tags = ["t:<id>"], all_of = both)]
 async fn evict_tags(id: u64) -> Result<(), DbError> { Ok(()) }
 
+trait Directory {
+    fn name(&self, id: u64) -> impl std::future::Future<Output = String> + Send;
+}
+
+#[redis_memo::redis_cached_impl]
+impl Directory for Service {
+    #[redis_cached(ttl = "1m", key = "name:<self.tenant>:<id>", cache = self.cache)]
+    async fn name(&self, id: u64) -> String { format!("{}{id}", self.tenant) }
+}
+
 fn uses(service: &Service) {
+    let _ = (service.name(1), service.invalidate_name(1), service.name_cache_key(1));
     let _ = (plain(1), unit(1), option(1), result(1), both(1), fresh(1), timed(&1));
     let _ = (returns_early(1), mutable(1), service.load(1), service.store(1), service.forget(1));
     let _ = (put_plain(1), put_value(1), evict_plain(1), evict_tags(1));
