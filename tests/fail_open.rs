@@ -343,27 +343,65 @@ async fn a_hard_timeout_does_not_wait_for_the_lease_release() {
     );
 }
 
-/// A slow but healthy server: every reply takes 60 ms, against a 100 ms operation timeout.
-/// A miss's read uses most of the call's Redis budget, so its lease attempt runs out of the
-/// rest; that says nothing about an outage, and must not open the breaker: hits keep coming.
+/// Tagged: its read is one `MGET`, which no script of the runtime sends, so the server's count
+/// of `MGET`s is the count of calls that read Redis.
+#[redis_cached(ttl = "1m", key = "tagged:<id>", tags = ["lookups"], cache = cache)]
+async fn tagged_lookup(
+    id: u64,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] probe: &Probe,
+) -> Result<u64, LoadError> {
+    probe.ran();
+    Ok(id * 10)
+}
+
+/// A slow but healthy server: every reply takes 200 ms, against a 300 ms operation timeout
+/// (margins a loaded machine keeps). A miss's read uses most of the call's Redis budget, so its
+/// lease attempt runs out of the rest; that says nothing about an outage, and must not open
+/// the breaker, which would make the next calls skip Redis: every call here still reads it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_healthy_server_does_not_open_the_breaker() {
     let server = redis_memo_testkit::RedisServer::start().expect("redis-server");
     let proxy = redis_memo_testkit::TcpProxy::start(server.port()).unwrap();
-    let cache = cache_at(&proxy.url());
+    let cache = Cache::builder()
+        .redis_url(proxy.url())
+        .op_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
     let probe = Probe::default();
-    assert_eq!(lookup(1, &cache, &probe).await, Ok(10));
-    proxy.delay_replies(Duration::from_millis(60));
-    for id in 100..110 {
-        // Misses: read, then a lease attempt with what is left of the budget.
-        assert_eq!(lookup(id, &cache, &probe).await, Ok(id * 10));
+    assert_eq!(tagged_lookup(1, &cache, &probe).await, Ok(10));
+    proxy.delay_replies(Duration::from_millis(200));
+    // Misses at once: each reads (an answer, in 200 ms), then its lease attempt runs out of
+    // what is left of its 300 ms: a run of timeouts with no answer in between.
+    let misses: Vec<_> = (100..116)
+        .map(|id| {
+            let cache = cache.clone();
+            tokio::spawn(async move { tagged_lookup(id, &cache, &Probe::default()).await })
+        })
+        .collect();
+    for miss in misses {
+        assert!(miss.await.unwrap().is_ok());
     }
-    let hits = cache.stats().hits;
-    assert_eq!(lookup(1, &cache, &probe).await, Ok(10));
+    for id in 200..204 {
+        assert_eq!(tagged_lookup(id, &cache, &probe).await, Ok(id * 10));
+    }
+    // Redis runs each command as it arrives (the proxy holds only the replies), so the reads
+    // it ran are the calls that did not skip it. A breaker opened by the misses' lease timeouts
+    // would have made the later calls skip Redis.
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut server.connection())
+        .unwrap();
+    let reads = info
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_mget:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse::<u64>().ok())
+        .unwrap_or(0);
     assert_eq!(
-        cache.stats().hits,
-        hits + 1,
-        "the breaker skipped a healthy server: {:?}",
+        reads,
+        1 + 16 + 4,
+        "every call read Redis: {:?}",
         cache.stats()
     );
 }

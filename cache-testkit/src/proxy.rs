@@ -155,8 +155,31 @@ fn start_pumps(
 /// Copies `from` to `to` until either closes (`replies`: from the server, so delayed as
 /// configured); once this connection is frozen, reads nothing more (the kernel still accepts
 /// what the peer sends, as a silent network would).
-fn pump(mut from: TcpStream, mut to: TcpStream, generation: u64, replies: bool, shared: &Shared) {
+fn pump(mut from: TcpStream, to: TcpStream, generation: u64, replies: bool, shared: &Arc<Shared>) {
     let _ = from.set_read_timeout(Some(POLL));
+    // Written by a thread of its own, each chunk at its arrival plus the delay: replies are
+    // late, not slower to follow each other (a slow path, not a saturated one).
+    let (sender, receiver) = std::sync::mpsc::channel::<(std::time::Instant, Vec<u8>)>();
+    let writer_shared = Arc::clone(shared);
+    thread::spawn(move || {
+        let mut to = to;
+        for (arrived, chunk) in receiver {
+            let delay = if replies {
+                Duration::from_micros(writer_shared.reply_delay_us.load(SeqCst))
+            } else {
+                Duration::ZERO
+            };
+            let due = arrived + delay;
+            let now = std::time::Instant::now();
+            if due > now {
+                thread::sleep(due - now);
+            }
+            if to.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown(Shutdown::Write);
+    });
     let mut buffer = [0u8; 16 * 1024];
     loop {
         if shared.stopped.load(SeqCst) {
@@ -167,28 +190,20 @@ fn pump(mut from: TcpStream, mut to: TcpStream, generation: u64, replies: bool, 
             continue;
         }
         match from.read(&mut buffer) {
-            Ok(0) => {
-                let _ = to.shutdown(Shutdown::Write);
-                return;
-            }
+            // Dropping the sender ends the writer, which then closes its side.
+            Ok(0) => return,
             Ok(read) => {
                 // A freeze between the read and the write drops these bytes: silent either way.
                 if generation < shared.frozen_below.load(SeqCst) {
                     continue;
                 }
-                let delay = shared.reply_delay_us.load(SeqCst);
-                if replies && delay > 0 {
-                    thread::sleep(Duration::from_micros(delay));
-                }
-                if to.write_all(&buffer[..read]).is_err() {
+                let chunk = (std::time::Instant::now(), buffer[..read].to_vec());
+                if sender.send(chunk).is_err() {
                     return;
                 }
             }
             Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(_) => {
-                let _ = to.shutdown(Shutdown::Both);
-                return;
-            }
+            Err(_) => return,
         }
     }
 }
