@@ -58,3 +58,54 @@ async fn concurrent_scopes_on_one_runtime_stay_apart() {
     let (first, second) = tokio::join!(scenario(5), scenario(5));
     let ((), ()) = (first, second);
 }
+
+#[redis_cached(ttl = "1m", key = "inner:<id>")]
+async fn inner(id: u64) -> u64 {
+    id * 2
+}
+
+/// Its body calls another memoized function without `cache = ...`.
+#[redis_cached(ttl = "10s", stale = "1m", key = "outer:<id>")]
+async fn outer(id: u64) -> u64 {
+    inner(id).await + 1
+}
+
+/// A memoized call's future holds its callee's, and in a debug build a function with `stale`
+/// makes a large one (about 80 KB for `outer`, whose poll frames take more): this scenario
+/// runs as a task of a runtime with roomy thread stacks rather than on the test's thread.
+#[test]
+fn background_refreshes_keep_the_scope_of_their_call() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_stack_size(16 * 1024 * 1024)
+        .enable_all()
+        .build()
+        .unwrap();
+    let scenario = runtime.spawn(refresh_in_scope());
+    runtime.block_on(scenario).unwrap();
+}
+
+async fn refresh_in_scope() {
+    let clock = redis_memo::ManualClock::starting_now();
+    let store = MemoryStore::new();
+    let cache = Cache::builder()
+        .memory(store.clone())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let inner_key = cache.full_key(&inner_cache_key(4));
+    with_cache(cache.clone(), async {
+        assert_eq!(outer(4).await, 9);
+        assert!(invalidate_inner(4).await.unwrap());
+        clock.advance(std::time::Duration::from_secs(11));
+        // Stale: served at once, refreshed in the background, whose body calls `inner`.
+        assert_eq!(outer(4).await, 9);
+        cache.refreshes_done().await;
+    })
+    .await;
+    assert_eq!(cache.stats().refreshes, 1);
+    assert!(
+        store.get_raw(&inner_key).await.is_some(),
+        "the refresh's call of `inner` used the scoped cache"
+    );
+}

@@ -983,7 +983,7 @@ pub(crate) fn helper_generics(
 }
 
 /// Identifiers and lifetimes (`'a`) in `tokens`.
-fn names_in(tokens: TokenStream) -> std::collections::HashSet<String> {
+pub(crate) fn names_in(tokens: TokenStream) -> std::collections::HashSet<String> {
     let mut names = std::collections::HashSet::new();
     let mut lifetime_tick = false;
     for token in tokens {

@@ -29,6 +29,28 @@ pub(crate) fn redis_cached_impl(args: TokenStream, item: TokenStream) -> TokenSt
         errors.spanned(&args, "`#[redis_cached_impl]` takes no options");
     }
     let in_trait = block.trait_.is_some();
+    // The helpers' inherent impl has the block's generics: each must appear in the type, or
+    // that impl would not constrain it (E0207).
+    let self_ty = &block.self_ty;
+    let in_type = expand::names_in(quote!(#self_ty));
+    for param in &block.generics.params {
+        let name = match param {
+            syn::GenericParam::Type(t) => t.ident.to_string(),
+            syn::GenericParam::Const(c) => c.ident.to_string(),
+            syn::GenericParam::Lifetime(l) => l.lifetime.to_string(),
+        };
+        if !in_type.contains(&name) {
+            errors.spanned(
+                param,
+                format!(
+                    "`{name}` appears only in the trait, not in the type: the memoized methods' \
+                     helpers go into an inherent impl of the type, which cannot have it; \
+                     memoize a method of an inherent impl and call it from the trait's"
+                ),
+            );
+        }
+    }
+    let trait_path = block.trait_.as_ref().map(|(path, _)| path.clone());
     let mut helpers = Vec::new();
     let mut error_items = Vec::new();
     for item in &mut block.items {
@@ -47,6 +69,11 @@ pub(crate) fn redis_cached_impl(args: TokenStream, item: TokenStream) -> TokenSt
                 continue;
             }
         };
+        // `Self::Id` (the trait's associated type) is ambiguous in the inherent impl where
+        // the helpers go: `<Self as Trait>::Id` is the same type in both.
+        if let Some(trait_path) = &trait_path {
+            qualify_self_paths(&mut method.sig, trait_path);
+        }
         let as_function = quote!(#method);
         match expand::memoize_function(args, as_function) {
             Ok(Expansion {
@@ -78,6 +105,7 @@ pub(crate) fn redis_cached_impl(args: TokenStream, item: TokenStream) -> TokenSt
             Err(tokens) => error_items.push(tokens),
         }
     }
+    let errors_free = errors.is_empty();
     let errors = errors.into_compile_errors();
     let mut error_functions = Vec::new();
     for tokens in error_items {
@@ -99,7 +127,8 @@ pub(crate) fn redis_cached_impl(args: TokenStream, item: TokenStream) -> TokenSt
     }
     let (impl_generics, _, where_clause) = block.generics.split_for_impl();
     let self_ty = &block.self_ty;
-    let inherent = (!helpers.is_empty()).then(|| {
+    // After an error about the block's generics the inherent impl would only add E0207.
+    let inherent = (!helpers.is_empty() && errors_free).then(|| {
         quote! {
             impl #impl_generics #self_ty #where_clause {
                 #(#helpers)*
@@ -111,6 +140,35 @@ pub(crate) fn redis_cached_impl(args: TokenStream, item: TokenStream) -> TokenSt
         #(#error_functions)*
         #block
         #inherent
+    }
+}
+
+/// Rewrites `Self::X..` in the parameter and return types of `sig` as `<Self as Trait>::X..`.
+fn qualify_self_paths(sig: &mut syn::Signature, trait_path: &syn::Path) {
+    use syn::visit_mut::VisitMut;
+    struct Qualify<'a>(&'a syn::Path);
+    impl VisitMut for Qualify<'_> {
+        fn visit_type_path_mut(&mut self, ty: &mut syn::TypePath) {
+            syn::visit_mut::visit_type_path_mut(self, ty);
+            let segments = &ty.path.segments;
+            if ty.qself.is_none()
+                && segments.len() > 1
+                && segments.first().is_some_and(|first| first.ident == "Self")
+            {
+                let trait_path = self.0;
+                let rest: Vec<&syn::PathSegment> = segments.iter().skip(1).collect();
+                *ty = syn::parse_quote!(<Self as #trait_path>::#(#rest)::*);
+            }
+        }
+    }
+    let mut qualify = Qualify(trait_path);
+    for input in &mut sig.inputs {
+        if let syn::FnArg::Typed(typed) = input {
+            qualify.visit_type_mut(&mut typed.ty);
+        }
+    }
+    if let syn::ReturnType::Type(_, ty) = &mut sig.output {
+        qualify.visit_type_mut(ty);
     }
 }
 

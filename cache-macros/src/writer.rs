@@ -359,6 +359,14 @@ pub(crate) fn writer(mode: Mode, args: TokenStream, item: TokenStream) -> TokenS
         let errors = errors.into_compile_errors();
         return quote!(#errors #function);
     };
+    if let Some(result) = &args.result
+        && model.param(&result.to_string()).is_some()
+    {
+        errors.spanned(
+            result,
+            format!("`{result}` is a parameter of this function; name the result otherwise, like `result = saved`"),
+        );
+    }
     // The result, if named, is one more name the tags may read.
     let model = with_result(model, &args);
     check_tags(&args.tags, &model, &mut errors);

@@ -63,3 +63,16 @@ pub fn installed() -> Option<&'static Cache> {
     }
     cache
 }
+
+/// `future`, run under the cache scoped to the current task (if any): for the runtime's own
+/// background tasks (a refresh, a body finishing after a timeout), which must call memoized
+/// functions as their caller would.
+pub(crate) fn keeping_scope<F: Future>(future: F) -> impl Future<Output = F::Output> {
+    let scoped = scoped();
+    async move {
+        match scoped {
+            Some(cache) => SCOPED.scope(cache, future).await,
+            None => future.await,
+        }
+    }
+}

@@ -123,7 +123,7 @@ where
         let runtime = tokio::runtime::Handle::try_current().ok()?;
         let handoff = Arc::new(Handoff::default());
         let (body, cache, shared) = (self(), cache.clone(), Arc::clone(&handoff));
-        let handle = runtime.spawn(async move {
+        let handle = runtime.spawn(crate::global::keeping_scope(async move {
             tokio::pin!(body);
             let result = tokio::select! {
                 result = &mut body => result,
@@ -151,7 +151,7 @@ where
                 }
                 None => Some(result),
             }
-        });
+        }));
         Some(SpawnedBody { handle, handoff })
     }
 }
@@ -375,15 +375,19 @@ impl Cache {
         // Until it finishes, it counts as failed (a panic in the body).
         guard.finished = false;
         guard.spec = Some(from.entry.spec);
-        let (job, compute) = (RefreshJob::new(from), make());
-        runtime.spawn(async move {
+        // Boxed at once: the body's future holds whatever its callees' do, and moving it
+        // through the wrappers below would copy it on the caller's stack each time.
+        let (job, compute) = (RefreshJob::new(from), Box::pin(make()));
+        let refresh = Box::pin(async move {
             guard
                 .cache
-                .refresh::<K, R, Fut>(&job, compute, describe)
+                .refresh::<K, R, _>(&job, compute, describe)
                 .await;
             guard.finished = true;
             drop(guard);
         });
+        // The body calls what the call's body would, under the same scoped cache.
+        runtime.spawn(crate::global::keeping_scope(refresh));
     }
 
     /// Counts a failed background refresh, logs it at debug level, and as a warning (with the

@@ -150,15 +150,55 @@ pub(crate) fn owner_of(type_name: &str) -> &str {
         }
         index += 1;
     }
-    match last_separator {
+    let owner = match last_separator {
         Some(at) => &path[..at],
         None => path,
+    };
+    self_type_of(owner)
+}
+
+/// `S` of a qualified owner `<S as Trait>` (a method of a trait impl, whose helpers live in
+/// an inherent impl of `S`); any other owner as is.
+fn self_type_of(owner: &str) -> &str {
+    let Some(inner) = owner
+        .strip_prefix('<')
+        .and_then(|rest| rest.strip_suffix('>'))
+    else {
+        return owner;
+    };
+    let mut depth = 0usize;
+    let bytes = inner.as_bytes();
+    for (index, &byte) in bytes.iter().enumerate() {
+        match byte {
+            b'<' => depth += 1,
+            b'>' if index > 0 && bytes[index - 1] == b'-' => {}
+            b'>' => depth = depth.saturating_sub(1),
+            b' ' if depth == 0 && inner[index..].starts_with(" as ") => return &inner[..index],
+            _ => {}
+        }
     }
+    owner
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_trait_method_and_its_inherent_helpers_share_an_owner() {
+        assert_eq!(
+            owner_of("<app::Service<u8> as app::Directory>::name::{{closure}}"),
+            "app::Service<u8>"
+        );
+        assert_eq!(
+            owner_of("app::Service<u8>::name_cache_entry::{{closure}}"),
+            "app::Service<u8>"
+        );
+        assert_eq!(
+            owner_of("<app::Pair<app::A, app::B> as app::T<app::C>>::f::{{closure}}"),
+            "app::Pair<app::A, app::B>"
+        );
+    }
 
     #[test]
     fn tokens_are_random_and_parse_back() {

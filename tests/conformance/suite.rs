@@ -824,6 +824,7 @@ pub async fn field_paths_and_helpers_agree_with_the_stored_key(h: Harness) {
 trait Directory {
     async fn display_name(&self, id: u64) -> String;
     async fn rename(&self, id: u64, name: &str) -> Result<(), String>;
+    async fn set_display_name(&self, id: u64, name: &str) -> Result<(), String>;
 }
 
 /// Generic over its store, as `impl<T: Repo> Service<T>` often is.
@@ -843,6 +844,12 @@ impl<S: AsRef<Probe> + Sync> Directory for DirectoryService<S> {
 
     #[redis_memo::redis_cache_evict(Self::display_name(self, id), cache = self.cache)]
     async fn rename(&self, id: u64, name: &str) -> Result<(), String> {
+        let _ = (id, name);
+        Ok(())
+    }
+
+    #[redis_memo::redis_cache_put(Self::display_name(self, id), value = name.to_owned(), cache = self.cache)]
+    async fn set_display_name(&self, id: u64, name: &str) -> Result<(), String> {
         let _ = (id, name);
         Ok(())
     }
@@ -876,4 +883,11 @@ pub async fn trait_impl_methods_are_memoized_with_their_helpers(h: Harness) {
         service.invalidate_display_name_many([1, 2]).await.unwrap(),
         1
     );
+    service.set_display_name(4, "put").await.unwrap();
+    assert_eq!(
+        service.display_name(4).await,
+        "put",
+        "the trait's put is the reader's entry"
+    );
+    assert_eq!(service.store.0.runs(), 3, "read from the put");
 }

@@ -21,4 +21,17 @@ impl Service {}
 #[redis_cached_impl]
 fn not_an_impl() {}
 
+trait Lookup<T> {
+    async fn find(&self, id: u64) -> u64;
+}
+
+// The helpers' inherent impl could not have `T`: it appears only in the trait.
+#[redis_cached_impl]
+impl<T> Lookup<T> for Service {
+    #[redis_cached(ttl = "1m", key = "find:<id>")]
+    async fn find(&self, id: u64) -> u64 {
+        id
+    }
+}
+
 fn main() {}

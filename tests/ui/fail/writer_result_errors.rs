@@ -15,4 +15,10 @@ async fn evict_literal(id: u64) -> Result<u64, String> {
     Ok(id)
 }
 
+// The result's name must not hide a parameter.
+#[redis_cache_evict(get_user(id), result = id)]
+async fn evict_shadowing(id: u64) -> Result<u64, String> {
+    Ok(id)
+}
+
 fn main() {}

@@ -31,12 +31,30 @@ impl<R: Repo> Directory for Service<R> {
     }
 }
 
+/// A trait with an associated type in a memoized method's parameters.
+pub trait Keyed {
+    type Id: redis_memo::KeyPart + Sync;
+    fn label(&self, id: Self::Id) -> impl std::future::Future<Output = String> + Send;
+}
+
+#[redis_cached_impl]
+impl<R: Repo> Keyed for Service<R> {
+    type Id = u32;
+
+    #[redis_cached(ttl = "1m", key = "label:<id>", cache = self.cache)]
+    async fn label(&self, id: Self::Id) -> String {
+        id.to_string()
+    }
+}
+
 pub async fn uses<R: Repo>(service: &Service<R>) -> Result<(), redis_memo::CacheError> {
     let _: String = service.name(1).await;
     let _: String = Service::<R>::name_cache_key(1);
     let _: bool = service.invalidate_name(1).await?;
     let _: u64 = service.invalidate_name_many([1, 2]).await?;
     let _: bool = service.invalidate_count().await?;
+    let _: bool = service.invalidate_label(7).await?;
+    let _: String = service.label(7).await;
     Ok(())
 }
 
