@@ -67,8 +67,6 @@ pub fn redis_cache_evict(args: TokenStream, item: TokenStream) -> TokenStream {
 /// }
 /// // service.invalidate_display_name(7).await?;
 /// ```
-///
-/// With `#[async_trait]`, write `#[redis_cached_impl]` above it.
 #[proc_macro_attribute]
 pub fn redis_cached_impl(args: TokenStream, item: TokenStream) -> TokenStream {
     impl_block::redis_cached_impl(args.into(), item.into()).into()

@@ -900,3 +900,42 @@ pub async fn writers_can_name_entries_by_their_result(h: Harness) {
         "a failed writer has no result, and evicts nothing"
     );
 }
+
+#[redis_cache_put(get_account(account.id, account.org), cache = cache)]
+#[redis_cache_evict(get_account(account.id, account.org), cache = cache)]
+async fn put_under_evict(account: Account, cache: &Cache, db: &Db) -> Result<Account, String> {
+    db.write(account)
+}
+
+#[redis_cache_evict(get_account(account.id, account.org), cache = cache)]
+#[redis_cache_put(get_account(account.id, account.org), cache = cache)]
+async fn evict_under_put(account: Account, cache: &Cache, db: &Db) -> Result<Account, String> {
+    db.write(account)
+}
+
+pub async fn on_one_entry_a_stacked_evict_wins_in_either_order(h: Harness) {
+    let db = Db::with(&[(1, 7, "ada"), (2, 7, "grace")]);
+    put_under_evict(account(1, 7, "ada 2"), &h.cache, &db)
+        .await
+        .unwrap();
+    evict_under_put(account(2, 7, "grace 2"), &h.cache, &db)
+        .await
+        .unwrap();
+    assert!(
+        h.read_raw(&get_account_cache_key(1)).await.is_none(),
+        "evict after put"
+    );
+    assert!(
+        h.read_raw(&get_account_cache_key(2)).await.is_none(),
+        "a put whose lease the evict took removes the entry"
+    );
+    assert_eq!(
+        get_account(2, 7, &h.cache, &db).await.unwrap().name,
+        "grace 2"
+    );
+    assert_eq!(
+        db.loads(),
+        1,
+        "computed from the database, which has the write"
+    );
+}

@@ -64,6 +64,7 @@ conformance!(suite {
     a_caller_never_joins_a_computation_under_another_tag_value,
     many_entries_and_tags_are_invalidated_in_one_call,
     a_put_and_an_evict_stack_on_one_writer,
+    on_one_entry_a_stacked_evict_wins_in_either_order,
     writers_can_name_entries_by_their_result,
     put_stores_the_new_value_only_when_the_writer_succeeds,
     put_with_a_value_expression,

@@ -2,6 +2,7 @@
 //! helper works and nothing warns (the import counts as used).
 #![deny(warnings)]
 
+mod service {
 use redis_memo::{Cache, redis_cached, redis_cached_impl};
 
 pub trait Repo: Sync {
@@ -14,8 +15,8 @@ pub trait Directory {
 }
 
 pub struct Service<R> {
-    cache: Cache,
-    repo: R,
+    pub cache: Cache,
+    pub repo: R,
 }
 
 #[redis_cached_impl]
@@ -47,6 +48,11 @@ impl<R: Repo> Keyed for Service<R> {
     }
 }
 
+}
+
+use service::{Directory, Keyed, Repo, Service};
+
+// From another module: the helpers of a trait's methods are `pub`.
 pub async fn uses<R: Repo>(service: &Service<R>) -> Result<(), redis_memo::CacheError> {
     let _: String = service.name(1).await;
     let _: String = Service::<R>::name_cache_key(1);
