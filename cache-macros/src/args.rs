@@ -7,6 +7,7 @@ use crate::duration;
 use crate::errors::Errors;
 use crate::template::Template;
 use proc_macro2::Span;
+use redis_memo_rules::default_lease;
 use std::time::Duration;
 use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream};
@@ -509,12 +510,6 @@ impl LockOptions {
             lease: self.lease.map(|(lease, _)| lease),
         }
     }
-}
-
-/// The runtime's default lease: the ttl within 1 s and 30 s (kept in step with
-/// `redis_memo_runtime::lease::default_lease`).
-fn default_lease(ttl: Duration) -> Duration {
-    ttl.clamp(Duration::from_secs(1), Duration::from_secs(30))
 }
 
 fn ttl_or_default(ttl: Option<Duration>) -> Duration {

@@ -2,9 +2,7 @@
 
 use std::time::Duration;
 
-/// The longest duration an option accepts: longer is almost certainly a typo, and Redis
-/// cannot represent much beyond it in milliseconds anyway.
-const MAX: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+use redis_memo_rules::{MAX_DURATION as MAX, MIN_DURATION};
 
 /// Parses `lit` as a duration for the option `option`.
 pub(crate) fn parse(lit: &syn::LitStr, option: &str) -> syn::Result<Duration> {
@@ -17,7 +15,7 @@ pub(crate) fn parse(lit: &syn::LitStr, option: &str) -> syn::Result<Duration> {
             ),
         )
     })?;
-    if duration < Duration::from_millis(1) {
+    if duration < MIN_DURATION {
         let hint = if option == "ttl" {
             "; to stop caching, remove the attribute"
         } else {

@@ -7,10 +7,7 @@
 
 use syn::LitStr;
 
-/// Characters that may separate two placeholders.
-const SEPARATORS: &str = ":/=@+|";
-/// Characters literal text may contain besides ASCII letters and digits.
-const LITERAL_PUNCTUATION: &str = "_.-:/=@+|";
+use redis_memo_rules::{is_literal, is_separator};
 
 /// A parsed key template.
 #[derive(Debug, Clone)]
@@ -128,7 +125,7 @@ fn parse_segments(source: &str, label: &str) -> Result<Vec<Segment>, (usize, Str
                     "this `>` closes no placeholder; placeholders look like `<param>`".into(),
                 ));
             }
-            c if c.is_ascii_alphanumeric() || LITERAL_PUNCTUATION.contains(c) => literal.push(c),
+            c if is_literal(c) => literal.push(c),
             c => {
                 let why = match c {
                     '{' | '}' => "braces would break the Redis Cluster hash tag of the key",
@@ -235,7 +232,8 @@ fn check_separated(before: &[Segment], next: &Placeholder) -> Result<(), (usize,
         return Ok(());
     };
     // Literal text is merged, so only the last segment can lie between the two placeholders.
-    let separated = matches!(before.last(), Some(Segment::Literal(text)) if text.chars().any(|c| SEPARATORS.contains(c)));
+    let separated =
+        matches!(before.last(), Some(Segment::Literal(text)) if text.chars().any(is_separator));
     if separated {
         return Ok(());
     }

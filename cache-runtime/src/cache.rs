@@ -327,10 +327,7 @@ fn redacted(url: &str) -> String {
 }
 
 fn validate_namespace(namespace: &str) -> Result<(), CacheError> {
-    let valid = !namespace.is_empty()
-        && namespace
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b':' | b'/'));
+    let valid = !namespace.is_empty() && namespace.bytes().all(redis_memo_rules::is_namespace_byte);
     if valid {
         Ok(())
     } else {

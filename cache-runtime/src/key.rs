@@ -8,6 +8,7 @@
 //! unambiguous; literal text is limited to letters, digits and `_ . - : / = @ + |`. Keys longer than [`MAX_RENDERED_LEN`] keep a readable prefix and end
 //! in `#` and the SHA-256 of the whole rendering (`#` never appears in an unhashed key).
 
+use redis_memo_rules::is_unescaped;
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 
@@ -171,10 +172,6 @@ impl KeyWriter {
         }
         self.buf
     }
-}
-
-fn is_unescaped(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-')
 }
 
 macro_rules! key_part_via_display {

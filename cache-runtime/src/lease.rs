@@ -21,19 +21,7 @@ pub(crate) fn lease_key(entry_key: &str) -> String {
     key
 }
 
-/// The default lease of a function: its ttl, within 1 s and 30 s. Long enough for most
-/// computations; short enough that a crashed holder blocks an entry only briefly.
-pub(crate) const fn default_lease(ttl: Duration) -> Duration {
-    const MIN: Duration = Duration::from_secs(1);
-    const MAX: Duration = Duration::from_secs(30);
-    if ttl.as_millis() < MIN.as_millis() {
-        MIN
-    } else if ttl.as_millis() > MAX.as_millis() {
-        MAX
-    } else {
-        ttl
-    }
-}
+pub(crate) use redis_memo_rules::default_lease;
 
 /// A token no other lease holder has: a per-process random part and a counter, in hex.
 pub(crate) fn new_token() -> String {
@@ -144,22 +132,6 @@ mod tests {
     fn tokens_differ_and_leases_share_the_slot() {
         assert_ne!(new_token(), new_token());
         assert_eq!(lease_key("ns:{user:1}"), "ns:{user:1}:lock");
-    }
-
-    #[test]
-    fn default_lease_follows_the_ttl_within_bounds() {
-        assert_eq!(
-            default_lease(Duration::from_millis(300)),
-            Duration::from_secs(1)
-        );
-        assert_eq!(
-            default_lease(Duration::from_secs(5)),
-            Duration::from_secs(5)
-        );
-        assert_eq!(
-            default_lease(Duration::from_secs(3600)),
-            Duration::from_secs(30)
-        );
     }
 }
 

@@ -87,10 +87,7 @@ pub(crate) fn tag_key(namespace: &str, rendered: &str) -> String {
 /// Checks a tag given as plain text (`Cache::invalidate_tag("users")`): it must be what a tag
 /// template without placeholders renders to, or it could never match a stored tag.
 pub(crate) fn validate_literal(tag: &str) -> Result<(), CacheError> {
-    let valid = !tag.is_empty()
-        && tag
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-:/=@+|".contains(&b));
+    let valid = !tag.is_empty() && tag.chars().all(redis_memo_rules::is_literal);
     if valid {
         Ok(())
     } else {
