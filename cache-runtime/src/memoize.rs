@@ -56,6 +56,26 @@ pub(crate) struct Outcomes<O, S, R> {
     pub(crate) describe: crate::returns::DescribeFailure<R>,
 }
 
+/// What the first read of a pass says.
+enum Judged<R, V> {
+    /// The call's answer: a fresh value, or a stale one (its refresh started).
+    Answer(R),
+    /// No usable value: the read to lead or wait with, and with `fail_safe` an expired value
+    /// that may stand in if the computation fails (from this pass's read only: a later read
+    /// may show it invalidated).
+    Miss(Read, Option<Fallback<V>>),
+}
+
+/// How waiting on another caller's computation ended for a caller.
+enum AfterWait<F, V, R> {
+    /// Its answer.
+    Return(R),
+    /// The flight ended without a value for it: join again (its body and fallback back).
+    Rejoin(F, Option<Fallback<V>>),
+    /// Its read may predate an invalidation: read again (its body back).
+    Reread(F),
+}
+
 /// The entry a leader works on.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct EntryAt<'a> {
@@ -118,7 +138,7 @@ impl Cache {
         key: &str,
         tags: Vec<String>,
         [body_type, key_types]: [&'static str; 2],
-        compute: F,
+        mut compute: F,
         refresh: B,
         outcomes: Outcomes<O, S, R>,
     ) -> R
@@ -144,79 +164,25 @@ impl Cache {
         // One clock reading on a hit: the first read starts when the call does.
         let mut first_read = Some(call_started);
         'read: loop {
-            // With `fail_safe`: an expired value that may stand in if the computation fails,
-            // from this pass's read only (a later read may show it invalidated).
-            let mut fallback: Option<Fallback<K::Stored>> = None;
             let ticket = flights.ticket(key);
             let read_started = first_read.take().unwrap_or_else(Instant::now);
             let mut read_deadline = read_started + self.inner.op_timeout;
             let (read, mut versions) = self.read(spec, key, tag_keys, read_deadline).await;
-            let mut read = match read {
-                Read::Entry(bytes) => {
-                    match envelope::decode::<Bincode, K::Stored>(
-                        &bytes,
-                        fingerprint,
-                        Some(&versions),
-                    ) {
-                        Ok((value, times)) => {
-                            let now_ms = self.now_ms();
-                            let freshness = Freshness::of(spec, times, now_ms);
-                            // A stale entry is refreshed behind its callers; a fresh one with
-                            // `early`, when its expiry draws near.
-                            let refresh_now = match freshness {
-                                Freshness::Fresh => {
-                                    spec.early
-                                        && early_refresh_due(
-                                            times,
-                                            now_ms,
-                                            self.inner.random_unit(),
-                                        )
-                                }
-                                Freshness::Stale => true,
-                                Freshness::Expired => false,
-                            };
-                            if refresh_now {
-                                let entry = EntryAt {
-                                    spec,
-                                    key,
-                                    tag_keys,
-                                    fingerprint,
-                                };
-                                let from = RefreshFrom {
-                                    entry,
-                                    versions: &versions,
-                                    times,
-                                };
-                                refresh.start::<K>(self, from, outcomes.describe);
-                            }
-                            match freshness {
-                                Freshness::Fresh => {
-                                    self.record(Event::Hit, spec);
-                                    return K::from_stored(value);
-                                }
-                                Freshness::Stale => {
-                                    self.record(Event::StaleServed, spec);
-                                    return K::from_stored(value);
-                                }
-                                // Still in Redis, past its time by this cache's clock.
-                                Freshness::Expired => {
-                                    if within_fail_safe(spec, times, now_ms) {
-                                        fallback = Some(Fallback {
-                                            value,
-                                            bytes: bytes.clone(),
-                                        });
-                                    }
-                                    Read::Expired
-                                }
-                            }
-                        }
-                        Err(error) => {
-                            self.report_decode_failure(spec, key, &error);
-                            Read::Unusable
-                        }
-                    }
-                }
-                other => other,
+            let entry = EntryAt {
+                spec,
+                key,
+                tag_keys,
+                fingerprint,
+            };
+            let (mut read, mut fallback) = match self.judge_read::<K, R, B>(
+                &entry,
+                read,
+                &versions,
+                &refresh,
+                outcomes.describe,
+            ) {
+                Judged::Answer(value) => return value,
+                Judged::Miss(read, fallback) => (read, fallback),
             };
             loop {
                 match flights.join(key, flight::identity(fingerprint, &tags), &versions, ticket) {
@@ -228,12 +194,6 @@ impl Cache {
                         if read_is_stale && !matches!(read, Read::Unavailable) {
                             (read, versions) = self.read(spec, key, tag_keys, read_deadline).await;
                         }
-                        let entry = EntryAt {
-                            spec,
-                            key,
-                            tag_keys,
-                            fingerprint,
-                        };
                         let result = self
                             .lead::<K, R, F, B, O, S>(
                                 &entry,
@@ -247,120 +207,219 @@ impl Cache {
                         return self.fail_safe::<K, R>(spec, result, fallback);
                     }
                     Role::Waiter(slot) => {
-                        tracing::trace!(target: "redis_memo", function = spec.name,
-                            key,
-                            "waiting for this key's in-process leader"
-                        );
-                        // Bounded by this caller's own hard timeout: the leader it waits on
-                        // may have started later (a waiter whose turn came after a failure).
-                        let hard_deadline = spec
-                            .hard_timeout
-                            .and_then(|hard| call_started.checked_add(hard));
-                        let waited = match hard_deadline {
-                            Some(at) => tokio::time::timeout_at(at, flight::wait(slot)).await.ok(),
-                            None => Some(flight::wait(slot).await),
-                        };
-                        let on_timeout = &outcomes.on_timeout;
-                        let Some(waited) = waited else {
-                            self.record(Event::HardTimeout, spec);
-                            return self
-                                .past_hard_timeout::<K, R, F, O>(
-                                    spec,
-                                    call_started,
-                                    compute,
-                                    on_timeout,
-                                    fallback,
-                                )
-                                .await;
-                        };
-                        let (bytes, current) = match waited {
-                            // Joining checked that this caller may have it.
-                            WaitOutcome::Shared(Shared::Computed(bytes)) => (bytes, None),
-                            // Stored by someone else: valid under the tokens this caller read
-                            // (a read that saw no tags knows of no invalidation).
-                            WaitOutcome::Shared(Shared::Found(bytes)) => {
-                                let current = (!versions.is_empty()).then_some(&versions[..]);
-                                (bytes, current)
-                            }
-                            // The leader's value did not serialize: nothing to share.
-                            WaitOutcome::Shared(Shared::NotShareable) => {
-                                return self
-                                    .run_alone::<K, R, F, O>(
-                                        spec,
-                                        call_started,
-                                        compute,
-                                        on_timeout,
-                                        fallback,
-                                    )
-                                    .await;
-                            }
-                            // The leader's call failed: its error, when it can be shared.
-                            WaitOutcome::Shared(Shared::Failed(Some(failure))) => {
-                                if let Some(failed) = outcomes.on_failure.rebuild(&failure) {
-                                    self.record(Event::Coalesced, spec);
-                                    return self.fail_safe::<K, R>(spec, failed, fallback);
-                                }
+                        let after = self
+                            .wait_as_waiter::<K, R, F, O, S>(
+                                &entry,
+                                slot,
+                                &versions,
+                                call_started,
+                                (compute, fallback),
+                                &outcomes,
+                            )
+                            .await;
+                        match after {
+                            AfterWait::Return(result) => return result,
+                            // The flight ended without a value for it: start over, maybe as
+                            // the leader, with a fresh deadline (the wait used the first).
+                            AfterWait::Rejoin(kept, kept_fallback) => {
+                                (compute, fallback) = (kept, kept_fallback);
                                 read_deadline = Instant::now() + self.inner.op_timeout;
-                                continue;
                             }
-                            // Its error cannot be shared: this caller's fail-safe value, or a
-                            // turn of its own (one waiter leads the next attempt, the others
-                            // wait for it), within its own hard timeout.
-                            WaitOutcome::Shared(Shared::Failed(None)) => {
-                                if let Some(Fallback { value, .. }) = fallback {
-                                    self.record(Event::FailSafe, spec);
-                                    return K::from_stored(value);
-                                }
-                                read_deadline = Instant::now() + self.inner.op_timeout;
-                                continue;
-                            }
-                            // Its leader stopped waiting at the hard timeout: so does it.
-                            WaitOutcome::Shared(Shared::TimedOut) => {
-                                return self
-                                    .past_hard_timeout::<K, R, F, O>(
-                                        spec,
-                                        call_started,
-                                        compute,
-                                        on_timeout,
-                                        fallback,
-                                    )
-                                    .await;
-                            }
-                            // The leader was cancelled or panicked: start over, maybe as the
-                            // leader. The ticket is kept: the ended flight counts as completed,
-                            // so a new leader reads again (with a fresh deadline: the wait used
-                            // the first).
-                            WaitOutcome::Abandoned => {
-                                read_deadline = Instant::now() + self.inner.op_timeout;
-                                continue;
-                            }
-                        };
-                        match envelope::decode::<Bincode, K::Stored>(&bytes, fingerprint, current) {
-                            Ok((value, _)) => {
-                                self.record(Event::Coalesced, spec);
-                                return K::from_stored(value);
-                            }
-                            // A tag this caller saw differs from the entry's (it read before the
-                            // tag was created, or after an invalidation): read again, which
-                            // settles it.
-                            Err(DecodeError::Invalidated) => continue 'read,
-                            // The leader encoded these bytes with the same fingerprint, so
-                            // they decode; if they somehow did not, computing is still right.
-                            Err(_) => {
-                                return self
-                                    .run_alone::<K, R, F, O>(
-                                        spec,
-                                        call_started,
-                                        compute,
-                                        on_timeout,
-                                        fallback,
-                                    )
-                                    .await;
+                            AfterWait::Reread(kept) => {
+                                compute = kept;
+                                continue 'read;
                             }
                         }
                     }
                 }
             }
+        }
+    }
+
+    /// Judges the first read of a pass: a fresh entry is the answer; a stale one too, its
+    /// refresh started (a fresh one with `early` may start one as well); anything else is a
+    /// miss, with the fail-safe value an expired entry may give.
+    fn judge_read<K, R, B>(
+        &self,
+        entry: &EntryAt<'_>,
+        read: Read,
+        versions: &Versions,
+        refresh: &B,
+        describe: crate::returns::DescribeFailure<R>,
+    ) -> Judged<R, K::Stored>
+    where
+        K: ReturnKind<R> + 'static,
+        B: Refresher<R>,
+    {
+        let EntryAt {
+            spec,
+            key,
+            fingerprint,
+            ..
+        } = *entry;
+        let mut fallback = None;
+        let read = match read {
+            Read::Entry(bytes) => {
+                match envelope::decode::<Bincode, K::Stored>(&bytes, fingerprint, Some(versions)) {
+                    Ok((value, times)) => {
+                        let now_ms = self.now_ms();
+                        let freshness = Freshness::of(spec, times, now_ms);
+                        // A stale entry is refreshed behind its callers; a fresh one with
+                        // `early`, when its expiry draws near.
+                        let refresh_now = match freshness {
+                            Freshness::Fresh => {
+                                spec.early
+                                    && early_refresh_due(times, now_ms, self.inner.random_unit())
+                            }
+                            Freshness::Stale => true,
+                            Freshness::Expired => false,
+                        };
+                        if refresh_now {
+                            let from = RefreshFrom {
+                                entry: *entry,
+                                versions,
+                                times,
+                            };
+                            refresh.start::<K>(self, from, describe);
+                        }
+                        match freshness {
+                            Freshness::Fresh => {
+                                self.record(Event::Hit, spec);
+                                return Judged::Answer(K::from_stored(value));
+                            }
+                            Freshness::Stale => {
+                                self.record(Event::StaleServed, spec);
+                                return Judged::Answer(K::from_stored(value));
+                            }
+                            // Still in Redis, past its time by this cache's clock.
+                            Freshness::Expired => {
+                                if within_fail_safe(spec, times, now_ms) {
+                                    fallback = Some(Fallback {
+                                        value,
+                                        bytes: bytes.clone(),
+                                    });
+                                }
+                                Read::Expired
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        self.report_decode_failure(spec, key, &error);
+                        Read::Unusable
+                    }
+                }
+            }
+            other => other,
+        };
+        Judged::Miss(read, fallback)
+    }
+
+    /// Waits for the computation of the flight this caller joined, within its own hard
+    /// timeout (the leader may have started later: a waiter whose turn came after a failure).
+    async fn wait_as_waiter<K, R, F, O, S>(
+        &self,
+        entry: &EntryAt<'_>,
+        slot: std::sync::Arc<flight::Slot>,
+        versions: &Versions,
+        call_started: Instant,
+        (compute, fallback): (F, Option<Fallback<K::Stored>>),
+        outcomes: &Outcomes<O, S, R>,
+    ) -> AfterWait<F, K::Stored, R>
+    where
+        K: ReturnKind<R> + 'static,
+        F: Future<Output = R>,
+        O: OnTimeout<R>,
+        S: ShareFailure<R>,
+    {
+        let EntryAt {
+            spec,
+            key,
+            fingerprint,
+            ..
+        } = *entry;
+        tracing::trace!(target: "redis_memo", function = spec.name, key, "waiting for this key's in-process leader");
+        let hard_deadline = spec
+            .hard_timeout
+            .and_then(|hard| call_started.checked_add(hard));
+        let waited = match hard_deadline {
+            Some(at) => tokio::time::timeout_at(at, flight::wait(slot)).await.ok(),
+            None => Some(flight::wait(slot).await),
+        };
+        let on_timeout = &outcomes.on_timeout;
+        let alone = |compute, fallback| {
+            self.run_alone::<K, R, F, O>(spec, call_started, compute, on_timeout, fallback)
+        };
+        let Some(waited) = waited else {
+            self.record(Event::HardTimeout, spec);
+            let timed_out = self.past_hard_timeout::<K, R, F, O>(
+                spec,
+                call_started,
+                compute,
+                on_timeout,
+                fallback,
+            );
+            return AfterWait::Return(timed_out.await);
+        };
+        let (bytes, current) = match waited {
+            // Joining checked that this caller may have it.
+            WaitOutcome::Shared(Shared::Computed(bytes)) => (bytes, None),
+            // Stored by someone else: valid under the tokens this caller read (a read that saw
+            // no tags knows of no invalidation).
+            WaitOutcome::Shared(Shared::Found(bytes)) => {
+                let current = (!versions.is_empty()).then_some(&versions[..]);
+                (bytes, current)
+            }
+            // The leader's value did not serialize: nothing to share.
+            WaitOutcome::Shared(Shared::NotShareable) => {
+                return AfterWait::Return(alone(compute, fallback).await);
+            }
+            // The leader's call failed: its error, when it can be shared.
+            WaitOutcome::Shared(Shared::Failed(Some(failure))) => {
+                return match outcomes.on_failure.rebuild(&failure) {
+                    Some(failed) => {
+                        self.record(Event::Coalesced, spec);
+                        AfterWait::Return(self.fail_safe::<K, R>(spec, failed, fallback))
+                    }
+                    None => AfterWait::Rejoin(compute, fallback),
+                };
+            }
+            // Its error cannot be shared: this caller's fail-safe value, or a turn of its own
+            // (one waiter leads the next attempt, the others wait for it).
+            WaitOutcome::Shared(Shared::Failed(None)) => {
+                return match fallback {
+                    Some(Fallback { value, .. }) => {
+                        self.record(Event::FailSafe, spec);
+                        AfterWait::Return(K::from_stored(value))
+                    }
+                    None => AfterWait::Rejoin(compute, None),
+                };
+            }
+            // Its leader stopped waiting at the hard timeout: so does it.
+            WaitOutcome::Shared(Shared::TimedOut) => {
+                let timed_out = self.past_hard_timeout::<K, R, F, O>(
+                    spec,
+                    call_started,
+                    compute,
+                    on_timeout,
+                    fallback,
+                );
+                return AfterWait::Return(timed_out.await);
+            }
+            // The leader was cancelled or panicked. The ticket is kept: the ended flight
+            // counts as completed, so a new leader reads again.
+            WaitOutcome::Abandoned => return AfterWait::Rejoin(compute, fallback),
+        };
+        match envelope::decode::<Bincode, K::Stored>(&bytes, fingerprint, current) {
+            Ok((value, _)) => {
+                self.record(Event::Coalesced, spec);
+                AfterWait::Return(K::from_stored(value))
+            }
+            // A tag this caller saw differs from the entry's (it read before the tag was
+            // created, or after an invalidation): read again, which settles it.
+            Err(DecodeError::Invalidated) => AfterWait::Reread(compute),
+            // The leader encoded these bytes with the same fingerprint, so they decode; if
+            // they somehow did not, computing is still right.
+            Err(_) => AfterWait::Return(alone(compute, fallback).await),
         }
     }
 
