@@ -66,6 +66,17 @@ enum Judged<R, V> {
     Miss(Read, Option<Fallback<V>>),
 }
 
+/// What the read a leader leads with says.
+enum LeadRead<V> {
+    /// A fresh entry (stored since this call's first read): its bytes and value.
+    Found(Bytes, V),
+    /// Compute: whether Redis answered, and whether its entry is unusable.
+    Compute {
+        redis_answered: bool,
+        unusable: bool,
+    },
+}
+
 /// How waiting on another caller's computation ended for a caller.
 enum AfterWait<F, V, R> {
     /// Its answer.
@@ -423,22 +434,17 @@ impl Cache {
         }
     }
 
-    async fn lead<K, R, F, B, O, S>(
+    /// Judges the read a leader leads with (its first, or a re-read): a fresh entry found is
+    /// the answer for it and its waiters; otherwise it computes, knowing whether Redis answered
+    /// and whether the entry there is unusable (to remove if nothing replaces it). The
+    /// fail-safe value follows the latest read.
+    fn judge_lead_read<V: crate::CacheValue>(
         &self,
         entry: &EntryAt<'_>,
-        mut guard: LeaderGuard<'_>,
-        (read, mut versions): (Read, Versions),
-        (call_started, deadline): (Instant, Instant),
-        (compute, refresh, outcomes): (F, &B, &Outcomes<O, S, R>),
-        fallback: &mut Option<Fallback<K::Stored>>,
-    ) -> R
-    where
-        K: ReturnKind<R> + 'static,
-        F: Future<Output = R>,
-        B: Refresher<R>,
-        O: OnTimeout<R>,
-        S: ShareFailure<R>,
-    {
+        read: Read,
+        versions: &Versions,
+        fallback: &mut Option<Fallback<V>>,
+    ) -> LeadRead<V> {
         let EntryAt {
             spec,
             key,
@@ -447,11 +453,9 @@ impl Cache {
         } = *entry;
         let (redis_answered, unusable) = match read {
             Read::Entry(bytes) => {
-                match envelope::decode::<Bincode, K::Stored>(&bytes, fingerprint, Some(&versions)) {
+                match envelope::decode::<Bincode, V>(&bytes, fingerprint, Some(versions)) {
                     Ok((value, times)) if self.is_fresh(spec, times) => {
-                        self.record(Event::Hit, spec);
-                        guard.publish(Shared::Found(bytes));
-                        return K::from_stored(value);
+                        return LeadRead::Found(bytes, value);
                     }
                     // Past its time (a re-read): kept, and the fail-safe value if young enough.
                     Ok((value, times)) => {
@@ -478,6 +482,83 @@ impl Cache {
             Read::Expired => (true, false),
             Read::Unavailable => (false, false),
         };
+        LeadRead::Compute {
+            redis_answered,
+            unusable,
+        }
+    }
+
+    /// What a leader computes under: the tags' tokens (`None` if Redis failed), and the
+    /// entry's lease: adopted from a leader of this process that went away, or taken, or
+    /// waited for (`lock`) while another process holds it; all within `deadline`, and the
+    /// wait within the hard deadline.
+    async fn lease_for_lead<V: crate::CacheValue>(
+        &self,
+        entry: &EntryAt<'_>,
+        guard: &LeaderGuard<'_>,
+        versions: &mut Versions,
+        redis_answered: bool,
+        (deadline, hard_deadline): (Instant, Option<Instant>),
+    ) -> (Option<Vec<Token>>, LeaseOutcome<V>) {
+        let spec = entry.spec;
+        // The tokens the result will be stored under: read before it is computed, so an
+        // invalidation of a tag from now on makes the stored entry a miss.
+        let tokens = if redis_answered {
+            self.tokens_for(entry, versions, deadline).await
+        } else {
+            None
+        };
+        // Only a lease holder may fill: another holder (another process) fills this entry.
+        // A lease left by a leader of this process that went away is taken over as is.
+        let mut lease = match guard.adopt_lease() {
+            Some(lease) => LeaseOutcome::Held(lease),
+            None if tokens.is_some() => self.take_lease::<V>(entry, versions, deadline, None).await,
+            None => LeaseOutcome::Failed,
+        };
+        // Not for a write-through's lease: its writer may be this very call's caller, reading
+        // the entry inside its body, and would wait for itself.
+        if let (LeaseOutcome::Busy { writer: false }, Some(wait)) = (&lease, spec.lock_wait) {
+            // Within the hard timeout too, its last round trips included.
+            let waiting = self.wait_for_holder::<V>(entry, versions, wait);
+            lease = match hard_deadline {
+                Some(at) => tokio::time::timeout_at(at, waiting)
+                    .await
+                    .unwrap_or(LeaseOutcome::Busy { writer: false }),
+                None => waiting.await,
+            };
+        }
+        (tokens, lease)
+    }
+
+    async fn lead<K, R, F, B, O, S>(
+        &self,
+        entry: &EntryAt<'_>,
+        mut guard: LeaderGuard<'_>,
+        (read, mut versions): (Read, Versions),
+        (call_started, deadline): (Instant, Instant),
+        (compute, refresh, outcomes): (F, &B, &Outcomes<O, S, R>),
+        fallback: &mut Option<Fallback<K::Stored>>,
+    ) -> R
+    where
+        K: ReturnKind<R> + 'static,
+        F: Future<Output = R>,
+        B: Refresher<R>,
+        O: OnTimeout<R>,
+        S: ShareFailure<R>,
+    {
+        let EntryAt { spec, key, .. } = *entry;
+        let judged = self.judge_lead_read::<K::Stored>(entry, read, &versions, fallback);
+        let (redis_answered, unusable) = match judged {
+            LeadRead::Found(bytes, value) => {
+                self.record(Event::Hit, spec);
+                guard.publish(Shared::Found(bytes));
+                return K::from_stored(value);
+            }
+            LeadRead::Compute {
+                redis_answered,
+                unusable,
+            } => (redis_answered, unusable),
+        };
         self.record(Event::Miss, spec);
         // No step of this call outlasts it (a lock wait, a release, a fill).
         let hard_deadline = spec
@@ -493,35 +574,15 @@ impl Cache {
             guard.publish(Shared::Found(bytes));
             return K::from_stored(value);
         }
-        // The tokens the result will be stored under: read before it is computed, so an
-        // invalidation of a tag from now on makes the stored entry a miss.
-        let tokens = if redis_answered {
-            self.tokens_for(entry, &mut versions, deadline).await
-        } else {
-            None
-        };
-        // Only a lease holder may fill: another holder (another process) fills this entry.
-        // A lease left by a leader of this process that went away is taken over as is.
-        let mut lease = match guard.adopt_lease() {
-            Some(lease) => LeaseOutcome::Held(lease),
-            None if tokens.is_some() => {
-                self.take_lease::<K::Stored>(entry, &versions, deadline, None)
-                    .await
-            }
-            None => LeaseOutcome::Failed,
-        };
-        // Not for a write-through's lease: its writer may be this very call's caller, reading
-        // the entry inside its body, and would wait for itself.
-        if let (LeaseOutcome::Busy { writer: false }, Some(wait)) = (&lease, spec.lock_wait) {
-            // Within the hard timeout too, its last round trips included.
-            let waiting = self.wait_for_holder::<K::Stored>(entry, &versions, wait);
-            lease = match hard_deadline {
-                Some(at) => tokio::time::timeout_at(at, waiting)
-                    .await
-                    .unwrap_or(LeaseOutcome::Busy { writer: false }),
-                None => waiting.await,
-            };
-        }
+        let (tokens, lease) = self
+            .lease_for_lead::<K::Stored>(
+                entry,
+                &guard,
+                &mut versions,
+                redis_answered,
+                (deadline, hard_deadline),
+            )
+            .await;
         match lease {
             // Another caller's value after all (filled since the read, or waited for).
             LeaseOutcome::Filled(bytes, value) => {
