@@ -8,7 +8,10 @@ use redis_memo::{Cache, redis_cached};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use support::{Backend, Harness, Probe};
+use support::{
+    Backend, Harness, LoadError, Probe, invalidate_lookup, lookup, lookup_cache_key,
+    wait_until_cached_again,
+};
 use tokio::sync::Notify;
 
 const OP_TIMEOUT: Duration = Duration::from_millis(500);
@@ -16,42 +19,10 @@ const OP_TIMEOUT: Duration = Duration::from_millis(500);
 /// Well under the timeout, so a call that waited for Redis twice would fail the bound.
 const SLACK: Duration = Duration::from_millis(200);
 
-#[derive(Debug, PartialEq)]
-struct LoadError;
-
-#[redis_cached(ttl = "1m", key = "lookup:<id>", cache = cache)]
-async fn lookup(
-    id: u64,
-    #[cache(skip)] cache: &Cache,
-    #[cache(skip)] probe: &Probe,
-) -> Result<u64, LoadError> {
-    probe.ran();
-    Ok(id * 10)
-}
-
 #[redis_cached(ttl = "1m", key = "slow:<id>", cache = cache)]
 async fn slow_lookup(id: u64, #[cache(skip)] cache: &Cache) -> u64 {
     tokio::time::sleep(Duration::from_millis(50)).await;
     id + 1
-}
-
-/// Calls `lookup(id)` until one is served from the cache again, or gives up after 10 s.
-/// Recovery has no event to wait for: the connection re-establishes in the background.
-async fn wait_until_cached_again(cache: &Cache, id: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let probe = Probe::default();
-        assert_eq!(lookup(id, cache, &probe).await, Ok(id * 10));
-        assert_eq!(lookup(id, cache, &probe).await, Ok(id * 10));
-        if probe.runs() <= 1 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "caching did not resume within 10 s of Redis coming back"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,11 +209,11 @@ async fn refused_writes_do_not_stop_caching() {
     assert_eq!(probe.runs(), 6);
 }
 
-/// A cache on `url` with a short operation timeout.
-fn cache_at(url: &str) -> Cache {
+/// A cache on `url` with the operation timeout `op_timeout`.
+fn cache_at(url: &str, op_timeout: Duration) -> Cache {
     Cache::builder()
         .redis_url(url)
-        .op_timeout(Duration::from_millis(100))
+        .op_timeout(op_timeout)
         .build()
         .unwrap()
 }
@@ -254,7 +225,7 @@ fn cache_at(url: &str) -> Cache {
 async fn a_silent_connection_is_replaced_and_caching_resumes() {
     let server = redis_memo_testkit::RedisServer::start().expect("redis-server");
     let proxy = redis_memo_testkit::TcpProxy::start(server.port()).unwrap();
-    let cache = cache_at(&proxy.url());
+    let cache = cache_at(&proxy.url(), Duration::from_millis(100));
     let probe = Probe::default();
     assert_eq!(lookup(1, &cache, &probe).await, Ok(10));
     assert_eq!(lookup(1, &cache, &probe).await, Ok(10));
@@ -277,7 +248,7 @@ async fn a_connection_left_on_a_demoted_primary_is_replaced() {
     let old_primary = redis_memo_testkit::RedisServer::start().expect("redis-server");
     let new_primary = redis_memo_testkit::RedisServer::start().expect("redis-server");
     let proxy = redis_memo_testkit::TcpProxy::start(old_primary.port()).unwrap();
-    let cache = cache_at(&proxy.url());
+    let cache = cache_at(&proxy.url(), Duration::from_millis(100));
     let probe = Probe::default();
     assert_eq!(lookup(1, &cache, &probe).await, Ok(10));
 
@@ -324,11 +295,7 @@ async fn hangs_after_silence(
 async fn a_hard_timeout_does_not_wait_for_the_lease_release() {
     let server = redis_memo_testkit::RedisServer::start().expect("redis-server");
     let proxy = redis_memo_testkit::TcpProxy::start(server.port()).unwrap();
-    let cache = Cache::builder()
-        .redis_url(proxy.url())
-        .op_timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
+    let cache = cache_at(&proxy.url(), Duration::from_secs(5));
     cache.ping().await.unwrap();
     let started = Instant::now();
     assert_eq!(
@@ -363,11 +330,7 @@ async fn tagged_lookup(
 async fn a_slow_healthy_server_does_not_open_the_breaker() {
     let server = redis_memo_testkit::RedisServer::start().expect("redis-server");
     let proxy = redis_memo_testkit::TcpProxy::start(server.port()).unwrap();
-    let cache = Cache::builder()
-        .redis_url(proxy.url())
-        .op_timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
+    let cache = cache_at(&proxy.url(), Duration::from_millis(300));
     let probe = Probe::default();
     assert_eq!(tagged_lookup(1, &cache, &probe).await, Ok(10));
     proxy.delay_replies(Duration::from_millis(200));

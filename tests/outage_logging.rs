@@ -9,41 +9,10 @@ mod support;
 use redis_memo::{Cache, redis_cached};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
-use support::{Backend, Harness, Probe};
+use std::time::Duration;
+use support::{Backend, Harness, Probe, lookup, wait_until_cached_again};
 
 const OP_TIMEOUT: Duration = Duration::from_millis(500);
-
-#[derive(Debug, PartialEq)]
-struct LoadError;
-
-#[redis_cached(ttl = "1m", key = "lookup:<id>", cache = cache)]
-async fn lookup(
-    id: u64,
-    #[cache(skip)] cache: &Cache,
-    #[cache(skip)] probe: &Probe,
-) -> Result<u64, LoadError> {
-    probe.ran();
-    Ok(id * 10)
-}
-
-/// Calls `lookup(id)` until one is served from the cache again, or gives up after 10 s.
-async fn wait_until_cached_again(cache: &Cache, id: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let probe = Probe::default();
-        assert_eq!(lookup(id, cache, &probe).await, Ok(id * 10));
-        assert_eq!(lookup(id, cache, &probe).await, Ok(id * 10));
-        if probe.runs() <= 1 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "caching did not resume within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Counts the runtime's log events by level.
 #[derive(Clone, Default)]

@@ -67,6 +67,13 @@ impl CacheError {
         }
     }
 
+    /// True for a timeout of an operation that had (nearly) a whole `op_timeout`: evidence
+    /// that Redis is not answering, unlike a step that ran out of what was left of a call's
+    /// budget after a slow but answered read.
+    pub(crate) fn is_silence(&self, op_timeout: Duration) -> bool {
+        matches!(self, CacheError::Timeout(budget) if *budget >= op_timeout * 9 / 10)
+    }
+
     /// True when the connection to Redis was refused or dropped.
     pub fn is_connection_error(&self) -> bool {
         matches!(self, CacheError::Redis(e) if e.is_connection_dropped() || e.is_connection_refusal() || e.is_io_error())

@@ -1143,7 +1143,8 @@ impl Cache {
         // A step that timed out on what was left of the call's budget (a miss's lease after a
         // slow read) says the server is slow for this call, not that it is down: the breaker
         // counts only operations that had a whole operation timeout.
-        let short_budget = matches!(error, CacheError::Timeout(budget) if *budget < self.inner.op_timeout * 9 / 10);
+        let short_budget =
+            matches!(error, CacheError::Timeout(_)) && !error.is_silence(self.inner.op_timeout);
         if !short_budget {
             self.inner.health.record_failure(operation, error);
         }

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use redis_memo::{Cache, MemoryStore};
+use redis_memo::{Cache, MemoryStore, redis_cached};
 use redis_memo_testkit::RedisServer;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -257,5 +257,39 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for WaiterSignal {
             self.waiting.fetch_add(1, Ordering::SeqCst);
             self.changed.notify_one();
         }
+    }
+}
+
+/// The error of [`lookup`], which never fails.
+#[derive(Debug, PartialEq)]
+pub struct LoadError;
+
+/// A memoized lookup: `id * 10`, its runs counted by `probe`.
+#[redis_cached(ttl = "1m", key = "lookup:<id>", cache = cache)]
+pub async fn lookup(
+    id: u64,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] probe: &Probe,
+) -> Result<u64, LoadError> {
+    probe.ran();
+    Ok(id * 10)
+}
+
+/// Calls `lookup(id)` until one is served from the cache again, or gives up after 10 s.
+/// Recovery has no event to wait for: the connection re-establishes in the background.
+pub async fn wait_until_cached_again(cache: &Cache, id: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let probe = Probe::default();
+        assert_eq!(lookup(id, cache, &probe).await, Ok(id * 10));
+        assert_eq!(lookup(id, cache, &probe).await, Ok(id * 10));
+        if probe.runs() <= 1 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "caching did not resume within 10 s of Redis coming back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

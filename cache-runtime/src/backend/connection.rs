@@ -107,7 +107,7 @@ impl RedisConnection {
             }
             // Only an operation that had a whole timeout says the connection is silent; one
             // that had what was left of a call's budget may just have met a slow server.
-            Err(CacheError::Timeout(budget)) if *budget >= self.op_timeout * 9 / 10 => {
+            Err(error) if error.is_silence(self.op_timeout) => {
                 let timeouts = self.consecutive_timeouts.fetch_add(1, Relaxed) + 1;
                 let first_at = {
                     let mut first = lock(&self.first_timeout_at);
