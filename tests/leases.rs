@@ -6,7 +6,7 @@ mod support;
 
 use proptest::prelude::*;
 use redis_memo::{Cache, MemoryStore, redis_cached};
-use redis_memo_testkit::RedisServer;
+use redis_memo_testkit::{RedisCluster, RedisServer};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use support::Probe;
@@ -45,6 +45,8 @@ async fn load(
 
 enum Backend {
     Redis(RedisServer),
+    /// Fill notices travel by sharded pub/sub here (`SPUBLISH` / `SSUBSCRIBE`).
+    Cluster(RedisCluster),
     Memory(MemoryStore),
 }
 
@@ -54,6 +56,7 @@ impl Backend {
         let builder = Cache::builder().namespace(namespace);
         match self {
             Backend::Redis(server) => builder.redis_url(server.url()).build().unwrap(),
+            Backend::Cluster(cluster) => builder.redis_cluster(cluster.urls()).build().unwrap(),
             Backend::Memory(store) => builder.memory(store.clone()).build().unwrap(),
         }
     }
@@ -62,6 +65,7 @@ impl Backend {
 fn backends() -> Vec<Backend> {
     vec![
         Backend::Redis(RedisServer::start().expect("the test suite needs redis-server")),
+        Backend::Cluster(RedisCluster::start().expect("the test suite needs redis-server")),
         Backend::Memory(MemoryStore::new()),
     ]
 }

@@ -1,7 +1,9 @@
 //! The [`Cache`] handle and its builder.
 
 use crate::CacheError;
-use crate::backend::{Backend, MemoryStore, RedisBackend, RedisConnection, Remake};
+use crate::backend::{
+    Backend, ClusterLink, Link, MemoryStore, RedisBackend, RedisConnection, Remake,
+};
 use crate::clock::{Clock, SystemClock};
 use crate::flight::Flights;
 use crate::health::Health;
@@ -95,6 +97,8 @@ pub struct CacheBuilder {
 enum Source {
     Url(String),
     Connection(ConnectionManager),
+    ClusterUrls(Vec<String>),
+    ClusterClient(Box<redis::cluster::ClusterClient>),
     Memory(MemoryStore),
 }
 
@@ -103,6 +107,11 @@ impl std::fmt::Debug for Source {
         match self {
             Source::Url(url) => f.debug_tuple("Url").field(&redacted(url)).finish(),
             Source::Connection(_) => f.write_str("Connection"),
+            Source::ClusterUrls(urls) => f
+                .debug_tuple("ClusterUrls")
+                .field(&urls.iter().map(|url| redacted(url)).collect::<Vec<_>>())
+                .finish(),
+            Source::ClusterClient(_) => f.write_str("ClusterClient"),
             Source::Memory(store) => f.debug_tuple("Memory").field(store).finish(),
         }
     }
@@ -136,6 +145,40 @@ impl CacheBuilder {
     /// being woken by the fill: prefer [`CacheBuilder::redis_url`] where it can do.
     pub fn redis_connection(mut self, connection: ConnectionManager) -> Self {
         self.source = Some(Source::Connection(connection));
+        self
+    }
+
+    /// Stores entries in the Redis Cluster that `urls` reach (any of its nodes; the rest are
+    /// found from them), with the same semantics as one server: an entry and its lease share a
+    /// slot, a tagged read is split per slot and sent in parallel, fill notices use sharded
+    /// pub/sub (Redis 7.0 or later), and pattern invalidation scans every primary. Connections
+    /// are made on first use; redis-rs follows slot moves and failovers by itself.
+    ///
+    /// ```no_run
+    /// # fn f() -> Result<(), redis_memo_runtime::CacheError> {
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    /// # let _guard = runtime.enter();
+    /// let cache = redis_memo_runtime::Cache::builder()
+    ///     .redis_cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"])
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn redis_cluster<I>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.source = Some(Source::ClusterUrls(
+            urls.into_iter().map(Into::into).collect(),
+        ));
+        self
+    }
+
+    /// Stores entries in a Redis Cluster through a client you built (for settings the URLs
+    /// cannot express). As with [`CacheBuilder::redis_connection`], its pushes do not reach
+    /// the cache, so `lock` waiters wait out their bound instead of being woken by the fill.
+    pub fn redis_cluster_client(mut self, client: redis::cluster::ClusterClient) -> Self {
+        self.source = Some(Source::ClusterClient(Box::new(client)));
         self
     }
 
@@ -208,22 +251,36 @@ impl CacheBuilder {
         let backend = match self.source {
             None => {
                 return Err(CacheError::Config(
-                    "no backend: call `redis_url`, `redis_connection` or `memory` on the builder"
+                    "no backend: call `redis_url`, `redis_cluster`, `redis_connection` or `memory` on the builder"
                         .into(),
                 ));
             }
             Some(Source::Memory(store)) => Backend::Memory(store),
             Some(Source::Connection(connection)) => {
                 let connection = RedisConnection::new(connection, None, self.op_timeout, None);
-                Backend::Redis(RedisBackend::new(connection, self.op_timeout))
+                Backend::Redis(RedisBackend::new(Link::Single(connection), self.op_timeout))
+            }
+            Some(Source::ClusterUrls(urls)) => {
+                require_runtime()?;
+                Backend::Redis(RedisBackend::new(
+                    cluster_link(&urls, self.op_timeout)?,
+                    self.op_timeout,
+                ))
+            }
+            Some(Source::ClusterClient(client)) => {
+                require_runtime()?;
+                let connection = client.get_pending_async_connection_with_config(
+                    redis::cluster::ClusterConfig::new().set_connection_timeout(self.op_timeout),
+                );
+                let link = Link::Cluster(Arc::new(ClusterLink {
+                    connection,
+                    notices: None,
+                    subscriptions: tokio::sync::Mutex::new(()),
+                }));
+                Backend::Redis(RedisBackend::new(link, self.op_timeout))
             }
             Some(Source::Url(url)) => {
-                if tokio::runtime::Handle::try_current().is_err() {
-                    return Err(CacheError::Config(
-                        "build a Redis cache inside a Tokio runtime: it drives the connection"
-                            .into(),
-                    ));
-                }
+                require_runtime()?;
                 // RESP3, so `lock` waiters get fill announcements pushed on this same
                 // connection (re-subscribed by itself after a reconnection).
                 let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())?;
@@ -257,7 +314,7 @@ impl CacheBuilder {
                 let remake = Remake { client, config };
                 let connection =
                     RedisConnection::new(manager, Some(remake), self.op_timeout, Some(notices));
-                Backend::Redis(RedisBackend::new(connection, self.op_timeout))
+                Backend::Redis(RedisBackend::new(Link::Single(connection), self.op_timeout))
             }
         };
         let server_offset =
@@ -294,6 +351,43 @@ impl CacheBuilder {
         let _ = cache.now_ms();
         Ok(cache)
     }
+}
+
+fn require_runtime() -> Result<(), CacheError> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(CacheError::Config(
+            "build a Redis cache inside a Tokio runtime: it drives the connection".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A cluster connection from node URLs: RESP3 with our push sender, so `lock` waiters are
+/// woken by shard messages (re-subscribed by redis-rs after reconnections and slot moves).
+fn cluster_link(urls: &[String], op_timeout: Duration) -> Result<Link, CacheError> {
+    if urls.is_empty() {
+        return Err(CacheError::Config(
+            "redis_cluster needs at least one node URL".into(),
+        ));
+    }
+    let client = redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
+        .use_protocol(redis::ProtocolVersion::RESP3)
+        .connection_timeout(op_timeout)
+        .tcp_settings(dead_peer_detection())
+        .build()?;
+    let notices = Notices::default();
+    let pushes = notices.clone();
+    let config = redis::cluster::ClusterConfig::new()
+        .set_connection_timeout(op_timeout)
+        .set_push_sender(move |push: redis::PushInfo| {
+            pushes.deliver_push(push);
+            Ok::<(), std::convert::Infallible>(())
+        });
+    Ok(Link::Cluster(Arc::new(ClusterLink {
+        connection: client.get_pending_async_connection_with_config(config),
+        notices: Some(notices),
+        subscriptions: tokio::sync::Mutex::new(()),
+    })))
 }
 
 /// TCP keepalive probes, and on Linux `TCP_USER_TIMEOUT`: the kernel closes a connection

@@ -85,20 +85,22 @@ pub(crate) enum Acquired {
     Busy { writer: bool },
 }
 
-/// KEYS: entry, lease. ARGV: token, value, ttl in ms, channel. Stores the value, releases the
-/// lease and says `filled` on the channel (waiters read the entry), if the token still holds
-/// the lease; 1 if stored.
+/// KEYS: entry, lease. ARGV: token, value, ttl in ms, channel, publish command (`PUBLISH`, or
+/// `SPUBLISH` on a cluster: the channel shares the entry's hash tag, so its slot). Stores the
+/// value, releases the lease and says `filled` on the channel (waiters read the entry), if the
+/// token still holds the lease; 1 if stored.
 pub(crate) const FILL_SCRIPT: &str = r"
 if redis.call('GET', KEYS[2]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   redis.call('DEL', KEYS[2])
-  redis.call('PUBLISH', ARGV[4], 'filled')
+  redis.call(ARGV[5], ARGV[4], 'filled')
   return 1
 end
 return 0
 ";
 
-/// KEYS: lease, entry. ARGV: token, "1" to delete the entry as well, channel. Releases the
+/// KEYS: lease, entry. ARGV: token, "1" to delete the entry as well, channel, publish command
+/// (as for [`FILL_SCRIPT`]). Releases the
 /// lease if the token still holds it (clearing an unusable entry no fill replaced), and says so
 /// on the channel with an empty message.
 pub(crate) const RELEASE_SCRIPT: &str = r"
@@ -107,19 +109,20 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   if ARGV[2] == '1' then
     redis.call('DEL', KEYS[2])
   end
-  redis.call('PUBLISH', ARGV[3], '')
+  redis.call(ARGV[4], ARGV[3], '')
   return 1
 end
 return 0
 ";
 
-/// KEYS: entry, lease (one hash tag, one slot). ARGV: channel. Deletes both; if a lease was
+/// KEYS: entry, lease (one hash tag, one slot). ARGV: channel, publish command (as for
+/// [`FILL_SCRIPT`]). Deletes both; if a lease was
 /// deleted, says so on the channel, so `lock` waiters take over instead of waiting for a fill
 /// that will be rejected. 1 if the entry was there.
 pub(crate) const INVALIDATE_SCRIPT: &str = r"
 local removed = redis.call('DEL', KEYS[1])
 if redis.call('DEL', KEYS[2]) == 1 then
-  redis.call('PUBLISH', ARGV[1], '')
+  redis.call(ARGV[2], ARGV[1], '')
 end
 return removed
 ";

@@ -101,7 +101,11 @@ impl Notices {
             }
             return;
         }
-        if push.kind != redis::PushKind::Message {
+        // A shard message (`SPUBLISH`, on a cluster) says the same as a plain one.
+        if !matches!(
+            push.kind,
+            redis::PushKind::Message | redis::PushKind::SMessage
+        ) {
             return;
         }
         let [channel, payload] = push.data.as_slice() else {

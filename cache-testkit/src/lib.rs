@@ -10,8 +10,10 @@
 
 #![warn(missing_docs)]
 
+mod cluster;
 mod proxy;
 
+pub use cluster::RedisCluster;
 pub use proxy::TcpProxy;
 
 use std::ffi::{OsStr, OsString};
@@ -55,6 +57,8 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     child: Option<Child>,
     paused: bool,
+    /// Settings beyond the defaults, passed on every (re)start.
+    extra_args: Vec<String>,
 }
 
 impl RedisServer {
@@ -73,7 +77,16 @@ impl RedisServer {
     /// # Errors
     /// As for [`RedisServer::start`].
     pub fn start_binary(binary: impl AsRef<OsStr>) -> Result<RedisServer, TestkitError> {
-        let binary = binary.as_ref().to_owned();
+        Self::start_configured(binary.as_ref(), &[], free_port)
+    }
+
+    /// Starts `binary` with `extra_args` after the defaults, on a port `pick_port` finds free.
+    fn start_configured(
+        binary: &OsStr,
+        extra_args: &[String],
+        pick_port: fn() -> std::io::Result<u16>,
+    ) -> Result<RedisServer, TestkitError> {
+        let binary = binary.to_owned();
         // A port found free can be taken by another process before the server binds it.
         const ATTEMPTS: usize = 5;
         let mut attempt = 1;
@@ -83,10 +96,11 @@ impl RedisServer {
                 .tempdir()?;
             let mut server = RedisServer {
                 binary: binary.clone(),
-                port: free_port()?,
+                port: pick_port()?,
                 dir,
                 child: None,
                 paused: false,
+                extra_args: extra_args.to_vec(),
             };
             match server.spawn() {
                 Ok(()) => return Ok(server),
@@ -109,6 +123,7 @@ impl RedisServer {
             .arg(self.dir.path())
             .arg("--logfile")
             .arg(&log)
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -168,6 +183,11 @@ impl RedisServer {
         info.lines()
             .find_map(|line| line.strip_prefix("process_id:"))
             .and_then(|pid| pid.trim().parse().ok())
+    }
+
+    /// The process id of the running server, if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The port the server listens on.

@@ -1,5 +1,6 @@
-//! The conformance suite: every behaviour of cache-aside, run against Redis and against the
-//! in-memory backend. Each test in `suite` is instantiated once per backend.
+//! The conformance suite: every behaviour of cache-aside, run against one Redis server, a
+//! local Redis Cluster (3 primaries, 3 replicas) and the in-memory backend. Each test is
+//! instantiated once per backend.
 
 mod failures;
 mod freshness;
@@ -16,6 +17,14 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
                     crate::$module::$test(crate::support::Harness::new(crate::support::Backend::Redis)).await;
+                }
+            )*)*
+        }
+        mod cluster_backend {
+            $($(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    crate::$module::$test(crate::support::Harness::new(crate::support::Backend::Cluster)).await;
                 }
             )*)*
         }
@@ -104,6 +113,14 @@ macro_rules! conformance_on_backend {
                     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                     async fn $test() {
                         crate::$module::$test(crate::support::Backend::Redis).await;
+                    }
+                )*
+            }
+            mod cluster_backend {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $test() {
+                        crate::$module::$test(crate::support::Backend::Cluster).await;
                     }
                 )*
             }

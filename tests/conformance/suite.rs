@@ -49,12 +49,8 @@ pub async fn entries_expire_after_their_ttl(h: Harness) {
     assert_eq!(short_lived(4, &h.cache, &probe).await, 8);
     assert_eq!(short_lived(4, &h.cache, &probe).await, 8);
     assert_eq!(probe.runs(), 1);
-    if let Some(server) = &h.server {
-        // Written with its ttl in the same command: the key never exists without one.
-        let pttl: i64 = redis::cmd("PTTL")
-            .arg(h.cache.full_key(&short_lived_cache_key(4)))
-            .query(&mut server.connection())
-            .unwrap();
+    // Written with its ttl in the same command: the key never exists without one.
+    if let Some(pttl) = h.pttl_ms(&short_lived_cache_key(4)).await {
         assert!((1..=300).contains(&pttl), "PTTL {pttl}");
     }
     // Waiting out the ttl is the behaviour under test; there is no event to wait for.
@@ -291,16 +287,14 @@ async fn versioned_v2(id: u32, #[cache(skip)] cache: &Cache, #[cache(skip)] prob
 }
 
 pub async fn data_of_another_redis_type_is_a_miss_and_is_replaced(h: Harness) {
-    let Some(server) = &h.server else {
+    if !h.on_redis() {
         return; // Only Redis has types other than strings.
-    };
+    }
     let probe = Probe::default();
     let key = h.cache.full_key(&plain_cache_key(11));
-    let _: i64 = redis::cmd("LPUSH")
-        .arg(&key)
-        .arg("someone else's list")
-        .query(&mut server.connection())
-        .unwrap();
+    let _: Option<i64> = h
+        .raw(redis::cmd("LPUSH").arg(&key).arg("someone else's list"))
+        .await;
     assert_eq!(
         plain(11, &h.cache, &probe).await,
         "value 11",
@@ -318,24 +312,17 @@ pub async fn data_of_another_redis_type_is_a_miss_and_is_replaced(h: Harness) {
 }
 
 pub async fn a_foreign_value_under_the_lease_key_is_replaced(h: Harness) {
-    let Some(server) = &h.server else {
+    if !h.on_redis() {
         return; // Only Redis has types other than strings, and keys written by hand.
-    };
+    }
     let probe = Probe::default();
-    let mut connection = server.connection();
     for (id, foreign) in [(12u64, "list"), (13, "string without expiry")] {
         let lease = format!("{}:lock", h.cache.full_key(&plain_cache_key(id)));
-        let _: () = match foreign {
-            "list" => redis::cmd("RPUSH")
-                .arg(&lease)
-                .arg("x")
-                .query(&mut connection),
-            _ => redis::cmd("SET")
-                .arg(&lease)
-                .arg("x")
-                .query(&mut connection),
-        }
-        .unwrap();
+        let write = match foreign {
+            "list" => redis::cmd("RPUSH").arg(&lease).arg("x").clone(),
+            _ => redis::cmd("SET").arg(&lease).arg("x").clone(),
+        };
+        let _: Option<()> = h.raw(&write).await;
         let runs = probe.runs();
         for _ in 0..3 {
             assert_eq!(plain(id, &h.cache, &probe).await, format!("value {id}"));

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use redis_memo::{Cache, MemoryStore, redis_cached};
-use redis_memo_testkit::RedisServer;
+use redis_memo_testkit::{RedisCluster, RedisServer};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -12,14 +12,20 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy)]
 pub enum Backend {
     Redis,
+    /// A local Redis Cluster: 3 primaries, 3 replicas.
+    Cluster,
     Memory,
 }
 
-/// A cache on its own backend (a fresh `redis-server`, or a fresh in-memory store), with raw
-/// access to what is stored.
+/// A cache on its own backend (a fresh `redis-server`, a fresh local cluster, or a fresh
+/// in-memory store), with raw access to what is stored.
 pub struct Harness {
     pub cache: Cache,
     pub server: Option<RedisServer>,
+    pub cluster: Option<RedisCluster>,
+    /// One connection for the test's raw commands on a cluster (each new one learns the
+    /// topology first).
+    cluster_connection: tokio::sync::OnceCell<redis::cluster_async::ClusterConnection>,
     store: Option<MemoryStore>,
     namespace: String,
 }
@@ -58,6 +64,23 @@ impl Harness {
                 Harness {
                     cache,
                     server: Some(server),
+                    cluster: None,
+                    cluster_connection: tokio::sync::OnceCell::new(),
+                    store: None,
+                    namespace,
+                }
+            }
+            Backend::Cluster => {
+                let cluster = RedisCluster::start().expect("the test suite needs redis-server");
+                let cache = builder
+                    .redis_cluster(cluster.urls())
+                    .build()
+                    .expect("cache");
+                Harness {
+                    cache,
+                    server: None,
+                    cluster: Some(cluster),
+                    cluster_connection: tokio::sync::OnceCell::new(),
                     store: None,
                     namespace,
                 }
@@ -69,6 +92,8 @@ impl Harness {
                 Harness {
                     cache,
                     server: None,
+                    cluster: None,
+                    cluster_connection: tokio::sync::OnceCell::new(),
                     store: Some(store),
                     namespace,
                 }
@@ -83,11 +108,39 @@ impl Harness {
         configure: impl FnOnce(redis_memo::CacheBuilder) -> redis_memo::CacheBuilder,
     ) -> Cache {
         let builder = configure(Cache::builder().namespace(self.namespace.clone()));
-        match (&self.server, &self.store) {
-            (Some(server), _) => builder.redis_url(server.url()).build().expect("cache"),
-            (None, Some(store)) => builder.memory(store.clone()).build().expect("cache"),
-            (None, None) => unreachable!("a harness has a server or a store"),
+        match (&self.server, &self.cluster, &self.store) {
+            (Some(server), _, _) => builder.redis_url(server.url()).build().expect("cache"),
+            (_, Some(cluster), _) => builder
+                .redis_cluster(cluster.urls())
+                .build()
+                .expect("cache"),
+            (_, _, Some(store)) => builder.memory(store.clone()).build().expect("cache"),
+            (None, None, None) => unreachable!("a harness has a server, a cluster or a store"),
         }
+    }
+
+    /// Whether the cache runs on Redis (one server or a cluster).
+    pub fn on_redis(&self) -> bool {
+        self.server.is_some() || self.cluster.is_some()
+    }
+
+    /// Runs `command` on the harness's Redis (routed by its key on a cluster), bypassing the
+    /// cache; `None` for the in-memory backend.
+    pub async fn raw<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Option<T> {
+        if let Some(server) = &self.server {
+            return Some(Self::redis(server, command).await);
+        }
+        let mut connection = self.cluster_connection().await?;
+        Some(command.query_async(&mut connection).await.unwrap())
+    }
+
+    async fn cluster_connection(&self) -> Option<redis::cluster_async::ClusterConnection> {
+        let cluster = self.cluster.as_ref()?;
+        let connection = self
+            .cluster_connection
+            .get_or_init(|| async { cluster.client().get_async_connection().await.unwrap() })
+            .await;
+        Some(connection.clone())
     }
 
     pub fn server(&mut self) -> &mut RedisServer {
@@ -107,98 +160,148 @@ impl Harness {
     /// Writes raw bytes under the entry whose rendered key is `rendered`.
     pub async fn write_raw(&self, rendered: &str, bytes: &[u8], ttl: Duration) {
         let key = self.cache.full_key(rendered);
-        match (&self.server, &self.store) {
-            (Some(server), _) => {
-                let ttl_ms = ttl.as_millis() as u64;
-                Self::redis::<()>(
-                    server,
-                    redis::cmd("SET").arg(&key).arg(bytes).arg("PX").arg(ttl_ms),
-                )
-                .await;
-            }
-            (None, Some(store)) => store.insert_raw(&key, bytes.to_vec().into(), ttl).await,
-            (None, None) => unreachable!("a harness has a server or a store"),
+        let ttl_ms = ttl.as_millis() as u64;
+        let set = redis::cmd("SET")
+            .arg(&key)
+            .arg(bytes)
+            .arg("PX")
+            .arg(ttl_ms)
+            .clone();
+        if self.raw::<()>(&set).await.is_none() {
+            let store = self.store.as_ref().expect("a harness has a backend");
+            store.insert_raw(&key, bytes.to_vec().into(), ttl).await;
         }
     }
 
-    /// Writes the same raw bytes under many rendered keys (pipelined on Redis).
+    /// Writes the same raw bytes under many rendered keys (pipelined on Redis, per slot on a
+    /// cluster).
     pub async fn write_many_raw(&self, rendered: &[String], bytes: &[u8], ttl: Duration) {
-        match (&self.server, &self.store) {
-            (Some(server), _) => {
-                let mut connection = server
-                    .client()
-                    .get_multiplexed_async_connection()
-                    .await
-                    .unwrap();
-                for chunk in rendered.chunks(5000) {
+        let set = |pipe: &mut redis::Pipeline, key: &str| {
+            pipe.cmd("SET")
+                .arg(self.cache.full_key(key))
+                .arg(bytes)
+                .arg("PX")
+                .arg(ttl.as_millis() as u64)
+                .ignore();
+        };
+        if let Some(server) = &self.server {
+            let mut connection = server
+                .client()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            for chunk in rendered.chunks(5000) {
+                let mut pipe = redis::pipe();
+                for key in chunk {
+                    set(&mut pipe, key);
+                }
+                let () = pipe.query_async(&mut connection).await.unwrap();
+            }
+        } else if let Some(connection) = self.cluster_connection().await {
+            let mut by_slot: std::collections::HashMap<_, Vec<&String>> = Default::default();
+            for key in rendered {
+                let slot = redis::cluster_routing::Slot::for_key(self.cache.full_key(key));
+                by_slot.entry(slot).or_default().push(key);
+            }
+            let pipes: Vec<redis::Pipeline> = by_slot
+                .values()
+                .map(|keys| {
                     let mut pipe = redis::pipe();
-                    for key in chunk {
-                        pipe.cmd("SET")
-                            .arg(self.cache.full_key(key))
-                            .arg(bytes)
-                            .arg("PX")
-                            .arg(ttl.as_millis() as u64)
-                            .ignore();
+                    for key in keys {
+                        set(&mut pipe, key);
                     }
-                    let () = pipe.query_async(&mut connection).await.unwrap();
-                }
+                    pipe
+                })
+                .collect();
+            for chunk in pipes.chunks(256) {
+                futures_util::future::join_all(chunk.iter().map(|pipe| {
+                    let mut connection = connection.clone();
+                    async move {
+                        let () = pipe.query_async(&mut connection).await.unwrap();
+                    }
+                }))
+                .await;
             }
-            (None, Some(store)) => {
-                for key in rendered {
-                    store
-                        .insert_raw(&self.cache.full_key(key), bytes.to_vec().into(), ttl)
-                        .await;
-                }
+        } else {
+            let store = self.store.as_ref().expect("a harness has a backend");
+            for key in rendered {
+                store
+                    .insert_raw(&self.cache.full_key(key), bytes.to_vec().into(), ttl)
+                    .await;
             }
-            (None, None) => unreachable!("a harness has a server or a store"),
         }
     }
 
     /// Deletes a tag's version key by hand, as an operator (or an eviction) could.
     pub async fn delete_tag_raw(&self, rendered_tag: &str) {
         let key = self.cache.full_tag_key(rendered_tag);
-        match (&self.server, &self.store) {
-            (Some(server), _) => {
-                let deleted: u64 = Self::redis(server, redis::cmd("DEL").arg(&key)).await;
-                assert_eq!(deleted, 1, "{key} existed");
+        match self.raw::<u64>(redis::cmd("DEL").arg(&key)).await {
+            Some(deleted) => assert_eq!(deleted, 1, "{key} existed"),
+            None => {
+                let store = self.store.as_ref().expect("a harness has a backend");
+                assert!(store.remove_tag_raw(&key).await, "{key} existed");
             }
-            (None, Some(store)) => assert!(store.remove_tag_raw(&key).await, "{key} existed"),
-            (None, None) => unreachable!("a harness has a server or a store"),
         }
     }
 
-    /// Redis's count of calls per command (`INFO commandstats`), without the `INFO` calls;
-    /// `None` for the in-memory backend.
+    /// Redis's count of calls per command (`INFO commandstats`, summed over a cluster's
+    /// primaries), without `INFO` and the cluster client's own topology commands; `None` for
+    /// the in-memory backend.
     pub async fn command_calls(&self) -> Option<std::collections::BTreeMap<String, u64>> {
-        let server = self.server.as_ref()?;
-        let info: String = Self::redis(server, redis::cmd("INFO").arg("commandstats")).await;
-        Some(
-            info.lines()
-                .filter_map(|line| {
-                    let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-                    let calls = rest.strip_prefix("calls=")?.split(',').next()?;
-                    Some((name.to_owned(), calls.parse().ok()?))
-                })
-                .filter(|(name, _)| name != "info")
-                .collect(),
-        )
+        let servers: Vec<&RedisServer> = match (&self.server, &self.cluster) {
+            (Some(server), _) => vec![server],
+            (_, Some(cluster)) => {
+                let topology = cluster.topology().unwrap();
+                cluster
+                    .nodes()
+                    .iter()
+                    .filter(|node| {
+                        topology
+                            .iter()
+                            .any(|known| known.port == node.port() && known.primary)
+                    })
+                    .collect()
+            }
+            _ => return None,
+        };
+        let mut calls = std::collections::BTreeMap::new();
+        for server in servers {
+            let info: String = Self::redis(server, redis::cmd("INFO").arg("commandstats")).await;
+            for (name, count) in info.lines().filter_map(|line| {
+                let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+                let count: u64 = rest
+                    .strip_prefix("calls=")?
+                    .split(',')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                Some((name.to_owned(), count))
+            }) {
+                if !matches!(
+                    name.as_str(),
+                    "info" | "cluster|slots" | "cluster|nodes" | "ping"
+                ) {
+                    *calls.entry(name).or_default() += count;
+                }
+            }
+        }
+        Some(calls)
     }
 
     /// How long Redis keeps the entry `rendered` (`PTTL`, ms); `None` for the in-memory backend.
     pub async fn pttl_ms(&self, rendered: &str) -> Option<i64> {
-        let server = self.server.as_ref()?;
         let key = self.cache.full_key(rendered);
-        Some(Self::redis(server, redis::cmd("PTTL").arg(&key)).await)
+        self.raw(redis::cmd("PTTL").arg(&key)).await
     }
 
     /// The raw bytes stored for `rendered`, if any.
     pub async fn read_raw(&self, rendered: &str) -> Option<Vec<u8>> {
         let key = self.cache.full_key(rendered);
-        match (&self.server, &self.store) {
-            (Some(server), _) => Self::redis(server, redis::cmd("GET").arg(&key)).await,
-            (None, Some(store)) => store.get_raw(&key).await.map(|bytes| bytes.to_vec()),
-            (None, None) => unreachable!("a harness has a server or a store"),
+        if self.on_redis() {
+            return self.raw(redis::cmd("GET").arg(&key)).await.flatten();
         }
+        let store = self.store.as_ref().expect("a harness has a backend");
+        store.get_raw(&key).await.map(|bytes| bytes.to_vec())
     }
 }
 

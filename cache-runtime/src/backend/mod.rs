@@ -1,14 +1,17 @@
-//! Where entries are stored: Redis, or an in-process store with the same semantics.
+//! Where entries are stored: one Redis server, a Redis Cluster, or an in-process store with
+//! the same semantics.
 //!
 //! Both store envelope-encoded entries with a per-entry ttl and leases beside them;
 //! everything above (keys, envelope, coalescing, fail-open) is shared, so the in-memory
 //! backend behaves like Redis in users' tests.
 
 mod connection;
+mod link;
 mod memory;
 mod redis;
 
 pub(crate) use self::connection::{RedisConnection, Remake};
+pub(crate) use self::link::{ClusterLink, Link};
 pub use self::memory::MemoryStore;
 pub(crate) use self::redis::RedisBackend;
 

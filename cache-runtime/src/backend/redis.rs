@@ -1,14 +1,14 @@
-//! The Redis backend: one multiplexed, self-reconnecting connection (replaced when it stops
-//! serving, see [`RedisConnection`]), every operation bounded by the per-operation timeout.
+//! The Redis backend, for one server or a Redis Cluster (see [`Link`]): every operation
+//! bounded by the per-operation timeout.
 
 use crate::CacheError;
-use crate::backend::RedisConnection;
+use crate::backend::link::{Link, ScanTarget};
 use crate::lease::{self, Acquired};
 use crate::notify::{self, Listener};
 use crate::pattern::KeyPattern;
 use crate::tags::{self, TagKeys, Token, Versions};
 use bytes::Bytes;
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -18,51 +18,46 @@ static INVALIDATE: LazyLock<redis::Script> =
 
 #[derive(Clone)]
 pub(crate) struct RedisBackend {
-    /// Replaced when it stops serving (see [`RedisConnection`]).
-    connection: Arc<RedisConnection>,
+    link: Link,
     op_timeout: Duration,
 }
 
 impl std::fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisBackend")
+            .field("cluster", &matches!(self.link, Link::Cluster(_)))
             .field("op_timeout", &self.op_timeout)
             .finish_non_exhaustive()
     }
 }
 
 impl RedisBackend {
-    pub(crate) fn new(connection: Arc<RedisConnection>, op_timeout: Duration) -> Self {
-        RedisBackend {
-            connection,
-            op_timeout,
-        }
+    pub(crate) fn new(link: Link, op_timeout: Duration) -> Self {
+        RedisBackend { link, op_timeout }
     }
 
     /// Listens for the fill of `entry`: subscribes to its channel unless this process already
     /// does. `None` when this connection cannot receive pushes.
     pub(crate) async fn listen(&self, entry: &str) -> Result<Option<Listener>, CacheError> {
-        let Some(notices) = &self.connection.notices else {
+        let Some(notices) = self.link.notices() else {
             return Ok(None);
         };
         let channel = notify::channel(entry);
         let (receiver, first) = notices.listen(&channel);
         let unsubscribe: Box<dyn FnOnce(String) + Send> = {
-            let (connection, op_timeout) = (Arc::clone(&self.connection), self.op_timeout);
+            let (link, op_timeout) = (self.link.clone(), self.op_timeout);
             Box::new(move |channel: String| {
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                     runtime.spawn(async move {
-                        let _ordered = connection.subscriptions.lock().await;
+                        let _ordered = link.subscriptions().lock().await;
                         // A new listener may have come since: then it keeps the subscription.
                         // Bounded like every operation: the lock is held meanwhile, and a
                         // server that never answers must not stop every later subscription.
-                        let listened = connection
-                            .notices
-                            .as_ref()
+                        let listened = link
+                            .notices()
                             .is_some_and(|notices| notices.is_listened(&channel));
                         if !listened {
-                            let mut manager = connection.manager();
-                            let unsubscribe = manager.unsubscribe(channel);
+                            let unsubscribe = link.unsubscribe(channel);
                             let _ = tokio::time::timeout(op_timeout, unsubscribe).await;
                         }
                     });
@@ -76,10 +71,10 @@ impl RedisBackend {
             Some(unsubscribe),
         );
         if first {
-            let _ordered = self.connection.subscriptions.lock().await;
-            let mut manager = self.connection.manager();
+            let _ordered = self.link.subscriptions().lock().await;
             let deadline = Instant::now() + self.op_timeout;
-            self.bounded(deadline, manager.subscribe(&channel)).await?;
+            self.bounded(deadline, self.link.subscribe(vec![channel]))
+                .await?;
         }
         Ok(Some(listener))
     }
@@ -96,7 +91,7 @@ impl RedisBackend {
             Ok(result) => result.map_err(CacheError::from),
             Err(_) => Err(CacheError::Timeout(budget)),
         };
-        self.connection.observe(&result);
+        self.link.observe(&result);
         result
     }
 
@@ -105,8 +100,8 @@ impl RedisBackend {
         command: &redis::Cmd,
         deadline: Instant,
     ) -> Result<T, CacheError> {
-        // ConnectionManager is a cheap handle (an Arc); commands need it mutably.
-        let mut connection = self.connection.manager();
+        // A cheap handle (an Arc); commands need it mutably.
+        let mut connection = self.link.handle();
         self.bounded(deadline, command.query_async(&mut connection))
             .await
     }
@@ -127,10 +122,10 @@ impl RedisBackend {
     }
 
     /// The entry and the current tokens of its tags in one command, `MGET entry tag..` (a
-    /// plain `GET` without tags): one round trip, and on the server one command. This backend
-    /// talks to one server; a Cluster backend must group the keys by slot instead. `MGET`
-    /// answers nil for a key of another type: such an entry is a miss that the fill
-    /// overwrites.
+    /// plain `GET` without tags): one round trip, and on one server one command. On a cluster
+    /// redis-rs splits the `MGET` per slot and sends the parts in parallel (one round trip of
+    /// wall time). `MGET` answers nil for a key of another type: such an entry is a miss that
+    /// the fill overwrites.
     pub(crate) async fn read(
         &self,
         entry: &str,
@@ -169,28 +164,28 @@ impl RedisBackend {
         ttl: Duration,
         deadline: Instant,
     ) -> Result<Vec<Token>, CacheError> {
-        // redis-rs refuses an empty pipeline ("empty command").
         if keys.is_empty() {
             return Ok(Vec::new());
         }
         let fresh: Vec<Token> = keys.iter().map(|_| tags::new_token()).collect();
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for (key, token) in keys.iter().zip(&fresh) {
-            pipe.cmd("SET")
-                .arg(key)
-                .arg(&token[..])
-                .arg("NX")
-                .arg("PX")
-                .arg(millis(ttl))
-                .ignore()
-                .get(key);
-        }
         // One deadline for both steps.
-        let replies: Vec<redis::RedisResult<Option<Vec<u8>>>> =
-            self.pipeline_until(&pipe, deadline).await?;
+        let replies: Vec<redis::RedisResult<Option<Vec<u8>>>> = self
+            .per_slot(keys, deadline, |pipe, group| {
+                pipe.ignore_errors();
+                for &index in group {
+                    pipe.cmd("SET")
+                        .arg(keys[index])
+                        .arg(&fresh[index][..])
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(millis(ttl))
+                        .ignore()
+                        .get(keys[index]);
+                }
+            })
+            .await?;
         let mut tokens = Vec::with_capacity(keys.len());
-        let mut overwrite = redis::pipe();
+        let mut overwrite = Vec::new();
         for ((key, token), reply) in keys.iter().zip(&fresh).zip(replies) {
             match reply
                 .ok()
@@ -200,19 +195,25 @@ impl RedisBackend {
                 Some(current) => tokens.push(current),
                 None => {
                     // Not a token (a value of another type, or garbage): ours replaces it.
-                    overwrite
-                        .cmd("SET")
-                        .arg(key)
-                        .arg(&token[..])
-                        .arg("PX")
-                        .arg(millis(ttl))
-                        .ignore();
+                    overwrite.push((*key, token));
                     tokens.push(*token);
                 }
             }
         }
         if !overwrite.is_empty() {
-            let () = self.pipeline_until(&overwrite, deadline).await?;
+            let overwritten: Vec<&str> = overwrite.iter().map(|(key, _)| *key).collect();
+            let _: Vec<()> = self
+                .per_slot(&overwritten, deadline, |pipe, group| {
+                    for &index in group {
+                        let (key, token) = overwrite[index];
+                        pipe.cmd("SET")
+                            .arg(key)
+                            .arg(&token[..])
+                            .arg("PX")
+                            .arg(millis(ttl));
+                    }
+                })
+                .await?;
         }
         Ok(tokens)
     }
@@ -227,16 +228,19 @@ impl RedisBackend {
         if keys.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
-        for key in keys.iter() {
-            pipe.cmd("PEXPIRE")
-                .arg(key)
-                .arg(millis(ttl))
-                .arg("GT")
-                .ignore();
-        }
+        let keys: Vec<&str> = keys.iter().collect();
         let deadline = Instant::now() + self.op_timeout;
-        self.pipeline_until(&pipe, deadline).await
+        let _: Vec<i64> = self
+            .per_slot(&keys, deadline, |pipe, group| {
+                for &index in group {
+                    pipe.cmd("PEXPIRE")
+                        .arg(keys[index])
+                        .arg(millis(ttl))
+                        .arg("GT");
+                }
+            })
+            .await?;
+        Ok(())
     }
 
     /// Deletes tag version keys, one `DEL` each (they may live in different Cluster slots);
@@ -245,13 +249,60 @@ impl RedisBackend {
         if keys.is_empty() {
             return Ok(0);
         }
-        let mut pipe = redis::pipe();
-        for key in keys {
-            pipe.del(key);
-        }
         let deadline = Instant::now() + self.op_timeout;
-        let removed: Vec<u64> = self.pipeline_until(&pipe, deadline).await?;
+        let removed: Vec<u64> = self
+            .per_slot(keys, deadline, |pipe, group| {
+                for &index in group {
+                    pipe.del(&keys[index]);
+                }
+            })
+            .await?;
         Ok(removed.into_iter().sum())
+    }
+
+    /// Runs one pipeline per group of `keys` that may share a pipeline (all of them on one
+    /// server, one slot each on a cluster: see [`Link::slot_groups`]), the groups in parallel.
+    /// `build` fills a group's pipeline from the positions in `keys` it holds, with exactly one
+    /// reply per position; the replies come back in the order of `keys`.
+    async fn per_slot<K, T>(
+        &self,
+        keys: &[K],
+        deadline: Instant,
+        build: impl Fn(&mut redis::Pipeline, &[usize]),
+    ) -> Result<Vec<T>, CacheError>
+    where
+        K: AsRef<[u8]>,
+        T: redis::FromRedisValue,
+    {
+        let groups = self.link.slot_groups(keys);
+        let pipes: Vec<redis::Pipeline> = groups
+            .iter()
+            .map(|group| {
+                let mut pipe = redis::pipe();
+                build(&mut pipe, group);
+                pipe
+            })
+            .collect();
+        let replies = futures_util::future::join_all(
+            pipes
+                .iter()
+                .map(|pipe| self.pipeline_until::<Vec<T>>(pipe, deadline)),
+        )
+        .await;
+        let mut ordered: Vec<Option<T>> = keys.iter().map(|_| None).collect();
+        for (group, replies) in groups.iter().zip(replies) {
+            let replies = replies?;
+            if replies.len() != group.len() {
+                return Err(unexpected_reply("pipeline"));
+            }
+            for (&index, reply) in group.iter().zip(replies) {
+                ordered[index] = Some(reply);
+            }
+        }
+        ordered
+            .into_iter()
+            .map(|reply| reply.ok_or_else(|| unexpected_reply("pipeline")))
+            .collect()
     }
 
     /// `SET lease token PX ttl`: the lease is `token`'s, whoever held it.
@@ -272,7 +323,7 @@ impl RedisBackend {
         pipe: &redis::Pipeline,
         deadline: Instant,
     ) -> Result<T, CacheError> {
-        let mut connection = self.connection.manager();
+        let mut connection = self.link.handle();
         self.bounded(deadline, pipe.query_async(&mut connection))
             .await
     }
@@ -315,7 +366,8 @@ impl RedisBackend {
             .arg(token)
             .arg(value.as_ref())
             .arg(millis(ttl))
-            .arg(notify::channel(entry));
+            .arg(notify::channel(entry))
+            .arg(self.link.publish_command());
         let stored: i64 = self.invoke(&invocation).await?;
         Ok(stored == 1)
     }
@@ -334,7 +386,8 @@ impl RedisBackend {
             .key(entry)
             .arg(token)
             .arg(if clear_entry { "1" } else { "0" })
-            .arg(notify::channel(entry));
+            .arg(notify::channel(entry))
+            .arg(self.link.publish_command());
         let _: i64 = self.invoke(&invocation).await?;
         Ok(())
     }
@@ -359,6 +412,22 @@ impl RedisBackend {
     }
 
     async fn invalidate_matching_once(&self, pattern: &KeyPattern) -> Result<u64, CacheError> {
+        let targets = self
+            .bounded(Instant::now() + self.op_timeout, self.link.scan_targets())
+            .await?;
+        let mut removed = 0;
+        for target in &targets {
+            removed += self.invalidate_matching_on(target, pattern).await?;
+        }
+        Ok(removed)
+    }
+
+    /// One full `SCAN` of one server (or cluster primary), removing what `pattern` selects.
+    async fn invalidate_matching_on(
+        &self,
+        target: &ScanTarget,
+        pattern: &KeyPattern,
+    ) -> Result<u64, CacheError> {
         // The server narrows by the pattern's literal beginning; `selects` decides.
         let scan_match = pattern.scan_match();
         let mut cursor: u64 = 0;
@@ -371,8 +440,12 @@ impl RedisBackend {
                 .arg("COUNT")
                 .arg(1000)
                 .clone();
+            let mut handle = self.link.handle();
             let (next, keys): (u64, Vec<String>) = self
-                .run_until(&scan, Instant::now() + self.op_timeout)
+                .bounded(
+                    Instant::now() + self.op_timeout,
+                    target.run(&mut handle, &scan),
+                )
                 .await?;
             let mut entries: Vec<&str> = keys
                 .iter()
@@ -390,7 +463,8 @@ impl RedisBackend {
     }
 
     /// Deletes each of `entries` together with its lease (the invalidation script, waking
-    /// `lock` waiters), pipelined: one round trip; how many entries existed.
+    /// `lock` waiters), pipelined: one round trip (per slot on a cluster, in parallel); how many
+    /// entries existed.
     pub(crate) async fn invalidate_entries(&self, entries: &[&str]) -> Result<u64, CacheError> {
         if entries.is_empty() {
             return Ok(0);
@@ -400,31 +474,35 @@ impl RedisBackend {
             .map(|entry| lease::lease_key(entry))
             .collect();
         let channels: Vec<String> = entries.iter().map(|entry| notify::channel(entry)).collect();
+        let publish = self.link.publish_command();
         let invocations: Vec<redis::ScriptInvocation<'_>> = entries
             .iter()
             .zip(&leases)
             .zip(&channels)
             .map(|((entry, lease), channel)| {
                 let mut invocation = INVALIDATE.key(*entry);
-                invocation.key(lease).arg(channel);
+                invocation.key(lease).arg(channel).arg(publish);
                 invocation
             })
             .collect();
-        // A pipeline runs EVALSHA without loading the script: load it first.
-        let mut pipe = redis::pipe();
-        pipe.load_script(&INVALIDATE).ignore();
-        for invocation in &invocations {
-            pipe.invoke_script(invocation);
-        }
         let deleted: Vec<i64> = self
-            .pipeline_until(&pipe, Instant::now() + self.op_timeout)
+            .per_slot(entries, Instant::now() + self.op_timeout, |pipe, group| {
+                // A pipeline runs EVALSHA without loading the script: load it first.
+                pipe.load_script(&INVALIDATE).ignore();
+                for &index in group {
+                    pipe.invoke_script(&invocations[index]);
+                }
+            })
             .await?;
         Ok(deleted.into_iter().filter(|&count| count > 0).count() as u64)
     }
 
     pub(crate) async fn invalidate(&self, entry: &str, lease: &str) -> Result<bool, CacheError> {
         let mut invocation = INVALIDATE.key(entry);
-        invocation.key(lease).arg(notify::channel(entry));
+        invocation
+            .key(lease)
+            .arg(notify::channel(entry))
+            .arg(self.link.publish_command());
         let removed: i64 = self.invoke(&invocation).await?;
         Ok(removed > 0)
     }
@@ -442,7 +520,7 @@ impl RedisBackend {
         invocation: &redis::ScriptInvocation<'_>,
         deadline: Instant,
     ) -> Result<T, CacheError> {
-        let mut connection = self.connection.manager();
+        let mut connection = self.link.handle();
         self.bounded(deadline, invocation.invoke_async(&mut connection))
             .await
     }
