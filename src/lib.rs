@@ -73,9 +73,9 @@
 
 pub use redis_memo_macros::{redis_cache_evict, redis_cache_put, redis_cached, redis_cached_impl};
 pub use redis_memo_runtime::{
-    Bincode, Cache, CacheBuilder, CacheError, CacheValue, Clock, Codec, EntryRef, FunctionRef,
-    KeyPart, KeyWriter, MAX_RENDERED_LEN, ManualClock, MemoryStore, Stats, SystemClock, TimedOut,
-    codec, envelope, install, pattern_part, with_cache,
+    Bincode, Cache, CacheBuilder, CacheError, CacheValue, ClientTlsConfig, Clock, Codec, EntryRef,
+    FunctionRef, KeyPart, KeyWriter, MAX_RENDERED_LEN, ManualClock, MemoryStore, Stats,
+    SystemClock, TimedOut, TlsCertificates, codec, envelope, install, pattern_part, with_cache,
 };
 
 /// What generated code calls. Not a public API.

@@ -92,6 +92,7 @@ pub struct CacheBuilder {
     clock: Arc<dyn Clock>,
     random_seed: Option<u64>,
     max_background_refreshes: usize,
+    tls: Option<redis::TlsCertificates>,
 }
 
 enum Source {
@@ -182,6 +183,27 @@ impl CacheBuilder {
         self
     }
 
+    /// The certificates for `rediss://` URLs (single server or cluster): the authority to
+    /// trust instead of the system's (`root_cert`, PEM), and a client certificate and key for
+    /// servers that ask for one (`client_tls`). Without it, `rediss://` trusts the system's
+    /// authorities. TLS is rustls (pure Rust) with the ring provider.
+    ///
+    /// ```no_run
+    /// # fn f(ca_pem: Vec<u8>) -> Result<(), redis_memo_runtime::CacheError> {
+    /// let cache = redis_memo_runtime::Cache::builder()
+    ///     .redis_url("rediss://cache.internal:6380")
+    ///     .tls_certificates(redis_memo_runtime::TlsCertificates {
+    ///         client_tls: None,
+    ///         root_cert: Some(ca_pem),
+    ///     })
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn tls_certificates(mut self, certificates: redis::TlsCertificates) -> Self {
+        self.tls = Some(certificates);
+        self
+    }
+
     /// Stores entries in process, in `store`.
     pub fn memory(mut self, store: MemoryStore) -> Self {
         self.source = Some(Source::Memory(store));
@@ -263,7 +285,7 @@ impl CacheBuilder {
             Some(Source::ClusterUrls(urls)) => {
                 require_runtime()?;
                 Backend::Redis(RedisBackend::new(
-                    cluster_link(&urls, self.op_timeout)?,
+                    cluster_link(&urls, self.op_timeout, self.tls)?,
                     self.op_timeout,
                 ))
             }
@@ -291,7 +313,10 @@ impl CacheBuilder {
                 let info = info
                     .set_redis_settings(settings)
                     .set_tcp_settings(dead_peer_detection());
-                let client = redis::Client::open(info)?;
+                let client = match self.tls {
+                    Some(certificates) => redis::Client::build_with_tls(info, certificates)?,
+                    None => redis::Client::open(info)?,
+                };
                 let notices = Notices::default();
                 let pushes = notices.clone();
                 let config = ConnectionManagerConfig::new()
@@ -364,17 +389,24 @@ fn require_runtime() -> Result<(), CacheError> {
 
 /// A cluster connection from node URLs: RESP3 with our push sender, so `lock` waiters are
 /// woken by shard messages (re-subscribed by redis-rs after reconnections and slot moves).
-fn cluster_link(urls: &[String], op_timeout: Duration) -> Result<Link, CacheError> {
+fn cluster_link(
+    urls: &[String],
+    op_timeout: Duration,
+    tls: Option<redis::TlsCertificates>,
+) -> Result<Link, CacheError> {
     if urls.is_empty() {
         return Err(CacheError::Config(
             "redis_cluster needs at least one node URL".into(),
         ));
     }
-    let client = redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
+    let mut client = redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
         .use_protocol(redis::ProtocolVersion::RESP3)
         .connection_timeout(op_timeout)
-        .tcp_settings(dead_peer_detection())
-        .build()?;
+        .tcp_settings(dead_peer_detection());
+    if let Some(certificates) = tls {
+        client = client.certs(certificates);
+    }
+    let client = client.build()?;
     let notices = Notices::default();
     let pushes = notices.clone();
     let config = redis::cluster::ClusterConfig::new()
@@ -444,6 +476,7 @@ impl Cache {
             clock: Arc::new(SystemClock),
             random_seed: None,
             max_background_refreshes: CacheBuilder::DEFAULT_MAX_BACKGROUND_REFRESHES,
+            tls: None,
         }
     }
 

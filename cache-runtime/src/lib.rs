@@ -42,6 +42,7 @@ pub use crate::returns::CacheValue;
 pub use crate::stats::Stats;
 pub use crate::timeouts::TimedOut;
 pub use crate::writers::{EntryRef, FunctionRef};
+pub use redis::{ClientTlsConfig, TlsCertificates};
 
 /// What generated code calls. Not a public API: it changes with the macro crate, whose version
 /// the facade pins.

@@ -12,9 +12,11 @@
 
 mod cluster;
 mod proxy;
+mod tls;
 
-pub use cluster::RedisCluster;
+pub use cluster::{ClusterNode, RedisCluster};
 pub use proxy::TcpProxy;
+pub use tls::TestCa;
 
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
@@ -59,6 +61,8 @@ pub struct RedisServer {
     paused: bool,
     /// Settings beyond the defaults, passed on every (re)start.
     extra_args: Vec<String>,
+    /// With TLS: its port, and the directory of its certificate files.
+    tls: Option<(u16, tempfile::TempDir)>,
 }
 
 impl RedisServer {
@@ -101,6 +105,7 @@ impl RedisServer {
                 child: None,
                 paused: false,
                 extra_args: extra_args.to_vec(),
+                tls: None,
             };
             match server.spawn() {
                 Ok(()) => return Ok(server),
@@ -183,6 +188,31 @@ impl RedisServer {
         info.lines()
             .find_map(|line| line.strip_prefix("process_id:"))
             .and_then(|pid| pid.trim().parse().ok())
+    }
+
+    /// Starts a server that also accepts TLS connections, with a certificate `ca` signed
+    /// (for `127.0.0.1` and `localhost`), on [`RedisServer::tls_url`]. The plain port stays
+    /// open for the testkit's own checks.
+    ///
+    /// # Errors
+    /// As for [`RedisServer::start`], and if the certificate files cannot be written.
+    pub fn start_tls(ca: &TestCa) -> Result<RedisServer, TestkitError> {
+        let dir = tempfile::Builder::new()
+            .prefix("redis-memo-tls-")
+            .tempdir()?;
+        let files = ca.write_server_files(dir.path())?;
+        let tls_port = free_port()?;
+        let mut server =
+            Self::start_configured(OsStr::new("redis-server"), &files.args(tls_port), free_port)?;
+        server.tls = Some((tls_port, dir));
+        Ok(server)
+    }
+
+    /// `rediss://127.0.0.1:<tls port>/` for a server started with [`RedisServer::start_tls`].
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls
+            .as_ref()
+            .map(|(port, _)| format!("rediss://127.0.0.1:{port}/"))
     }
 
     /// The process id of the running server, if it runs.
