@@ -47,6 +47,8 @@ enum Backend {
     Redis(RedisServer),
     /// Fill notices travel by sharded pub/sub here (`SPUBLISH` / `SSUBSCRIBE`).
     Cluster(RedisCluster),
+    /// One server, the caches connected as the README's least-privileged ACL user.
+    RedisAcl(RedisServer),
     Memory(MemoryStore),
 }
 
@@ -57,7 +59,20 @@ impl Backend {
         match self {
             Backend::Redis(server) => builder.redis_url(server.url()).build().unwrap(),
             Backend::Cluster(cluster) => builder.redis_cluster(cluster.urls()).build().unwrap(),
+            Backend::RedisAcl(server) => builder
+                .redis_url(support::acl_user_url(server, namespace))
+                .build()
+                .unwrap(),
             Backend::Memory(store) => builder.memory(store.clone()).build().unwrap(),
+        }
+    }
+}
+
+impl Drop for Backend {
+    /// As the ACL user, no command may have been refused (see `support::Harness`'s drop).
+    fn drop(&mut self) {
+        if let (Backend::RedisAcl(server), false) = (&*self, std::thread::panicking()) {
+            support::assert_no_acl_refusals(server);
         }
     }
 }
@@ -66,6 +81,7 @@ fn backends() -> Vec<Backend> {
     vec![
         Backend::Redis(RedisServer::start().expect("the test suite needs redis-server")),
         Backend::Cluster(RedisCluster::start().expect("the test suite needs redis-server")),
+        Backend::RedisAcl(RedisServer::start().expect("the test suite needs redis-server")),
         Backend::Memory(MemoryStore::new()),
     ]
 }

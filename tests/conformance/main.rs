@@ -1,5 +1,6 @@
-//! The conformance suite: every behaviour of cache-aside, run against one Redis server, a
-//! local Redis Cluster (3 primaries, 3 replicas) and the in-memory backend. Each test is
+//! The conformance suite: every behaviour of cache-aside, run against one Redis server (as
+//! the default user, and as the README's least-privileged ACL user), a local Redis Cluster
+//! (3 primaries, 3 replicas) and the in-memory backend. Each test is
 //! instantiated once per backend.
 
 mod failures;
@@ -25,6 +26,14 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
                     crate::$module::$test(crate::support::Harness::new(crate::support::Backend::Cluster)).await;
+                }
+            )*)*
+        }
+        mod acl_backend {
+            $($(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    crate::$module::$test(crate::support::Harness::new(crate::support::Backend::RedisAcl)).await;
                 }
             )*)*
         }
@@ -121,6 +130,14 @@ macro_rules! conformance_on_backend {
                     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                     async fn $test() {
                         crate::$module::$test(crate::support::Backend::Cluster).await;
+                    }
+                )*
+            }
+            mod acl_backend {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $test() {
+                        crate::$module::$test(crate::support::Backend::RedisAcl).await;
                     }
                 )*
             }

@@ -12,6 +12,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy)]
 pub enum Backend {
     Redis,
+    /// One server, the cache connected as the least-privileged ACL user of the README.
+    RedisAcl,
     /// A local Redis Cluster: 3 primaries, 3 replicas.
     Cluster,
     Memory,
@@ -21,6 +23,8 @@ pub enum Backend {
 /// in-memory store), with raw access to what is stored.
 pub struct Harness {
     pub cache: Cache,
+    /// The URL the cache connects with (one server): as the ACL user, or the default user.
+    redis_url: Option<String>,
     pub server: Option<RedisServer>,
     pub cluster: Option<RedisCluster>,
     /// One connection for the test's raw commands on a cluster (each new one learns the
@@ -28,6 +32,29 @@ pub struct Harness {
     cluster_connection: tokio::sync::OnceCell<redis::cluster_async::ClusterConnection>,
     store: Option<MemoryStore>,
     namespace: String,
+}
+
+/// Creates, on `server`, the README's least-privileged ACL user for `namespace` (the line is
+/// read from the README, so what is documented is what is tested), and returns the URL that
+/// connects as it.
+pub fn acl_user_url(server: &RedisServer, namespace: &str) -> String {
+    let readme = include_str!("../../README.md");
+    let line = readme
+        .lines()
+        .find(|line| line.starts_with("ACL SETUSER memo "))
+        .expect("the README gives the ACL line");
+    let line = line
+        .replace("~memo:*", &format!("~{namespace}:*"))
+        .replace("&memo:*", &format!("&{namespace}:*"))
+        .replace(">secret", ">t0p-s3cret");
+    let mut command = redis::cmd("ACL");
+    for word in line.split_whitespace().skip(1) {
+        command.arg(word);
+    }
+    let () = command
+        .query(&mut server.connection())
+        .expect("ACL SETUSER");
+    format!("redis://memo:t0p-s3cret@127.0.0.1:{}/", server.port())
 }
 
 /// Namespaces differ per harness so nothing can leak between tests even on one server.
@@ -58,11 +85,16 @@ impl Harness {
                 .op_timeout(Duration::from_millis(250)),
         );
         match backend {
-            Backend::Redis => {
+            Backend::Redis | Backend::RedisAcl => {
                 let server = RedisServer::start().expect("the test suite needs redis-server");
-                let cache = builder.redis_url(server.url()).build().expect("cache");
+                let url = match backend {
+                    Backend::RedisAcl => acl_user_url(&server, &namespace),
+                    _ => server.url(),
+                };
+                let cache = builder.redis_url(url.clone()).build().expect("cache");
                 Harness {
                     cache,
+                    redis_url: Some(url),
                     server: Some(server),
                     cluster: None,
                     cluster_connection: tokio::sync::OnceCell::new(),
@@ -78,6 +110,7 @@ impl Harness {
                     .expect("cache");
                 Harness {
                     cache,
+                    redis_url: None,
                     server: None,
                     cluster: Some(cluster),
                     cluster_connection: tokio::sync::OnceCell::new(),
@@ -91,6 +124,7 @@ impl Harness {
                 let cache = builder.memory(store.clone()).build().expect("cache");
                 Harness {
                     cache,
+                    redis_url: None,
                     server: None,
                     cluster: None,
                     cluster_connection: tokio::sync::OnceCell::new(),
@@ -109,7 +143,10 @@ impl Harness {
     ) -> Cache {
         let builder = configure(Cache::builder().namespace(self.namespace.clone()));
         match (&self.server, &self.cluster, &self.store) {
-            (Some(server), _, _) => builder.redis_url(server.url()).build().expect("cache"),
+            (Some(_), _, _) => builder
+                .redis_url(self.redis_url.clone().expect("a server's URL"))
+                .build()
+                .expect("cache"),
             (_, Some(cluster), _) => builder
                 .redis_cluster(cluster.urls())
                 .build()
@@ -303,6 +340,33 @@ impl Harness {
         let store = self.store.as_ref().expect("a harness has a backend");
         store.get_raw(&key).await.map(|bytes| bytes.to_vec())
     }
+}
+
+impl Drop for Harness {
+    /// As the ACL user, no command may have been refused: Redis logs every refusal
+    /// (`ACL LOG`), so a command missing from the README's line fails the test that sent it,
+    /// even where the cache fell back without a visible effect.
+    fn drop(&mut self) {
+        let acl_user = self
+            .redis_url
+            .as_deref()
+            .is_some_and(|url| url.starts_with("redis://memo:"));
+        if let (true, Some(server), false) = (acl_user, &self.server, std::thread::panicking()) {
+            assert_no_acl_refusals(server);
+        }
+    }
+}
+
+/// Fails if `server` refused any command to an ACL user (`ACL LOG`).
+pub fn assert_no_acl_refusals(server: &RedisServer) {
+    let refused: Vec<redis::Value> = redis::cmd("ACL")
+        .arg("LOG")
+        .query(&mut server.connection())
+        .expect("ACL LOG");
+    assert!(
+        refused.is_empty(),
+        "commands refused to the ACL user: {refused:?}"
+    );
 }
 
 /// Counts the runs of a memoized test function's body.

@@ -1,0 +1,152 @@
+//! A cache connected as an ACL user: a command the user may not run is a clear error (a
+//! logged, counted fail-open for calls; an `Err` for invalidations), never a hang; and the
+//! user's password shows in no `Debug` output, error or log line.
+
+mod support;
+
+use redis_memo::Cache;
+use redis_memo_testkit::RedisServer;
+use std::sync::{Arc, Mutex};
+use support::{Probe, lookup};
+
+const PASSWORD: &str = "n0t-in-any-log";
+
+/// Creates user `memo` with `rules` (after `on >password resetkeys ~ns:* resetchannels
+/// &ns:*`), and a cache connected as it.
+fn cache_as_user(server: &RedisServer, namespace: &str, rules: &str) -> Cache {
+    let mut command = redis::cmd("ACL");
+    command
+        .arg("SETUSER")
+        .arg("memo")
+        .arg("on")
+        .arg(format!(">{PASSWORD}"))
+        .arg("resetkeys")
+        .arg(format!("~{namespace}:*"))
+        .arg("resetchannels")
+        .arg(format!("&{namespace}:*"));
+    for rule in rules.split_whitespace() {
+        command.arg(rule);
+    }
+    let () = command.query(&mut server.connection()).unwrap();
+    Cache::builder()
+        .redis_url(format!(
+            "redis://memo:{PASSWORD}@127.0.0.1:{}/",
+            server.port()
+        ))
+        .namespace(namespace)
+        .build()
+        .unwrap()
+}
+
+/// Every log line (message and fields) emitted on this thread while installed.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Lines {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Text(String);
+        impl tracing::field::Visit for Text {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!(" {}={value:?}", field.name()));
+            }
+        }
+        let mut text = Text(format!(
+            "{} {}",
+            event.metadata().level(),
+            event.metadata().target()
+        ));
+        event.record(&mut text);
+        self.0.lock().unwrap().push(text.0);
+    }
+}
+
+impl Lines {
+    fn install(&self) -> tracing::subscriber::DefaultGuard {
+        use tracing_subscriber::layer::SubscriberExt;
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(self.clone()))
+    }
+
+    fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+// One thread: every log line of the test, background work included, reaches the layer.
+#[tokio::test(flavor = "current_thread")]
+async fn a_refused_command_fails_open_with_a_logged_noperm_and_never_hangs() {
+    let lines = Lines::default();
+    let _logs = lines.install();
+    let server = RedisServer::start().unwrap();
+    // Everything the README's line grants but the scripts and SCAN.
+    let cache = cache_as_user(
+        &server,
+        "refused",
+        "nocommands +hello +time +get +mget +set +del +pexpire +pttl",
+    );
+    let probe = Probe::default();
+    let calls = async {
+        for _ in 0..3 {
+            assert_eq!(lookup(1, &cache, &probe).await, Ok(10), "the call succeeds");
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), calls)
+        .await
+        .expect("refused commands never hang a call");
+    assert!(cache.stats().fail_open > 0, "counted");
+    let logged = lines.all();
+    assert!(
+        logged.iter().any(|line| line.starts_with("WARN redis_memo")
+            && line.contains("no permissions to run the 'evalsha' command")),
+        "a warning says which permission is missing: {logged:#?}"
+    );
+
+    let invalidation = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        cache.invalidate_matching("lookup:*"),
+    )
+    .await
+    .expect("never a hang");
+    let error = invalidation.expect_err("SCAN is refused");
+    assert!(
+        error
+            .to_string()
+            .contains("no permissions to run the 'scan' command"),
+        "{error}"
+    );
+
+    for line in lines.all() {
+        assert!(!line.contains(PASSWORD), "the password was logged: {line}");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_password_shows_in_no_debug_output_error_or_log() {
+    let lines = Lines::default();
+    let _logs = lines.install();
+    let server = RedisServer::start().unwrap();
+    let url = format!("redis://memo:{PASSWORD}@127.0.0.1:{}/", server.port());
+
+    let builder = Cache::builder().redis_url(url.clone());
+    assert!(!format!("{builder:?}").contains(PASSWORD), "{builder:?}");
+    let cluster_builder = Cache::builder().redis_cluster([url.clone()]);
+    assert!(
+        !format!("{cluster_builder:?}").contains(PASSWORD),
+        "{cluster_builder:?}"
+    );
+    let cache = builder.build().unwrap();
+    assert!(!format!("{cache:?}").contains(PASSWORD), "{cache:?}");
+
+    // The user does not exist: authentication fails, and is reported without the password.
+    let error = cache.ping().await.expect_err("no such user");
+    assert!(
+        !format!("{error} {error:?}").contains(PASSWORD),
+        "{error:?}"
+    );
+    let probe = Probe::default();
+    assert_eq!(lookup(3, &cache, &probe).await, Ok(30));
+    let logged = lines.all();
+    assert!(!logged.is_empty(), "the failure was logged");
+    for line in logged {
+        assert!(!line.contains(PASSWORD), "the password was logged: {line}");
+    }
+}
