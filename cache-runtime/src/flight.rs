@@ -22,7 +22,7 @@
 //! - A value the leader found stored (another caller's, or another process's) is checked by
 //!   each waiter against the tokens it read itself; a waiter it does not satisfy reads again.
 
-use crate::lease::HeldLease;
+use crate::backend::HeldLease;
 use crate::pattern::KeyPattern;
 use crate::returns::SharedFailure;
 use crate::tags::Versions;

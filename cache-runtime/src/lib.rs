@@ -15,49 +15,46 @@ pub mod envelope;
 mod error;
 mod flight;
 mod freshness;
-mod global;
 mod health;
 mod key;
 mod lease;
-mod memoize;
 mod notify;
 mod pattern;
-mod refresh;
 mod returns;
 mod spec;
 mod stats;
 mod tags;
-mod timeouts;
-mod writers;
 
 pub use crate::backend::MemoryStore;
+pub use crate::cache::global::{install, with_cache};
+pub use crate::cache::timeouts::TimedOut;
+pub use crate::cache::writers::{EntryRef, FunctionRef};
 pub use crate::cache::{Cache, CacheBuilder};
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::codec::{Bincode, Codec};
 pub use crate::error::CacheError;
-pub use crate::global::{install, with_cache};
 pub use crate::key::{KeyPart, KeyWriter, MAX_RENDERED_LEN};
 pub use crate::pattern::pattern_part;
 pub use crate::returns::CacheValue;
 pub use crate::stats::Stats;
-pub use crate::timeouts::TimedOut;
-pub use crate::writers::{EntryRef, FunctionRef};
 pub use redis::{ClientTlsConfig, TlsCertificates};
 
 /// What generated code calls. Not a public API: it changes with the macro crate, whose version
 /// the facade pins.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::cache::refresh::{NoRefresh, RefreshFrom, Refresher, SpawnedBody};
+    pub use crate::cache::timeouts::{Handoff, NoTimeoutError, OnTimeout, TimeoutAsError};
+    pub use crate::cache::writers::{
+        AllOf, EntryRef, FunctionRef, PendingPut, WithoutInvalidateAll,
+    };
     pub use crate::key::{KeyPart, KeyWriter};
-    pub use crate::refresh::{NoRefresh, RefreshFrom, Refresher, SpawnedBody};
     pub use crate::returns::{
         CacheValue, CloneFailure, DescribeFailure, FailureSharing, FailureText, Fallible,
         FallibleOptional, Optional, PickCloneFailure, PickDebugText, PickNoText, PickTakeTurns,
         Plain, ReturnKind, ShareFailure, StoredKind, TakeTurns, Written,
     };
     pub use crate::spec::FnSpec;
-    pub use crate::timeouts::{Handoff, NoTimeoutError, OnTimeout, TimeoutAsError};
-    pub use crate::writers::{AllOf, EntryRef, FunctionRef, PendingPut, WithoutInvalidateAll};
     pub use crate::{Cache, CacheError};
     pub use core::borrow::Borrow;
     pub use core::time::Duration;
@@ -70,12 +67,12 @@ pub mod __private {
 
     /// The global cache, if installed.
     pub fn global() -> Option<&'static Cache> {
-        crate::global::installed()
+        crate::cache::global::installed()
     }
 
     /// The cache scoped to the current task by `with_cache`, if any.
     pub fn scoped() -> Option<Cache> {
-        crate::global::scoped()
+        crate::cache::global::scoped()
     }
 
     /// The writer of a memoized call's key: the entry's full key when there is a cache.
@@ -123,7 +120,7 @@ pub mod __private {
     {
         match cache {
             Some(cache) => {
-                let outcomes = crate::memoize::Outcomes {
+                let outcomes = crate::cache::memoize::Outcomes {
                     on_timeout,
                     on_failure,
                     describe,
@@ -193,7 +190,7 @@ pub mod __private {
         };
         if let Err(error) = cache.evict_counting(&entries, &tags, &all_of).await {
             let what = entries.first().or(tags.first()).map_or("", String::as_str);
-            cache.report_lost_write(crate::writers::LostWrite::Evict, what, &error);
+            cache.report_lost_write(crate::cache::writers::LostWrite::Evict, what, &error);
         }
     }
 
@@ -223,7 +220,7 @@ pub mod __private {
     pub fn assert_cache_value<T: CacheValue>() {}
 
     /// `stale`: the copy of a parameter that one run of the body takes.
-    pub fn refresh_copy<T: crate::refresh::RefreshArgument>(value: &T) -> T {
+    pub fn refresh_copy<T: crate::cache::refresh::RefreshArgument>(value: &T) -> T {
         value.clone()
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::stats::FnMetrics;
 use std::borrow::Cow;
+use std::hash::Hasher;
 use std::sync::{OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -254,7 +255,7 @@ impl FnSpec {
             return Cow::Owned(resolved.clone());
         }
         let owner = crate::tags::owner_of(body_type);
-        let mut hash = Fnv1a::new();
+        let mut hash = fnv::FnvHasher::default();
         for part in [self.identity, stored, owner, key_types, self.template] {
             hash.write(part.as_bytes());
             hash.write(&[0xff]);
@@ -297,27 +298,6 @@ impl FnSpec {
     /// block's type name is `body_type` (see [`FnSpec::resolve`]).
     pub(crate) fn function_tag(&self, body_type: &'static str) -> String {
         crate::tags::function_tag(self.identity, self.name, crate::tags::owner_of(body_type))
-    }
-}
-
-/// FNV-1a, 64 bits: stable across builds and platforms (unlike `DefaultHasher`), and the
-/// inputs are not attacker-chosen.
-pub(crate) struct Fnv1a(u64);
-
-impl Fnv1a {
-    pub(crate) fn new() -> Self {
-        Fnv1a(0xcbf2_9ce4_8422_2325)
-    }
-
-    pub(crate) fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 ^= u64::from(byte);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    pub(crate) fn finish(&self) -> u64 {
-        self.0
     }
 }
 

@@ -15,6 +15,7 @@
 //! every hit, and an untagged function's hit is a plain `GET`.
 
 use crate::CacheError;
+use std::hash::Hasher;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -111,7 +112,7 @@ pub(crate) fn function_tag(identity: &str, name: &str, owner: &str) -> String {
     tag.push_str("#fn:");
     tag.push_str(identity);
     if owner != module {
-        let mut hash = crate::spec::Fnv1a::new();
+        let mut hash = fnv::FnvHasher::default();
         hash.write(owner.as_bytes());
         tag.push_str(&format!("@{:016x}", hash.finish()));
     }

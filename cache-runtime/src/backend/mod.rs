@@ -6,11 +6,13 @@
 //! backend behaves like Redis in users' tests.
 
 mod connection;
+mod held_lease;
 mod link;
 mod memory;
 mod redis;
 
 pub(crate) use self::connection::{RedisConnection, Remake};
+pub(crate) use self::held_lease::HeldLease;
 pub(crate) use self::link::{ClusterLink, Link};
 pub use self::memory::MemoryStore;
 pub(crate) use self::redis::RedisBackend;

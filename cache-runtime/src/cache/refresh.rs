@@ -12,13 +12,13 @@
 //! the arguments (which is why `stale` asks for `Clone + Send + 'static` parameters).
 
 use crate::Cache;
+use crate::cache::memoize::{EntryAt, LeaseOutcome};
+use crate::cache::timeouts::Handoff;
 use crate::envelope::EntryTimes;
-use crate::memoize::{EntryAt, LeaseOutcome};
 use crate::returns::{DescribeFailure, ReturnKind};
 use crate::spec::FnSpec;
 use crate::stats::Event;
 use crate::tags::{TagKeys, Versions};
-use crate::timeouts::Handoff;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -123,7 +123,7 @@ where
         let runtime = tokio::runtime::Handle::try_current().ok()?;
         let handoff = Arc::new(Handoff::default());
         let (body, cache, shared) = (self(), cache.clone(), Arc::clone(&handoff));
-        let handle = runtime.spawn(crate::global::keeping_scope(async move {
+        let handle = runtime.spawn(crate::cache::global::keeping_scope(async move {
             tokio::pin!(body);
             let result = tokio::select! {
                 result = &mut body => result,
@@ -387,7 +387,7 @@ impl Cache {
             drop(guard);
         });
         // The body calls what the call's body would, under the same scoped cache.
-        runtime.spawn(crate::global::keeping_scope(refresh));
+        runtime.spawn(crate::cache::global::keeping_scope(refresh));
     }
 
     /// Counts a failed background refresh, logs it at debug level, and as a warning (with the

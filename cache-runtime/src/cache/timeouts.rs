@@ -15,10 +15,10 @@
 //! caller, if it was still waiting, else the task.
 
 use crate::Cache;
+use crate::backend::HeldLease;
+use crate::cache::memoize::{EntryAt, Fallback};
+use crate::cache::refresh::{RefreshJob, Refreshing, SpawnedBody};
 use crate::flight::LeaderGuard;
-use crate::lease::HeldLease;
-use crate::memoize::{EntryAt, Fallback};
-use crate::refresh::{RefreshJob, Refreshing, SpawnedBody};
 use crate::returns::ReturnKind;
 use crate::stats::Event;
 use crate::tags::Token;

@@ -14,8 +14,9 @@
 //! that does not happen never fails the writer's call: it is logged and counted, and where
 //! Redis still answers the entry is removed, so a lost write cannot leave the old value.
 
-use crate::lease::{self, HeldLease};
-use crate::memoize::tag_lifetime;
+use crate::backend::HeldLease;
+use crate::cache::memoize::tag_lifetime;
+use crate::lease;
 use crate::spec::FnSpec;
 use crate::tags::{TagKeys, Token};
 use crate::{Cache, CacheError, CacheValue};

@@ -16,19 +16,20 @@
 //! timeout storing the result.
 
 use crate::CacheError;
+use crate::backend::HeldLease;
 use crate::cache::Cache;
+use crate::cache::refresh::{RefreshFrom, Refresher};
+use crate::cache::timeouts::{Body, OnTimeout, Waited};
 use crate::codec::Bincode;
 use crate::envelope::{self, DecodeError, EntryTimes};
 use crate::flight::{self, LeaderGuard, Role, Shared, WaitOutcome};
 use crate::freshness::{Freshness, Lifetime, early_refresh_due, within_fail_safe};
-use crate::lease::{self, Acquired, HeldLease};
+use crate::lease::{self, Acquired};
 use crate::notify::Notice;
-use crate::refresh::{RefreshFrom, Refresher};
 use crate::returns::{ReturnKind, ShareFailure};
 use crate::spec::FnSpec;
 use crate::stats::Event;
 use crate::tags::{TagKeys, Token, Versions};
-use crate::timeouts::{Body, OnTimeout, Waited};
 use bytes::Bytes;
 use std::future::Future;
 use std::time::Duration;
