@@ -13,7 +13,12 @@ const PASSWORD: &str = "n0t-in-any-log";
 
 /// Creates user `memo` with `rules` (after `on >password resetkeys ~ns:* resetchannels
 /// &ns:*`), and a cache connected as it.
-fn cache_as_user(server: &RedisServer, namespace: &str, rules: &str) -> Cache {
+fn cache_as_user(
+    server: &RedisServer,
+    namespace: &str,
+    rules: &str,
+    op_timeout: std::time::Duration,
+) -> Cache {
     let mut command = redis::cmd("ACL");
     command
         .arg("SETUSER")
@@ -34,6 +39,7 @@ fn cache_as_user(server: &RedisServer, namespace: &str, rules: &str) -> Cache {
             server.port()
         ))
         .namespace(namespace)
+        .op_timeout(op_timeout)
         .build()
         .unwrap()
 }
@@ -78,10 +84,13 @@ async fn a_refused_command_fails_open_with_a_logged_noperm_and_never_hangs() {
     let _logs = lines.install();
     let server = RedisServer::start().unwrap();
     // Everything the README's line grants but the scripts and SCAN.
+    // A minute's op timeout: an answer within the 5 s below is the refusal itself, not a
+    // timeout standing in for it.
     let cache = cache_as_user(
         &server,
         "refused",
         "nocommands +hello +time +get +mget +set +del +pexpire +pttl",
+        std::time::Duration::from_secs(60),
     );
     let probe = Probe::default();
     let calls = async {
@@ -98,6 +107,16 @@ async fn a_refused_command_fails_open_with_a_logged_noperm_and_never_hangs() {
         logged.iter().any(|line| line.starts_with("WARN redis_memo")
             && line.contains("no permissions to run the 'evalsha' command")),
         "a warning says which permission is missing: {logged:#?}"
+    );
+
+    let refused = support::invalidate_lookup(1, &cache)
+        .await
+        .expect_err("the invalidation script is refused");
+    assert!(
+        refused
+            .to_string()
+            .contains("no permissions to run the 'evalsha' command"),
+        "{refused}"
     );
 
     let invalidation = tokio::time::timeout(

@@ -325,7 +325,44 @@ async fn with_lock_a_waiter_gets_the_holders_value_without_computing() {
         assert_eq!(got.unwrap(), Ok(40));
         assert_eq!(probe.runs(), 1, "only the holder computed");
         assert_eq!(waiter.stats().lock_timeouts, 0);
+        if let Backend::Cluster(cluster) = &backend {
+            // Sharded pub/sub: only the node of the entry's slot delivers the notice.
+            let calls = cluster_command_calls(cluster);
+            let count = |command: &str| calls.get(command).copied().unwrap_or(0);
+            assert!(
+                count("spublish") > 0 && count("ssubscribe") > 0,
+                "{calls:?}"
+            );
+            assert_eq!(count("publish") + count("subscribe"), 0, "{calls:?}");
+        }
     }
+}
+
+/// Calls per command (`INFO commandstats`, commands run by scripts included) summed over
+/// every node of `cluster`.
+fn cluster_command_calls(cluster: &RedisCluster) -> std::collections::HashMap<String, u64> {
+    let mut calls = std::collections::HashMap::new();
+    for node in cluster.nodes() {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut node.connection())
+            .unwrap();
+        for line in info.lines() {
+            let Some((name, rest)) = line
+                .strip_prefix("cmdstat_")
+                .and_then(|line| line.split_once(':'))
+            else {
+                continue;
+            };
+            let count: u64 = rest
+                .strip_prefix("calls=")
+                .and_then(|rest| rest.split(',').next())
+                .and_then(|count| count.parse().ok())
+                .unwrap_or(0);
+            *calls.entry(name.to_owned()).or_default() += count;
+        }
+    }
+    calls
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,32 +58,7 @@ impl RedisCluster {
     pub fn start_with(primaries: usize, replicas: usize) -> Result<RedisCluster, TestkitError> {
         let mut nodes = Vec::new();
         for _ in 0..primaries * (1 + replicas) {
-            // The cluster bus needs a port of its own.
-            let bus_port = free_port()?.to_string();
-            let args: Vec<String> = [
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-node-timeout",
-                "1000",
-                "--cluster-port",
-                &bus_port,
-                // A replica that lost its primary briefly may still be promoted.
-                "--cluster-replica-validity-factor",
-                "0",
-                // Replicas sync at once (the default waits 5 s for more replicas to join).
-                "--repl-diskless-sync-delay",
-                "0",
-            ]
-            .iter()
-            .map(|arg| (*arg).to_owned())
-            .collect();
-            nodes.push(RedisServer::start_configured(
-                OsStr::new("redis-server"),
-                &args,
-                free_port,
-            )?);
+            nodes.push(start_node()?);
         }
         let output = Command::new("redis-cli")
             .arg("--cluster")
@@ -390,6 +365,40 @@ impl RedisCluster {
             .iter()
             .position(|node| node.port() == port)
             .ok_or_else(|| other(format!("no node on port {port}")))
+    }
+}
+
+/// Starts one cluster-enabled server. The cluster bus needs a port of its own, found free
+/// before the server starts: another process may take it first, so a failed start is
+/// retried with new ports.
+fn start_node() -> Result<RedisServer, TestkitError> {
+    const ATTEMPTS: usize = 5;
+    let mut attempt = 1;
+    loop {
+        let bus_port = free_port()?.to_string();
+        let args: Vec<String> = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "1000",
+            "--cluster-port",
+            &bus_port,
+            // A replica that lost its primary briefly may still be promoted.
+            "--cluster-replica-validity-factor",
+            "0",
+            // Replicas sync at once (the default waits 5 s for more replicas to join).
+            "--repl-diskless-sync-delay",
+            "0",
+        ]
+        .iter()
+        .map(|arg| (*arg).to_owned())
+        .collect();
+        match RedisServer::start_configured(OsStr::new("redis-server"), &args, free_port) {
+            Err(TestkitError::NotReady { .. }) if attempt < ATTEMPTS => attempt += 1,
+            result => return result,
+        }
     }
 }
 

@@ -87,6 +87,38 @@ pub async fn a_tag_invalidates_its_entries_and_no_others(h: Harness) {
     }
 }
 
+/// A hit of an entry with tags (here 2 and the function's own) reads the entry and every tag
+/// token in one `MGET`: no other command. (On a cluster redis-rs splits it per slot, so the
+/// count may be more than one; still nothing but `MGET`.)
+pub async fn a_tagged_hit_is_one_mget(h: Harness) {
+    let probe = Probe::default();
+    assert_eq!(member(1, "acme", &h.cache, &probe).await, "1@acme");
+    let before = h.command_calls().await;
+    assert_eq!(member(1, "acme", &h.cache, &probe).await, "1@acme");
+    let after = h.command_calls().await;
+    assert_eq!(probe.runs(), 1, "a hit");
+    if let (Some(before), Some(after)) = (before, after) {
+        let grown: Vec<(String, u64)> = after
+            .into_iter()
+            .filter_map(|(command, calls)| {
+                let grown = calls - before.get(&command).copied().unwrap_or(0);
+                (grown > 0).then_some((command, grown))
+            })
+            .collect();
+        assert!(
+            !grown.is_empty() && grown.iter().all(|(command, _)| command == "mget"),
+            "a tagged hit sent {grown:?}"
+        );
+        if h.server.is_some() {
+            assert_eq!(
+                grown,
+                vec![("mget".to_owned(), 1)],
+                "one command on one server"
+            );
+        }
+    }
+}
+
 pub async fn typed_tag_helpers_escape_their_arguments(h: Harness) {
     let orgs = ["acme corp*", "acme corp", "acme%20corp", "a:b", "{x}"];
     for org in orgs {

@@ -72,6 +72,7 @@ conformance!(suite {
     trait_impl_methods_are_memoized_with_their_helpers,
 } invalidation {
     a_tag_invalidates_its_entries_and_no_others,
+    a_tagged_hit_is_one_mget,
     typed_tag_helpers_escape_their_arguments,
     one_command_invalidates_a_hundred_thousand_entries,
     deleting_a_tag_version_by_hand_invalidates_its_entries,

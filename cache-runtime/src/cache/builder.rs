@@ -255,10 +255,13 @@ impl CacheBuilder {
                 // RESP3, so `lock` waiters get fill announcements pushed on this same
                 // connection (re-subscribed by itself after a reconnection).
                 let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())?;
+                // No `CLIENT SETINFO` on connecting: the least-privileged ACL user of the
+                // README then needs exactly the commands the cache sends, on any version.
                 let settings = info
                     .redis_settings()
                     .clone()
-                    .set_protocol(redis::ProtocolVersion::RESP3);
+                    .set_protocol(redis::ProtocolVersion::RESP3)
+                    .set_skip_set_lib_name();
                 let info = info
                     .set_redis_settings(settings)
                     .set_tcp_settings(dead_peer_detection());
