@@ -67,6 +67,16 @@ enum Judged<R, V> {
     Miss(Read, Option<Fallback<V>>),
 }
 
+/// What a leader computes under, once it has its lease (or knows it has none).
+struct Leading {
+    /// The tags' tokens read before computing; `None` if Redis failed.
+    tokens: Option<Vec<Token>>,
+    /// Whether the entry in Redis is unusable (removed if nothing replaces it).
+    unusable: bool,
+    call_started: Instant,
+    hard_deadline: Option<Instant>,
+}
+
 /// What the read a leader leads with says.
 enum LeadRead<V> {
     /// A fresh entry (stored since this call's first read): its bytes and value.
@@ -76,6 +86,14 @@ enum LeadRead<V> {
         redis_answered: bool,
         unusable: bool,
     },
+}
+
+/// How a pass through the key's flight ended.
+enum Flown<R, F> {
+    /// The call's answer.
+    Answer(R),
+    /// Its read may predate an invalidation: read again (its body back).
+    Reread(F),
 }
 
 /// How waiting on another caller's computation ended for a caller.
@@ -175,18 +193,18 @@ impl Cache {
         let call_started = Instant::now();
         // One clock reading on a hit: the first read starts when the call does.
         let mut first_read = Some(call_started);
-        'read: loop {
+        loop {
             let ticket = flights.ticket(key);
             let read_started = first_read.take().unwrap_or_else(Instant::now);
-            let mut read_deadline = read_started + self.inner.op_timeout;
-            let (read, mut versions) = self.read(spec, key, tag_keys, read_deadline).await;
+            let read_deadline = read_started + self.inner.op_timeout;
+            let (read, versions) = self.read(spec, key, tag_keys, read_deadline).await;
             let entry = EntryAt {
                 spec,
                 key,
                 tag_keys,
                 fingerprint,
             };
-            let (mut read, mut fallback) = match self.judge_read::<K, R, B>(
+            let (read, fallback) = match self.judge_read::<K, R, B>(
                 &entry,
                 read,
                 &versions,
@@ -196,52 +214,89 @@ impl Cache {
                 Judged::Answer(value) => return value,
                 Judged::Miss(read, fallback) => (read, fallback),
             };
-            loop {
-                match flights.join(key, flight::identity(fingerprint, &tags), &versions, ticket) {
-                    Role::Leader {
-                        guard,
-                        read_is_stale,
-                    } => {
-                        // After an outage the first read said all there is to say.
-                        if read_is_stale && !matches!(read, Read::Unavailable) {
-                            (read, versions) = self.read(spec, key, tag_keys, read_deadline).await;
-                        }
-                        let result = self
-                            .lead::<K, R, F, B, O, S>(
-                                &entry,
-                                guard,
-                                (read, versions),
-                                (call_started, read_deadline),
-                                (compute, &refresh, &outcomes),
-                                &mut fallback,
-                            )
-                            .await;
-                        return self.fail_safe::<K, R>(spec, result, fallback);
+            let flown = self
+                .fly::<K, R, F, B, O, S>(
+                    &entry,
+                    (ticket, flight::identity(fingerprint, &tags)),
+                    (read, versions),
+                    (call_started, read_deadline),
+                    (compute, fallback),
+                    (&refresh, &outcomes),
+                )
+                .await;
+            match flown {
+                Flown::Answer(result) => return result,
+                Flown::Reread(kept) => compute = kept,
+            }
+        }
+    }
+
+    /// Joins the key's flight with the read of this pass: leads it (and returns its result),
+    /// or waits on it, joining again while flights end without a value for this caller.
+    async fn fly<K, R, F, B, O, S>(
+        &self,
+        entry: &EntryAt<'_>,
+        (ticket, identity): (flight::Ticket, u64),
+        (mut read, mut versions): (Read, Versions),
+        (call_started, mut read_deadline): (Instant, Instant),
+        (mut compute, mut fallback): (F, Option<Fallback<K::Stored>>),
+        (refresh, outcomes): (&B, &Outcomes<O, S, R>),
+    ) -> Flown<R, F>
+    where
+        K: ReturnKind<R> + 'static,
+        F: Future<Output = R>,
+        B: Refresher<R>,
+        O: OnTimeout<R>,
+        S: ShareFailure<R>,
+    {
+        let EntryAt {
+            spec,
+            key,
+            tag_keys,
+            ..
+        } = *entry;
+        loop {
+            match self.inner.flights.join(key, identity, &versions, ticket) {
+                Role::Leader {
+                    guard,
+                    read_is_stale,
+                } => {
+                    // After an outage the first read said all there is to say.
+                    if read_is_stale && !matches!(read, Read::Unavailable) {
+                        (read, versions) = self.read(spec, key, tag_keys, read_deadline).await;
                     }
-                    Role::Waiter(slot) => {
-                        let after = self
-                            .wait_as_waiter::<K, R, F, O, S>(
-                                &entry,
-                                slot,
-                                &versions,
-                                call_started,
-                                (compute, fallback),
-                                &outcomes,
-                            )
-                            .await;
-                        match after {
-                            AfterWait::Return(result) => return result,
-                            // The flight ended without a value for it: start over, maybe as
-                            // the leader, with a fresh deadline (the wait used the first).
-                            AfterWait::Rejoin(kept, kept_fallback) => {
-                                (compute, fallback) = (kept, kept_fallback);
-                                read_deadline = Instant::now() + self.inner.op_timeout;
-                            }
-                            AfterWait::Reread(kept) => {
-                                compute = kept;
-                                continue 'read;
-                            }
+                    let result = self
+                        .lead::<K, R, F, B, O, S>(
+                            entry,
+                            guard,
+                            (read, versions),
+                            (call_started, read_deadline),
+                            (compute, refresh, outcomes),
+                            &mut fallback,
+                        )
+                        .await;
+                    return Flown::Answer(self.fail_safe::<K, R>(spec, result, fallback));
+                }
+                Role::Waiter(slot) => {
+                    let after = self
+                        .wait_as_waiter::<K, R, F, O, S>(
+                            entry,
+                            slot,
+                            &versions,
+                            call_started,
+                            (compute, fallback),
+                            outcomes,
+                        )
+                        .await;
+                    match after {
+                        AfterWait::Return(result) => return Flown::Answer(result),
+                        // The flight ended without a value for it: start over, maybe as
+                        // the leader, with a fresh deadline (the wait used the first).
+                        AfterWait::Rejoin(kept, kept_fallback) => {
+                            (compute, fallback) = (kept, kept_fallback);
+                            read_deadline = Instant::now() + self.inner.op_timeout;
                         }
+                        AfterWait::Reread(kept) => return Flown::Reread(kept),
                     }
                 }
             }
@@ -343,12 +398,7 @@ impl Cache {
         O: OnTimeout<R>,
         S: ShareFailure<R>,
     {
-        let EntryAt {
-            spec,
-            key,
-            fingerprint,
-            ..
-        } = *entry;
+        let EntryAt { spec, key, .. } = *entry;
         tracing::trace!(target: "redis_memo", function = spec.name, key, "waiting for this key's in-process leader");
         let hard_deadline = spec
             .hard_timeout
@@ -358,9 +408,6 @@ impl Cache {
             None => Some(flight::wait(slot).await),
         };
         let on_timeout = &outcomes.on_timeout;
-        let alone = |compute, fallback| {
-            self.run_alone::<K, R, F, O>(spec, call_started, compute, on_timeout, fallback)
-        };
         let Some(waited) = waited else {
             self.record(Event::HardTimeout, spec);
             let timed_out = self.past_hard_timeout::<K, R, F, O>(
@@ -371,6 +418,41 @@ impl Cache {
                 fallback,
             );
             return AfterWait::Return(timed_out.await);
+        };
+        self.take_shared::<K, R, F, O, S>(
+            entry,
+            waited,
+            versions,
+            call_started,
+            (compute, fallback),
+            outcomes,
+        )
+        .await
+    }
+
+    /// What a waiter does with how its flight ended: decodes the value shared with it, or
+    /// takes the failure, its fail-safe value, a turn of its own, or a new read.
+    async fn take_shared<K, R, F, O, S>(
+        &self,
+        entry: &EntryAt<'_>,
+        waited: WaitOutcome,
+        versions: &Versions,
+        call_started: Instant,
+        (compute, fallback): (F, Option<Fallback<K::Stored>>),
+        outcomes: &Outcomes<O, S, R>,
+    ) -> AfterWait<F, K::Stored, R>
+    where
+        K: ReturnKind<R> + 'static,
+        F: Future<Output = R>,
+        O: OnTimeout<R>,
+        S: ShareFailure<R>,
+    {
+        let EntryAt {
+            spec, fingerprint, ..
+        } = *entry;
+        let on_timeout = &outcomes.on_timeout;
+        let alone = |compute, fallback| {
+            self.run_alone::<K, R, F, O>(spec, call_started, compute, on_timeout, fallback)
         };
         let (bytes, current) = match waited {
             // Joining checked that this caller may have it.
@@ -593,8 +675,49 @@ impl Cache {
             LeaseOutcome::Held(lease) => guard.hold_lease(lease),
             LeaseOutcome::Busy { .. } | LeaseOutcome::Failed => {}
         }
+        let leading = Leading {
+            tokens,
+            unusable,
+            call_started,
+            hard_deadline,
+        };
+        self.compute_and_fill::<K, R, F, B, O, S>(
+            entry,
+            guard,
+            &versions,
+            leading,
+            (compute, refresh, outcomes),
+            fallback,
+        )
+        .await
+    }
 
-        guard.start_computing(&versions);
+    /// The leader's computation: runs the body (within its timeouts), shares the result with
+    /// the waiters, and stores it through the lease, or gives the lease back after a failure.
+    async fn compute_and_fill<K, R, F, B, O, S>(
+        &self,
+        entry: &EntryAt<'_>,
+        mut guard: LeaderGuard<'_>,
+        versions: &Versions,
+        leading: Leading,
+        (compute, refresh, outcomes): (F, &B, &Outcomes<O, S, R>),
+        fallback: &mut Option<Fallback<K::Stored>>,
+    ) -> R
+    where
+        K: ReturnKind<R> + 'static,
+        F: Future<Output = R>,
+        B: Refresher<R>,
+        O: OnTimeout<R>,
+        S: ShareFailure<R>,
+    {
+        let spec = entry.spec;
+        let Leading {
+            tokens,
+            unusable,
+            call_started,
+            hard_deadline,
+        } = leading;
+        guard.start_computing(versions);
         let (started, started_ms) = (Instant::now(), self.now_ms());
         let timed = spec.soft_timeout.is_some() || spec.hard_timeout.is_some();
         let body = match timed.then(|| refresh.spawn_body::<K>(self, spec)).flatten() {
