@@ -4,7 +4,7 @@
 mod support;
 
 use redis_memo::{Cache, TlsCertificates, redis_cached};
-use redis_memo_testkit::{RedisServer, TestCa};
+use redis_memo_testkit::{RedisCluster, RedisServer, TestCa};
 use std::sync::Arc;
 use support::{LoadError, Probe, invalidate_lookup, lookup};
 
@@ -147,4 +147,98 @@ async fn a_server_signed_by_another_authority_fails_ping_with_a_clear_error() {
     let probe = Probe::default();
     assert_eq!(lookup(2, &cache, &probe).await, Ok(20));
     assert!(cache.stats().fail_open > 0);
+}
+
+/// The same over TLS to a cluster: the cluster bus and replication use TLS too, and the cache
+/// learns the nodes' TLS ports from the cluster itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_on_a_tls_cluster_stores_reads_invalidates_and_wakes_waiters() {
+    let ca = TestCa::new().unwrap();
+    let cluster = RedisCluster::start_tls(&ca).unwrap();
+    let on_cluster = |namespace: &str| {
+        Cache::builder()
+            .redis_cluster(cluster.tls_urls())
+            .tls_certificates(trusting(&ca))
+            .namespace(namespace)
+            .build()
+            .expect("cache")
+    };
+    let cache = on_cluster("tls_cluster");
+    cache.ping().await.expect("the TLS handshakes succeed");
+    let probe = Probe::default();
+    for id in 0..20 {
+        assert_eq!(lookup(id, &cache, &probe).await, Ok(id * 10));
+        assert_eq!(lookup(id, &cache, &probe).await, Ok(id * 10));
+    }
+    assert_eq!(
+        probe.runs(),
+        20,
+        "every key a hit the second time, on every primary"
+    );
+    let tagged_probe = Probe::default();
+    assert_eq!(tagged(1, 2, &cache, &tagged_probe).await, 3);
+    assert_eq!(tagged(1, 2, &cache, &tagged_probe).await, 3);
+    invalidate_tagged_by_group(2, &cache).await.unwrap();
+    assert_eq!(tagged(1, 2, &cache, &tagged_probe).await, 3);
+    assert_eq!(tagged_probe.runs(), 2, "tags in other slots work over TLS");
+    assert_eq!(cache.stats().fail_open, 0, "no call fell back");
+
+    let (holder, waiter) = (
+        on_cluster("tls_cluster_lock"),
+        on_cluster("tls_cluster_lock"),
+    );
+    let probe = Arc::new(Probe::default());
+    let (started, release) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let held = tokio::spawn({
+        let (cache, started, release, probe) = (
+            holder.clone(),
+            Arc::clone(&started),
+            Arc::clone(&release),
+            Arc::clone(&probe),
+        );
+        async move { slow(6, &cache, &started, &release, &probe).await }
+    });
+    started.notified().await;
+    let waiting = tokio::spawn({
+        let (cache, probe) = (waiter.clone(), Arc::clone(&probe));
+        async move {
+            let unused = tokio::sync::Notify::new();
+            slow(6, &cache, &unused, &unused, &probe).await
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while waiter.stats().lock_waits == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the waiter never waited"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    release.notify_one();
+    assert_eq!(held.await.unwrap(), Ok(6));
+    let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+        .await
+        .expect("woken by the shard message over TLS, well before its 20 s wait");
+    assert_eq!(got.unwrap(), Ok(6));
+    assert_eq!(probe.runs(), 1);
+
+    let stranger = TestCa::new().unwrap();
+    let untrusting = Cache::builder()
+        .redis_cluster(cluster.tls_urls())
+        .tls_certificates(trusting(&stranger))
+        .build()
+        .unwrap();
+    let error = untrusting
+        .ping()
+        .await
+        .expect_err("an untrusted cluster is refused");
+    assert!(
+        error
+            .to_string()
+            .contains("invalid peer certificate: UnknownIssuer"),
+        "says why, not only that no node answered: {error}"
+    );
 }

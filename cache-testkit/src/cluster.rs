@@ -2,7 +2,7 @@
 //! started with `--cluster-enabled yes`, joined by `redis-cli --cluster create`. Fault tools:
 //! kill a node, fail over by hand, move a slot (with its keys) to another primary.
 
-use crate::{RedisServer, TestkitError, free_port};
+use crate::{RedisServer, TestCa, TestkitError, free_port};
 use std::ffi::OsStr;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -56,9 +56,28 @@ impl RedisCluster {
     /// # Errors
     /// As for [`RedisCluster::start`].
     pub fn start_with(primaries: usize, replicas: usize) -> Result<RedisCluster, TestkitError> {
+        Self::start_nodes(primaries, replicas, None)
+    }
+
+    /// Starts 3 primaries with one replica each that also accept TLS (certificates signed by
+    /// `ca`), on [`RedisCluster::tls_urls`]; the cluster bus and replication use TLS too. The
+    /// plain ports stay open for the testkit's own checks; a TLS client is told the nodes'
+    /// TLS ports.
+    ///
+    /// # Errors
+    /// As for [`RedisCluster::start`].
+    pub fn start_tls(ca: &TestCa) -> Result<RedisCluster, TestkitError> {
+        Self::start_nodes(3, 1, Some(ca))
+    }
+
+    fn start_nodes(
+        primaries: usize,
+        replicas: usize,
+        tls: Option<&TestCa>,
+    ) -> Result<RedisCluster, TestkitError> {
         let mut nodes = Vec::new();
         for _ in 0..primaries * (1 + replicas) {
-            nodes.push(start_node()?);
+            nodes.push(start_node(tls)?);
         }
         let output = Command::new("redis-cli")
             .arg("--cluster")
@@ -94,6 +113,11 @@ impl RedisCluster {
     /// One `redis://` URL per node (any one is enough for a cluster client to find the rest).
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// One `rediss://` URL per node, for a cluster started with [`RedisCluster::start_tls`].
+    pub fn tls_urls(&self) -> Vec<String> {
+        self.nodes.iter().filter_map(RedisServer::tls_url).collect()
     }
 
     /// Every node, primaries and replicas, in start order.
@@ -371,12 +395,12 @@ impl RedisCluster {
 /// Starts one cluster-enabled server. The cluster bus needs a port of its own, found free
 /// before the server starts: another process may take it first, so a failed start is
 /// retried with new ports.
-fn start_node() -> Result<RedisServer, TestkitError> {
+fn start_node(tls: Option<&TestCa>) -> Result<RedisServer, TestkitError> {
     const ATTEMPTS: usize = 5;
     let mut attempt = 1;
     loop {
         let bus_port = free_port()?.to_string();
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "--cluster-enabled",
             "yes",
             "--cluster-config-file",
@@ -395,7 +419,14 @@ fn start_node() -> Result<RedisServer, TestkitError> {
         .iter()
         .map(|arg| (*arg).to_owned())
         .collect();
-        match RedisServer::start_configured(OsStr::new("redis-server"), &args, free_port) {
+        let started = match tls {
+            Some(ca) => {
+                args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"].map(String::from));
+                RedisServer::start_tls_with(ca, &args)
+            }
+            None => RedisServer::start_configured(OsStr::new("redis-server"), &args, free_port),
+        };
+        match started {
             Err(TestkitError::NotReady { .. }) if attempt < ATTEMPTS => attempt += 1,
             result => return result,
         }

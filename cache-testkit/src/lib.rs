@@ -197,13 +197,22 @@ impl RedisServer {
     /// # Errors
     /// As for [`RedisServer::start`], and if the certificate files cannot be written.
     pub fn start_tls(ca: &TestCa) -> Result<RedisServer, TestkitError> {
+        Self::start_tls_with(ca, &[])
+    }
+
+    /// [`RedisServer::start_tls`] with `extra_args` after the TLS settings.
+    pub(crate) fn start_tls_with(
+        ca: &TestCa,
+        extra_args: &[String],
+    ) -> Result<RedisServer, TestkitError> {
         let dir = tempfile::Builder::new()
             .prefix("redis-memo-tls-")
             .tempdir()?;
         let files = ca.write_server_files(dir.path())?;
         let tls_port = free_port()?;
-        let mut server =
-            Self::start_configured(OsStr::new("redis-server"), &files.args(tls_port), free_port)?;
+        let mut args = files.args(tls_port);
+        args.extend_from_slice(extra_args);
+        let mut server = Self::start_configured(OsStr::new("redis-server"), &args, free_port)?;
         server.tls = Some((tls_port, dir));
         Ok(server)
     }

@@ -34,6 +34,9 @@ pub(crate) struct ClusterLink {
     pub(crate) notices: Option<Notices>,
     /// Orders SSUBSCRIBE and SUNSUBSCRIBE (see [`RedisConnection::subscriptions`]).
     pub(crate) subscriptions: tokio::sync::Mutex<()>,
+    /// Single-node clients of the seed URLs, for [`Link::diagnose`] (empty for a cluster
+    /// client built by the user).
+    pub(crate) seeds: Vec<redis::Client>,
 }
 
 /// A cheap handle to send one request on.
@@ -102,6 +105,25 @@ impl Link {
             Link::Single(connection) => &connection.subscriptions,
             Link::Cluster(cluster) => &cluster.subscriptions,
         }
+    }
+
+    /// Why the cluster cannot be reached, as a direct connection to a seed node says: redis-rs's
+    /// cluster client reports only that it found no connection, which hides a refused
+    /// certificate or password. `None` when a seed answers (or for one server, whose own
+    /// error says it all).
+    pub(crate) async fn diagnose(&self, timeout: std::time::Duration) -> Option<CacheError> {
+        let Link::Cluster(cluster) = self else {
+            return None;
+        };
+        let mut why = None;
+        for seed in &cluster.seeds {
+            match tokio::time::timeout(timeout, seed.get_multiplexed_async_connection()).await {
+                Ok(Ok(_)) => return None,
+                Ok(Err(error)) => why = Some(CacheError::from(error)),
+                Err(_) => why = Some(CacheError::Timeout(timeout)),
+            }
+        }
+        why
     }
 
     /// The command the lease scripts announce fills with: a shard channel on a cluster, so

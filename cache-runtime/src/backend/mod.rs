@@ -44,6 +44,15 @@ impl Backend {
         }
     }
 
+    /// Why the store cannot be reached, where the error of a request hides it (a cluster
+    /// client's "no connections found"); `None` otherwise.
+    pub(crate) async fn diagnose(&self) -> Option<CacheError> {
+        match self {
+            Backend::Redis(redis) => redis.diagnose().await,
+            Backend::Memory(_) => None,
+        }
+    }
+
     /// Reads `key`, giving up at `deadline`.
     pub(crate) async fn get(
         &self,

@@ -36,6 +36,12 @@ impl RedisBackend {
         RedisBackend { link, op_timeout }
     }
 
+    /// Why Redis cannot be reached, when the connection's own error hides it (see
+    /// [`Link::diagnose`]).
+    pub(crate) async fn diagnose(&self) -> Option<CacheError> {
+        self.link.diagnose(self.op_timeout).await
+    }
+
     /// Listens for the fill of `entry`: subscribes to its channel unless this process already
     /// does. `None` when this connection cannot receive pushes.
     pub(crate) async fn listen(&self, entry: &str) -> Result<Option<Listener>, CacheError> {

@@ -247,6 +247,7 @@ impl CacheBuilder {
                     connection,
                     notices: None,
                     subscriptions: tokio::sync::Mutex::new(()),
+                    seeds: Vec::new(),
                 }));
                 Backend::Redis(RedisBackend::new(link, self.op_timeout))
             }
@@ -351,6 +352,13 @@ fn cluster_link(
             "redis_cluster needs at least one node URL".into(),
         ));
     }
+    let seeds = urls
+        .iter()
+        .map(|url| match &tls {
+            Some(certificates) => redis::Client::build_with_tls(url.as_str(), certificates.clone()),
+            None => redis::Client::open(url.as_str()),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mut client = redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
         .use_protocol(redis::ProtocolVersion::RESP3)
         .connection_timeout(op_timeout)
@@ -371,6 +379,7 @@ fn cluster_link(
         connection: client.get_pending_async_connection_with_config(config),
         notices: Some(notices),
         subscriptions: tokio::sync::Mutex::new(()),
+        seeds,
     })))
 }
 

@@ -227,7 +227,9 @@ impl Cache {
     pub async fn ping(&self) -> Result<(), CacheError> {
         let deadline = tokio::time::Instant::now() + self.inner.op_timeout;
         let key = self.full_key("redis-memo:ping");
-        self.inner.backend.get(&key, deadline).await?;
+        if let Err(error) = self.inner.backend.get(&key, deadline).await {
+            return Err(self.inner.backend.diagnose().await.unwrap_or(error));
+        }
         // Learn the server's clock now rather than on the first call.
         self.sample_server_time().await;
         Ok(())
