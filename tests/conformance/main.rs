@@ -1,6 +1,6 @@
 //! The conformance suite: every behaviour of cache-aside, run against one Redis server (as
 //! the default user, and as the README's least-privileged ACL user), a local Redis Cluster
-//! (3 primaries, 3 replicas) and the in-memory backend. Each test is
+//! (3 primaries, 3 replicas; likewise as both users) and the in-memory backend. Each test is
 //! instantiated once per backend.
 
 mod failures;
@@ -34,6 +34,14 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
                     crate::$module::$test(crate::support::Harness::new(crate::support::Backend::RedisAcl)).await;
+                }
+            )*)*
+        }
+        mod cluster_acl_backend {
+            $($(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    crate::$module::$test(crate::support::Harness::new(crate::support::Backend::ClusterAcl)).await;
                 }
             )*)*
         }
@@ -139,6 +147,14 @@ macro_rules! conformance_on_backend {
                     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                     async fn $test() {
                         crate::$module::$test(crate::support::Backend::RedisAcl).await;
+                    }
+                )*
+            }
+            mod cluster_acl_backend {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $test() {
+                        crate::$module::$test(crate::support::Backend::ClusterAcl).await;
                     }
                 )*
             }

@@ -16,6 +16,9 @@ pub enum Backend {
     RedisAcl,
     /// A local Redis Cluster: 3 primaries, 3 replicas.
     Cluster,
+    /// The cluster, the cache connected as the README's least-privileged ACL user (with the
+    /// README's additions for a cluster, on every node).
+    ClusterAcl,
     Memory,
 }
 
@@ -25,6 +28,8 @@ pub struct Harness {
     pub cache: Cache,
     /// The URL the cache connects with (one server): as the ACL user, or the default user.
     redis_url: Option<String>,
+    /// The URLs the cache connects with (a cluster), likewise.
+    cluster_urls: Vec<String>,
     pub server: Option<RedisServer>,
     pub cluster: Option<RedisCluster>,
     /// One connection for the test's raw commands on a cluster (each new one learns the
@@ -38,6 +43,10 @@ pub struct Harness {
 /// read from the README, so what is documented is what is tested), and returns the URL that
 /// connects as it.
 pub fn acl_user_url(server: &RedisServer, namespace: &str) -> String {
+    acl_user_url_with(server, namespace, "")
+}
+
+fn acl_user_url_with(server: &RedisServer, namespace: &str, additions: &str) -> String {
     let readme = include_str!("../../README.md");
     let line = readme
         .lines()
@@ -48,13 +57,35 @@ pub fn acl_user_url(server: &RedisServer, namespace: &str) -> String {
         .replace("&memo:*", &format!("&{namespace}:*"))
         .replace(">secret", ">t0p-s3cret");
     let mut command = redis::cmd("ACL");
-    for word in line.split_whitespace().skip(1) {
+    for word in line
+        .split_whitespace()
+        .skip(1)
+        .chain(additions.split_whitespace())
+    {
         command.arg(word);
     }
     let () = command
         .query(&mut server.connection())
         .expect("ACL SETUSER");
     format!("redis://memo:t0p-s3cret@127.0.0.1:{}/", server.port())
+}
+
+/// Creates, on every node of `cluster`, the README's least-privileged ACL user for
+/// `namespace` with the README's additions for a cluster, and returns the URLs that connect
+/// as it.
+pub fn acl_user_cluster_urls(cluster: &RedisCluster, namespace: &str) -> Vec<String> {
+    let readme = include_str!("../../README.md");
+    let marker = "On a cluster, on every node, add `";
+    let start = readme
+        .find(marker)
+        .expect("the README's additions for a cluster")
+        + marker.len();
+    let additions = &readme[start..start + readme[start..].find('`').unwrap()];
+    cluster
+        .nodes()
+        .iter()
+        .map(|node| acl_user_url_with(node, namespace, additions))
+        .collect()
 }
 
 /// Namespaces differ per harness so nothing can leak between tests even on one server.
@@ -94,6 +125,7 @@ impl Harness {
                 let cache = builder.redis_url(url.clone()).build().expect("cache");
                 Harness {
                     cache,
+                    cluster_urls: Vec::new(),
                     redis_url: Some(url),
                     server: Some(server),
                     cluster: None,
@@ -102,14 +134,16 @@ impl Harness {
                     namespace,
                 }
             }
-            Backend::Cluster => {
+            Backend::Cluster | Backend::ClusterAcl => {
                 let cluster = RedisCluster::start().expect("the test suite needs redis-server");
-                let cache = builder
-                    .redis_cluster(cluster.urls())
-                    .build()
-                    .expect("cache");
+                let urls = match backend {
+                    Backend::ClusterAcl => acl_user_cluster_urls(&cluster, &namespace),
+                    _ => cluster.urls(),
+                };
+                let cache = builder.redis_cluster(urls.clone()).build().expect("cache");
                 Harness {
                     cache,
+                    cluster_urls: urls,
                     redis_url: None,
                     server: None,
                     cluster: Some(cluster),
@@ -124,6 +158,7 @@ impl Harness {
                 let cache = builder.memory(store.clone()).build().expect("cache");
                 Harness {
                     cache,
+                    cluster_urls: Vec::new(),
                     redis_url: None,
                     server: None,
                     cluster: None,
@@ -147,8 +182,8 @@ impl Harness {
                 .redis_url(self.redis_url.clone().expect("a server's URL"))
                 .build()
                 .expect("cache"),
-            (_, Some(cluster), _) => builder
-                .redis_cluster(cluster.urls())
+            (_, Some(_), _) => builder
+                .redis_cluster(self.cluster_urls.clone())
                 .build()
                 .expect("cache"),
             (_, _, Some(store)) => builder.memory(store.clone()).build().expect("cache"),
@@ -349,10 +384,19 @@ impl Drop for Harness {
     fn drop(&mut self) {
         let acl_user = self
             .redis_url
-            .as_deref()
-            .is_some_and(|url| url.starts_with("redis://memo:"));
-        if let (true, Some(server), false) = (acl_user, &self.server, std::thread::panicking()) {
+            .iter()
+            .chain(&self.cluster_urls)
+            .any(|url| url.starts_with("redis://memo:"));
+        if !acl_user || std::thread::panicking() {
+            return;
+        }
+        if let Some(server) = &self.server {
             assert_no_acl_refusals(server);
+        }
+        if let Some(cluster) = &self.cluster {
+            for node in cluster.nodes() {
+                assert_no_acl_refusals(node);
+            }
         }
     }
 }
