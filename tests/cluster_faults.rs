@@ -214,6 +214,7 @@ async fn the_slot_of_a_hot_key_moved_mid_traffic_fails_no_call() {
         })
         .unwrap();
     let batches = AtomicUsize::new(0);
+    let hits_before = cache.stats().hits;
     tokio::task::block_in_place(|| {
         cluster
             .migrate_slot(slot, target, || {
@@ -227,8 +228,78 @@ async fn the_slot_of_a_hot_key_moved_mid_traffic_fails_no_call() {
         batches.load(Ordering::SeqCst) >= 10,
         "moved in many batches"
     );
+    // Callers went on being served from Redis while the slot moved (redis-rs follows ASK to
+    // keys already moved), not only by running the function.
+    assert!(
+        cache.stats().hits > hits_before,
+        "no hit while the slot moved"
+    );
     assert_eq!(cluster.primary_of_slot(slot).unwrap(), target);
     traffic.advance(200).await;
     traffic.finish().await;
     caching_works(&cache).await;
+}
+
+/// Holds the body of `waited_lookup` until released, on the first run only.
+#[derive(Default)]
+struct Hold {
+    started: Notify,
+    release: Notify,
+}
+
+#[redis_cached(ttl = "1m", key = "waited:<id>", cache = cache, lock(wait = "3s", lease = "30s"))]
+async fn waited_lookup(
+    id: u64,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] hold: &Hold,
+    #[cache(skip)] probe: &Probe,
+) -> Result<u64, LoadError> {
+    if probe.ran() == 1 {
+        hold.started.notify_one();
+        hold.release.notified().await;
+    }
+    Ok(id * 10)
+}
+
+/// A process waiting on another's lease (`lock`) while the entry's slot fails over gets the
+/// holder's value, and does not compute. Its shard subscription is dropped by the demoted
+/// node; the cache subscribes again, but redis-rs does not always keep that subscription on
+/// the new owner, so the waiter may only learn of the fill at its `wait` bound (3 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_waiter_whose_slot_fails_over_gets_the_holders_value() {
+    let mut h = Harness::new(Backend::Cluster);
+    let holder = h.cache.clone();
+    let waiter = h.another_process(|builder| builder);
+    let (hold, probe) = (Arc::new(Hold::default()), Arc::new(Probe::default()));
+    let held = tokio::spawn({
+        let (cache, hold, probe) = (holder.clone(), Arc::clone(&hold), Arc::clone(&probe));
+        async move { waited_lookup(3, &cache, &hold, &probe).await }
+    });
+    hold.started.notified().await;
+    let waiting = tokio::spawn({
+        let (cache, probe) = (waiter.clone(), Arc::clone(&probe));
+        async move { waited_lookup(3, &cache, &Hold::default(), &probe).await }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while waiter.stats().lock_waits == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the waiter never waited"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let key = holder.full_key(&waited_lookup_cache_key(3));
+    let cluster = h.cluster.as_mut().unwrap();
+    let slot = cluster.slot_of(&key).unwrap();
+    let replica = cluster
+        .replica_of(cluster.primary_of_slot(slot).unwrap())
+        .unwrap();
+    tokio::task::block_in_place(|| cluster.failover(replica).unwrap());
+    hold.release.notify_one();
+    assert_eq!(held.await.unwrap(), Ok(30));
+    let got = tokio::time::timeout(std::time::Duration::from_secs(8), waiting)
+        .await
+        .expect("the waiter returns by its wait bound at the latest");
+    assert_eq!(got.unwrap(), Ok(30));
+    assert_eq!(probe.runs(), 1, "only the holder computed");
 }

@@ -7,7 +7,7 @@
 //! number of callers. Messages reach [`Notices`], which hands them to the waiting call.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use tokio::sync::watch;
 
 /// What happened to a lease that a call waits on.
@@ -29,10 +29,23 @@ pub(crate) fn channel(entry_key: &str) -> String {
 
 type Listeners = HashMap<String, (usize, watch::Sender<Option<Notice>>)>;
 
+/// What to do with a channel whose subscription the server dropped while this process still
+/// listens on it.
+type Resubscribe = Arc<dyn Fn(String) + Send + Sync>;
+
 /// The channels this process listens on, and where their messages go.
-#[derive(Debug, Default, Clone)]
+#[derive(Default, Clone)]
 pub(crate) struct Notices {
     listeners: Arc<Mutex<Listeners>>,
+    resubscribe: Arc<OnceLock<Resubscribe>>,
+}
+
+impl std::fmt::Debug for Notices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notices")
+            .field("listened", &self.listeners().len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Notices {
@@ -91,8 +104,32 @@ impl Notices {
         }
     }
 
+    /// Sets what happens when the server drops a subscription someone here still listens on
+    /// (a cluster node that lost the channel's slot, after a failover or a slot move, tells
+    /// its shard subscribers so): `resubscribe` subscribes again, on the slot's new owner,
+    /// then wakes the waiters.
+    pub(crate) fn on_lost_subscription(
+        &self,
+        resubscribe: impl Fn(String) + Send + Sync + 'static,
+    ) {
+        let _ = self.resubscribe.set(Arc::new(resubscribe));
+    }
+
     /// Hands a pub/sub message pushed by Redis (RESP3) to its listeners.
     pub(crate) fn deliver_push(&self, push: redis::PushInfo) {
+        if push.kind == redis::PushKind::SUnsubscribe {
+            // Ours when nobody listens any more; otherwise the server's doing.
+            let channel = push
+                .data
+                .first()
+                .and_then(|channel| redis::from_redis_value_ref::<String>(channel).ok());
+            if let (Some(channel), Some(resubscribe)) = (channel, self.resubscribe.get())
+                && self.is_listened(&channel)
+            {
+                resubscribe(channel);
+            }
+            return;
+        }
         if push.kind == redis::PushKind::Disconnection {
             // Messages published while the connection is down are lost: let every waiter look
             // again (after the reconnection re-subscribes, before any other command).

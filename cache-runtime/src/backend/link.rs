@@ -39,6 +39,22 @@ pub(crate) struct ClusterLink {
     pub(crate) seeds: Vec<redis::Client>,
 }
 
+impl ClusterLink {
+    /// Subscribes to `channel` again after the server dropped it (its slot moved: redis-rs
+    /// routes the new `SSUBSCRIBE` to the slot's owner now), then lets its waiters look at
+    /// their entry again: a fill announced in between reached nobody.
+    pub(crate) async fn subscribe_again(&self, channel: String, timeout: std::time::Duration) {
+        {
+            let _ordered = self.subscriptions.lock().await;
+            let mut connection = self.connection.clone();
+            let _ = tokio::time::timeout(timeout, connection.ssubscribe(&channel)).await;
+        }
+        if let Some(notices) = &self.notices {
+            notices.deliver(&channel, crate::notify::Notice::Released);
+        }
+    }
+}
+
 /// A cheap handle to send one request on.
 #[derive(Clone)]
 pub(crate) enum Handle {

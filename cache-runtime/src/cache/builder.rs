@@ -375,12 +375,20 @@ fn cluster_link(
             pushes.deliver_push(push);
             Ok::<(), std::convert::Infallible>(())
         });
-    Ok(Link::Cluster(Arc::new(ClusterLink {
+    let link = Arc::new(ClusterLink {
         connection: client.get_pending_async_connection_with_config(config),
-        notices: Some(notices),
+        notices: Some(notices.clone()),
         subscriptions: tokio::sync::Mutex::new(()),
         seeds,
-    })))
+    });
+    // Weak: the link holds the notices that hold this.
+    let weak = Arc::downgrade(&link);
+    notices.on_lost_subscription(move |channel| {
+        if let (Some(link), Ok(runtime)) = (weak.upgrade(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(async move { link.subscribe_again(channel, op_timeout).await });
+        }
+    });
+    Ok(Link::Cluster(link))
 }
 
 /// TCP keepalive probes, and on Linux `TCP_USER_TIMEOUT`: the kernel closes a connection
