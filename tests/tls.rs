@@ -242,3 +242,35 @@ async fn a_cache_on_a_tls_cluster_stores_reads_invalidates_and_wakes_waiters() {
         "says why, not only that no node answered: {error}"
     );
 }
+
+/// A server that asks clients for a certificate (mutual TLS): the cache presents the one it
+/// is given, and without one is refused with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_is_presented_to_a_server_that_asks_for_one() {
+    let ca = TestCa::new().unwrap();
+    let server = RedisServer::start_tls_requiring_client_certs(&ca).unwrap();
+    let with_certificate = Cache::builder()
+        .redis_url(server.tls_url().unwrap())
+        .tls_certificates(TlsCertificates {
+            client_tls: Some(ca.client_tls().unwrap()),
+            root_cert: Some(ca.cert_pem()),
+        })
+        .build()
+        .unwrap();
+    with_certificate
+        .ping()
+        .await
+        .expect("the server accepts the client's certificate");
+    let probe = Probe::default();
+    assert_eq!(lookup(4, &with_certificate, &probe).await, Ok(40));
+    assert_eq!(lookup(4, &with_certificate, &probe).await, Ok(40));
+    assert_eq!(probe.runs(), 1);
+
+    let without = tls_cache(&server, &ca, "mtls_without");
+    let error = without.ping().await.expect_err("no client certificate");
+    assert!(!error.to_string().is_empty(), "{error}");
+    assert!(
+        !matches!(error, redis_memo::CacheError::Timeout(_)),
+        "refused, not timed out: {error}"
+    );
+}

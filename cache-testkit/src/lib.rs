@@ -200,6 +200,15 @@ impl RedisServer {
         Self::start_tls_with(ca, &[])
     }
 
+    /// [`RedisServer::start_tls`], with the server asking every TLS client for a certificate
+    /// that `ca` signed (mutual TLS: see [`TestCa::client_tls`]).
+    ///
+    /// # Errors
+    /// As for [`RedisServer::start_tls`].
+    pub fn start_tls_requiring_client_certs(ca: &TestCa) -> Result<RedisServer, TestkitError> {
+        Self::start_tls_with(ca, &["--tls-auth-clients".to_owned(), "yes".to_owned()])
+    }
+
     /// [`RedisServer::start_tls`] with `extra_args` after the TLS settings.
     pub(crate) fn start_tls_with(
         ca: &TestCa,

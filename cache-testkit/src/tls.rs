@@ -43,6 +43,26 @@ impl TestCa {
         self.cert.pem().into_bytes()
     }
 
+    /// A client certificate and key this authority signed, for servers that ask clients for
+    /// one (see [`RedisServer::start_tls_requiring_client_certs`](crate::RedisServer::start_tls_requiring_client_certs)).
+    ///
+    /// # Errors
+    /// If key generation fails.
+    pub fn client_tls(&self) -> Result<redis::ClientTlsConfig, TestkitError> {
+        let key = rcgen::KeyPair::generate().map_err(tls_error)?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(tls_error)?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "redis-memo test client");
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .map_err(tls_error)?;
+        Ok(redis::ClientTlsConfig {
+            client_cert: cert.pem().into_bytes(),
+            client_key: key.serialize_pem().into_bytes(),
+        })
+    }
+
     /// Writes a server certificate and key signed by this authority, and the authority's
     /// certificate, into `dir`.
     pub(crate) fn write_server_files(&self, dir: &Path) -> Result<ServerFiles, TestkitError> {
