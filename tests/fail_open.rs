@@ -368,3 +368,67 @@ async fn a_slow_healthy_server_does_not_open_the_breaker() {
         cache.stats()
     );
 }
+
+#[redis_cached(ttl = "1m", key = "every:<id>", invalidate_all, cache = cache)]
+async fn every_lookup(id: u64, #[cache(skip)] cache: &Cache, #[cache(skip)] probe: &Probe) -> u64 {
+    probe.ran();
+    id + 1
+}
+
+/// Opens the breaker of `h.cache` (threshold 1) with Redis down, then brings Redis back: the
+/// breaker stays open (an hour's cooldown) until something answers.
+async fn open_the_breaker_then_restart(h: &mut Harness) {
+    h.server().stop();
+    let probe = Probe::default();
+    assert_eq!(lookup(1, &h.cache, &probe).await, Ok(10));
+    h.server().restart().unwrap();
+    let probe = Probe::default();
+    for _ in 0..2 {
+        assert_eq!(every_lookup(2, &h.cache, &probe).await, 3);
+    }
+    assert_eq!(
+        probe.runs(),
+        2,
+        "the open breaker skips Redis: nothing is cached"
+    );
+}
+
+/// With the breaker open, calls skip Redis, but an invalidation the caller asked for is still
+/// tried (a lost invalidation must be an error, never a skip), and its answer closes the
+/// breaker so caching resumes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidations_are_tried_while_the_breaker_is_open_and_close_it() {
+    let mut h = Harness::with(Backend::Redis, |builder| {
+        builder
+            .op_timeout(OP_TIMEOUT)
+            .breaker(1, Duration::from_secs(3600))
+    });
+    let cached_again = |h: &Harness, id: u64| {
+        let cache = h.cache.clone();
+        async move {
+            let probe = Probe::default();
+            for _ in 0..2 {
+                assert_eq!(every_lookup(id, &cache, &probe).await, id + 1);
+            }
+            probe.runs() == 1
+        }
+    };
+
+    open_the_breaker_then_restart(&mut h).await;
+    assert_eq!(invalidate_every_lookup(2, &h.cache).await.ok(), Some(false));
+    assert!(
+        cached_again(&h, 7).await,
+        "the invalidation's answer closed the breaker"
+    );
+
+    open_the_breaker_then_restart(&mut h).await;
+    assert_eq!(
+        invalidate_all_every_lookup(&h.cache).await.ok(),
+        Some(false)
+    );
+    assert!(cached_again(&h, 8).await);
+
+    open_the_breaker_then_restart(&mut h).await;
+    assert_eq!(h.cache.invalidate_tag("users").await.ok(), Some(false));
+    assert!(cached_again(&h, 9).await);
+}

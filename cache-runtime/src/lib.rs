@@ -153,7 +153,7 @@ pub mod __private {
         function: FunctionRef,
     ) -> Result<bool, CacheError> {
         let cache = cache.ok_or(CacheError::NotInstalled)?;
-        Ok(cache.evict_counting(&[], &[], &[function]).await? > 0)
+        cache.invalidate_all_of(function).await
     }
 
     /// Write-through, first step, before the writer's body: takes `entry`'s lease and reads
@@ -188,7 +188,7 @@ pub mod __private {
         let Some(cache) = cache else {
             return;
         };
-        if let Err(error) = cache.evict_counting(&entries, &tags, &all_of).await {
+        if let Err(error) = cache.evict(&entries, &tags, &all_of).await {
             let what = entries.first().or(tags.first()).map_or("", String::as_str);
             cache.report_lost_write(crate::cache::writers::LostWrite::Evict, what, &error);
         }

@@ -6,12 +6,14 @@
 //! backend behaves like Redis in users' tests.
 
 mod connection;
+mod gate;
 mod held_lease;
 mod link;
 mod memory;
 mod redis;
 
 pub(crate) use self::connection::{RedisConnection, Remake};
+pub(crate) use self::gate::Gate;
 pub(crate) use self::held_lease::HeldLease;
 pub(crate) use self::link::{ClusterLink, Link};
 pub use self::memory::MemoryStore;

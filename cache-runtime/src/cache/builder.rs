@@ -3,6 +3,7 @@
 
 use super::{Cache, Inner};
 use crate::CacheError;
+use crate::backend::Gate;
 use crate::backend::{
     Backend, ClusterLink, Link, MemoryStore, RedisBackend, RedisConnection, Remake,
 };
@@ -303,10 +304,12 @@ impl CacheBuilder {
             };
         let cache = Cache {
             inner: Arc::new(Inner {
-                backend,
-                op_timeout: self.op_timeout,
+                gate: Gate::new(
+                    backend,
+                    Health::new(self.breaker_threshold, self.breaker_cooldown),
+                    self.op_timeout,
+                ),
                 namespace: self.namespace,
-                health: Health::new(self.breaker_threshold, self.breaker_cooldown),
                 counters: Counters::default(),
                 flights: Flights::default(),
                 clock: self.clock,

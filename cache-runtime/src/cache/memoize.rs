@@ -196,7 +196,7 @@ impl Cache {
         loop {
             let ticket = flights.ticket(key);
             let read_started = first_read.take().unwrap_or_else(Instant::now);
-            let read_deadline = read_started + self.inner.op_timeout;
+            let read_deadline = read_started + self.inner.gate.op_timeout();
             let (read, versions) = self.read(spec, key, tag_keys, read_deadline).await;
             let entry = EntryAt {
                 spec,
@@ -294,7 +294,7 @@ impl Cache {
                         // the leader, with a fresh deadline (the wait used the first).
                         AfterWait::Rejoin(kept, kept_fallback) => {
                             (compute, fallback) = (kept, kept_fallback);
-                            read_deadline = Instant::now() + self.inner.op_timeout;
+                            read_deadline = Instant::now() + self.inner.gate.op_timeout();
                         }
                         AfterWait::Reread(kept) => return Flown::Reread(kept),
                     }
@@ -801,18 +801,16 @@ impl Cache {
             .filter(|(_, version)| version.is_none())
             .map(|(key, _)| key)
             .collect();
-        if !self.inner.health.allows_request() || Instant::now() >= deadline {
+        let gate = &self.inner.gate;
+        if !gate.admits(deadline) {
             self.record(Event::FailOpen, entry.spec);
             return None;
         }
-        let created = self
-            .inner
-            .backend
-            .ensure_tags(&missing, tag_lifetime(entry.spec), deadline)
-            .await;
-        let mut created = self
-            .observe("ensure tags", entry.spec, created)?
-            .into_iter();
+        let created = gate
+            .backend()
+            .ensure_tags(&missing, tag_lifetime(entry.spec), deadline);
+        let created = gate.pass("ensure tags", created).await;
+        let mut created = self.usable("ensure tags", entry.spec, created)?.into_iter();
         for version in versions.iter_mut().filter(|version| version.is_none()) {
             *version = created.next();
         }
@@ -917,8 +915,8 @@ impl Cache {
     pub(crate) async fn sample_server_time(&self) {
         let clock = &self.inner.clock;
         let before = clock.now_unix_ms();
-        let deadline = Instant::now() + self.inner.op_timeout;
-        let server = self.inner.backend.server_time_ms(deadline).await;
+        let deadline = Instant::now() + self.inner.gate.op_timeout();
+        let server = self.inner.gate.backend().server_time_ms(deadline).await;
         let after = clock.now_unix_ms();
         match server {
             Ok(Some(server_ms)) => self.inner.server_offset.record(server_ms, before, after),
@@ -1011,7 +1009,8 @@ impl Cache {
             fingerprint,
             ..
         } = *entry;
-        if !self.inner.health.allows_request() || Instant::now() >= deadline {
+        let gate = &self.inner.gate;
+        if !gate.admits(deadline) {
             self.record(Event::FailOpen, spec);
             return LeaseOutcome::Failed;
         }
@@ -1019,18 +1018,17 @@ impl Cache {
         // out after Redis ran it, the lease this token may hold is given back in the
         // background rather than left to expire.
         let held = HeldLease::new(
-            self.inner.backend.clone(),
+            gate.backend().clone(),
             key,
             lease::lease_key(key),
             lease::new_token(),
             spec.lease,
         );
-        let acquired = self
-            .inner
-            .backend
-            .acquire_lease(key, held.key(), held.token(), spec.lease, deadline)
-            .await;
-        match self.observe("acquire", spec, acquired) {
+        let acquired =
+            gate.backend()
+                .acquire_lease(key, held.key(), held.token(), spec.lease, deadline);
+        let acquired = gate.pass("acquire", acquired).await;
+        match self.usable("acquire", spec, acquired) {
             Some(Acquired::Held(Some(bytes))) => {
                 match envelope::decode::<Bincode, V>(&bytes, fingerprint, Some(versions)) {
                     Ok((value, times))
@@ -1069,7 +1067,7 @@ impl Cache {
             .checked_add(wait)
             .unwrap_or(now + Duration::from_secs(365 * 24 * 3600));
         // Each step has its own op timeout; this bounds the whole wait to `wait` plus one.
-        let bound = deadline + self.inner.op_timeout;
+        let bound = deadline + self.inner.gate.op_timeout();
         match tokio::time::timeout_at(bound, self.wait_until(entry, versions, deadline)).await {
             Ok(outcome) => outcome,
             Err(_) => {
@@ -1091,16 +1089,14 @@ impl Cache {
             fingerprint,
             ..
         } = *entry;
-        let mut listener = match self.inner.backend.listen(key).await {
-            Ok(listener) => listener,
-            Err(error) => {
-                let _ = self.observe::<()>("SUBSCRIBE", spec, Err(error));
-                None
-            }
-        };
+        // Sent even with the breaker open, as fills and releases are: it is part of a wait
+        // that began because Redis answered.
+        let gate = &self.inner.gate;
+        let listened = gate.settle("SUBSCRIBE", gate.backend().listen(key)).await;
+        let mut listener = self.usable("SUBSCRIBE", spec, listened).flatten();
         loop {
             // The fill may have come before the subscription did.
-            let read_by = Instant::now() + self.inner.op_timeout;
+            let read_by = Instant::now() + self.inner.gate.op_timeout();
             if let (Read::Entry(bytes), now) = self.read(spec, key, entry.tag_keys, read_by).await
                 && let Ok((value, times)) =
                     envelope::decode::<Bincode, V>(&bytes, fingerprint, Some(&now))
@@ -1130,7 +1126,7 @@ impl Cache {
                     // The bound is reached. A crashed holder's lease has expired by now if
                     // `wait` is no shorter than it: take it, and this computation is stored.
                     self.record(Event::LockTimeout, spec);
-                    let by = Instant::now() + self.inner.op_timeout;
+                    let by = Instant::now() + self.inner.gate.op_timeout();
                     return self.take_lease(entry, versions, by, None).await;
                 }
             }
@@ -1169,12 +1165,14 @@ impl Cache {
         } = *entry;
         // The tags must outlive the entry (a lost tag makes it a miss); sent alongside the
         // fill on the multiplexed connection, so no extra round trip.
-        let backend = &self.inner.backend;
+        // Sent even with the breaker open: skipping it would leave the lease for others to
+        // wait out.
+        let gate = &self.inner.gate;
         let (filled, _) = tokio::join!(
-            lease.fill(encoded.bytes, encoded.stored_for),
-            backend.extend_tags(tag_keys, tag_lifetime(spec))
+            gate.settle("fill", lease.fill(encoded.bytes, encoded.stored_for)),
+            gate.backend().extend_tags(tag_keys, tag_lifetime(spec))
         );
-        match self.observe("fill", spec, filled) {
+        match self.usable("fill", spec, filled) {
             Some(true) => self.record(Event::Fill, spec),
             Some(false) => {
                 // The lease was lost: an invalidation (or a write) came after this computation
@@ -1198,35 +1196,33 @@ impl Cache {
     }
 
     pub(crate) async fn release(&self, spec: &'static FnSpec, lease: HeldLease, clear_entry: bool) {
-        let _ = self.observe("release", spec, lease.release(clear_entry).await);
+        // Sent even with the breaker open, for the same reason as a fill.
+        let released = self
+            .inner
+            .gate
+            .settle("release", lease.release(clear_entry))
+            .await;
+        let _ = self.usable("release", spec, released);
     }
 
-    /// Health bookkeeping for one backend result: `None` when it failed. An outage feeds the
-    /// breaker; an error reply from a live server (`OOM`, `READONLY`) does not.
-    fn observe<T>(
+    /// What a failed request means for the call: `None`, counted as a fail-open. A refusal
+    /// from a live server (`OOM` under noeviction, `READONLY` after a failover) lasts: it is
+    /// warned about once a minute with its count rather than on every miss.
+    fn usable<T>(
         &self,
         operation: &'static str,
         spec: &'static FnSpec,
         result: Result<T, CacheError>,
     ) -> Option<T> {
         match result {
-            Ok(value) => {
-                self.inner.health.record_success();
-                Some(value)
-            }
-            Err(error) if !error.is_outage() => {
-                self.inner.health.record_success();
+            Ok(value) => Some(value),
+            Err(error) => {
                 self.record(Event::FailOpen, spec);
-                // Refusals (OOM under noeviction, READONLY after a failover) last; say so once
-                // a minute, with the count, rather than on every miss.
-                let refused = self.inner.health.record_refusal();
-                if let Some(since_last) = refused {
+                if !error.is_outage()
+                    && let Some(since_last) = self.inner.gate.refusal_due()
+                {
                     tracing::warn!(target: "redis_memo", function = spec.name, operation, %error, refusals = since_last, "redis-memo: redis refuses to store entries; calls run uncached");
                 }
-                None
-            }
-            Err(error) => {
-                self.report_outage(operation, spec, &error);
                 None
             }
         }
@@ -1239,40 +1235,21 @@ impl Cache {
         tag_keys: TagKeys<'_>,
         deadline: Instant,
     ) -> (Read, Versions) {
-        if !self.inner.health.allows_request() {
-            self.record(Event::FailOpen, spec);
-            return (Read::Unavailable, Versions::new());
-        }
-        let read = match self.inner.backend.read(key, tag_keys, deadline).await {
-            Ok((found, versions)) => {
-                self.inner.health.record_success();
-                return (found.map_or(Read::Missing, Read::Entry), versions);
-            }
+        let gate = &self.inner.gate;
+        let request = gate.backend().read(key, tag_keys, deadline);
+        match gate.pass("GET", request).await {
+            Ok((found, versions)) => (found.map_or(Read::Missing, Read::Entry), versions),
             Err(error) if !error.is_outage() => {
                 // A live server's error reply (`WRONGTYPE`: someone else's data under the key).
-                self.inner.health.record_success();
                 self.record(Event::DecodeFailure, spec);
                 tracing::warn!(target: "redis_memo", function = spec.name, key, %error, "redis-memo: reading the entry failed; recomputing and overwriting");
-                Read::Unusable
+                (Read::Unusable, Versions::new())
             }
-            Err(error) => {
-                self.report_outage("GET", spec, &error);
-                Read::Unavailable
+            Err(_) => {
+                self.record(Event::FailOpen, spec);
+                (Read::Unavailable, Versions::new())
             }
-        };
-        (read, Versions::new())
-    }
-
-    fn report_outage(&self, operation: &'static str, spec: &'static FnSpec, error: &CacheError) {
-        // A step that timed out on what was left of the call's budget (a miss's lease after a
-        // slow read) says the server is slow for this call, not that it is down: the breaker
-        // counts only operations that had a whole operation timeout.
-        let short_budget =
-            matches!(error, CacheError::Timeout(_)) && !error.is_silence(self.inner.op_timeout);
-        if !short_budget {
-            self.inner.health.record_failure(operation, error);
         }
-        self.record(Event::FailOpen, spec);
     }
 
     fn report_decode_failure(&self, spec: &'static FnSpec, key: &str, error: &DecodeError) {

@@ -13,14 +13,12 @@ pub(crate) mod writers;
 pub use self::builder::CacheBuilder;
 
 use crate::CacheError;
-use crate::backend::Backend;
+use crate::backend::Gate;
 use crate::clock::Clock;
 use crate::flight::Flights;
-use crate::health::Health;
 use crate::stats::{Counters, Stats};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
 /// A handle to a cache: where entries live (Redis or an in-process [`MemoryStore`]), their
 /// namespace, timeouts and counters. Cheap to clone; clones share everything.
@@ -45,10 +43,9 @@ pub struct Cache {
 
 #[derive(Debug)]
 struct Inner {
-    backend: Backend,
-    op_timeout: Duration,
+    /// The store, behind the circuit breaker.
+    gate: Gate,
     namespace: String,
-    health: Health,
     counters: Counters,
     flights: Flights,
     /// Where freshness reads the time.
@@ -151,7 +148,9 @@ impl Cache {
 
     /// Deletes tag version keys (full keys); how many existed.
     pub(crate) async fn invalidate_tag_keys(&self, keys: Vec<String>) -> Result<u64, CacheError> {
-        self.inner.backend.invalidate_tags(&keys).await
+        let gate = &self.inner.gate;
+        gate.settle("invalidate tags", gate.backend().invalidate_tags(&keys))
+            .await
     }
 
     /// Removes the entry whose rendered key is `rendered`; true if there was one.
@@ -162,9 +161,17 @@ impl Cache {
     pub async fn invalidate(&self, rendered: &str) -> Result<bool, CacheError> {
         // Entry and lease together: a computation that began before this cannot store its
         // (possibly stale) result after it.
+        self.inner
+            .gate
+            .settle("invalidate", self.remove_entry(rendered))
+            .await
+    }
+
+    /// [`Cache::invalidate`] without the gate, for callers that pass it themselves.
+    pub(crate) async fn remove_entry(&self, rendered: &str) -> Result<bool, CacheError> {
         let entry = self.full_key(rendered);
         let lease = crate::lease::lease_key(&entry);
-        let removed = self.inner.backend.invalidate(&entry, &lease).await;
+        let removed = self.inner.gate.backend().invalidate(&entry, &lease).await;
         self.inner.flights.detach(&entry);
         removed
     }
@@ -184,7 +191,10 @@ impl Cache {
             .map(|rendered| self.full_key(rendered.as_ref()))
             .collect();
         let refs: Vec<&str> = entries.iter().map(String::as_str).collect();
-        let removed = self.inner.backend.invalidate_entries(&refs).await;
+        let gate = &self.inner.gate;
+        let removed = gate
+            .settle("invalidate", gate.backend().invalidate_entries(&refs))
+            .await;
         for entry in &entries {
             self.inner.flights.detach(entry);
         }
@@ -213,7 +223,13 @@ impl Cache {
     pub async fn invalidate_matching(&self, pattern: &str) -> Result<u64, CacheError> {
         crate::pattern::validate(pattern)?;
         let pattern = crate::pattern::KeyPattern::new(&self.inner.namespace, pattern);
-        let removed = self.inner.backend.invalidate_matching(&pattern).await;
+        let gate = &self.inner.gate;
+        let removed = gate
+            .settle(
+                "invalidate matching",
+                gate.backend().invalidate_matching(&pattern),
+            )
+            .await;
         self.inner.flights.detach_matching(&pattern);
         removed
     }
@@ -225,10 +241,14 @@ impl Cache {
     /// # Errors
     /// When Redis fails or does not answer within the operation timeout.
     pub async fn ping(&self) -> Result<(), CacheError> {
-        let deadline = tokio::time::Instant::now() + self.inner.op_timeout;
+        let gate = &self.inner.gate;
+        let deadline = tokio::time::Instant::now() + gate.op_timeout();
         let key = self.full_key("redis-memo:ping");
-        if let Err(error) = self.inner.backend.get(&key, deadline).await {
-            return Err(self.inner.backend.diagnose().await.unwrap_or(error));
+        if let Err(error) = gate
+            .settle("ping", gate.backend().get(&key, deadline))
+            .await
+        {
+            return Err(gate.backend().diagnose().await.unwrap_or(error));
         }
         // Learn the server's clock now rather than on the first call.
         self.sample_server_time().await;

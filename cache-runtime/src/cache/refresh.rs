@@ -417,7 +417,7 @@ impl Cache {
         let entry = job.entry();
         let spec = job.spec;
         let mut versions = job.versions.clone();
-        let deadline = tokio::time::Instant::now() + self.inner.op_timeout;
+        let deadline = tokio::time::Instant::now() + self.inner.gate.op_timeout();
         let Some(tokens) = self.tokens_for(&entry, &mut versions, deadline).await else {
             return;
         };

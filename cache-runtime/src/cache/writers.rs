@@ -10,7 +10,9 @@
 //!   another write in the meantime took it: then the entry is removed instead, since which
 //!   of the two writes is newer cannot be told.
 //!
-//! Writers go through the circuit breaker like reads and feed it. A write-through or eviction
+//! Puts and evictions go through the circuit breaker like reads (skipped while it is open) and
+//! feed it; removing the entry after a failed put, like every invalidation a caller asks for,
+//! is tried even then (see [`Gate::settle`](crate::backend::Gate::settle)). A write-through or eviction
 //! that does not happen never fails the writer's call: it is logged and counted, and where
 //! Redis still answers the entry is removed, so a lost write cannot leave the old value.
 
@@ -20,7 +22,6 @@ use crate::lease;
 use crate::spec::FnSpec;
 use crate::tags::{TagKeys, Token};
 use crate::{Cache, CacheError, CacheValue};
-use std::future::Future;
 use std::marker::PhantomData;
 
 /// One entry of a memoized function whose stored values are `V`: what its
@@ -157,7 +158,8 @@ impl<V: CacheValue> PendingPut<V> {
         let entry = &self.entry;
         let stored = match (began, value) {
             (Ok(began), None) => {
-                let _ = cache.guarded("release", began.lease.release(false)).await;
+                let gate = &cache.inner.gate;
+                let _ = gate.settle("release", began.lease.release(false)).await;
                 return;
             }
             (Err(_), None) => return,
@@ -168,41 +170,19 @@ impl<V: CacheValue> PendingPut<V> {
                     // The invalidation deletes the lease with the entry.
                     began.lease.disarm();
                 }
-                cache
-                    .guarded("invalidate", cache.invalidate(&entry.rendered))
-                    .await
-                    .map(drop)
+                cache.invalidate(&entry.rendered).await.map(drop)
             }
             (Ok(began), Some(value)) => cache.commit_put(entry, began, value).await,
             (Err(error), Some(_)) => Err(error),
         };
         if let Err(error) = stored {
             cache.report_lost_write(LostWrite::Put, &entry.rendered, &error);
-            let _ = cache
-                .guarded("invalidate", cache.invalidate(&entry.rendered))
-                .await;
+            let _ = cache.invalidate(&entry.rendered).await;
         }
     }
 }
 
 impl Cache {
-    /// Runs a writer's Redis operation unless the breaker is open, and feeds the breaker.
-    pub(crate) async fn guarded<T>(
-        &self,
-        operation: &'static str,
-        op: impl Future<Output = Result<T, CacheError>>,
-    ) -> Result<T, CacheError> {
-        if !self.inner.health.allows_request() {
-            return Err(CacheError::Unavailable);
-        }
-        let result = op.await;
-        match &result {
-            Err(error) if error.is_outage() => self.inner.health.record_failure(operation, error),
-            _ => self.inner.health.record_success(),
-        }
-        result
-    }
-
     /// The first step of a put: the lease, taken over from any holder, and the tokens of the
     /// entry's tags (created where missing), in one round trip.
     async fn begin_put<V: CacheValue>(&self, entry: &EntryRef<V>) -> Result<Began, CacheError> {
@@ -215,7 +195,8 @@ impl Cache {
                 .into_owned()
         });
         let user_tags = self.tag_keys(&entry.tags);
-        let backend = &self.inner.backend;
+        let gate = &self.inner.gate;
+        let backend = gate.backend();
         // Made before it is asked for: if this call is cancelled or fails from here on, the
         // lease is given back in the background.
         let lease = HeldLease::new(
@@ -230,9 +211,9 @@ impl Cache {
             .chain(&user_tags)
             .map(String::as_str)
             .collect();
-        let tokens = self
-            .guarded("begin put", async {
-                let deadline = tokio::time::Instant::now() + self.inner.op_timeout;
+        let tokens = gate
+            .pass("begin put", async {
+                let deadline = tokio::time::Instant::now() + gate.op_timeout();
                 let (seized, tokens) = tokio::join!(
                     backend.seize_lease(lease.key(), lease.token(), spec.lease),
                     backend.ensure_tags(&tag_refs, tag_lifetime(spec), deadline),
@@ -278,9 +259,10 @@ impl Cache {
             function: function_tag.as_deref(),
             user: &user_tags,
         };
-        let backend = &self.inner.backend;
-        let stored = self
-            .guarded("put", async {
+        let gate = &self.inner.gate;
+        let backend = gate.backend();
+        let stored = gate
+            .pass("put", async {
                 let (stored, _) = tokio::join!(
                     lease.fill(encoded.bytes, encoded.stored_for),
                     backend.extend_tags(tag_keys, tag_lifetime(spec))
@@ -298,8 +280,7 @@ impl Cache {
                 key = entry.rendered,
                 "redis-memo: the entry changed while the writer ran; removing it"
             );
-            self.guarded("invalidate", self.invalidate(&entry.rendered))
-                .await?;
+            self.invalidate(&entry.rendered).await?;
         }
         Ok(())
     }
@@ -309,9 +290,32 @@ impl Cache {
         rendered.iter().map(|tag| self.full_tag_key(tag)).collect()
     }
 
-    /// Removes `entries` (rendered keys), and invalidates the tags `tags` (renderings) and
-    /// every entry of the functions `all_of`; how many of these tags had a version.
-    pub(crate) async fn evict_counting(
+    /// An evict writer's removals: `entries` (rendered keys), the tags `tags` (renderings)
+    /// and every entry of the functions `all_of`; how many of these tags had a version.
+    /// Skipped while the circuit breaker is open (the writer counts it as a lost write).
+    pub(crate) async fn evict(
+        &self,
+        entries: &[String],
+        tags: &[String],
+        all_of: &[FunctionRef],
+    ) -> Result<u64, CacheError> {
+        let removals = self.remove_all(entries, tags, all_of);
+        self.inner.gate.pass("evict", removals).await
+    }
+
+    /// Invalidates every entry of `function` (its implicit tag), tried even while the circuit
+    /// breaker is open (the caller sees the error); true if it had entries.
+    pub(crate) async fn invalidate_all_of(
+        &self,
+        function: FunctionRef,
+    ) -> Result<bool, CacheError> {
+        let all_of = [function];
+        let removals = self.remove_all(&[], &[], &all_of);
+        Ok(self.inner.gate.settle("invalidate all", removals).await? > 0)
+    }
+
+    /// The removals of [`Cache::evict`], without the gate.
+    async fn remove_all(
         &self,
         entries: &[String],
         tags: &[String],
@@ -325,16 +329,13 @@ impl Cache {
         // Everything is attempted even after a failure: each removal that lands counts.
         let mut failure = None;
         for entry in entries {
-            if let Err(error) = self.guarded("invalidate", self.invalidate(entry)).await {
+            if let Err(error) = self.remove_entry(entry).await {
                 failure = Some(error);
             }
         }
         let mut removed = 0;
         if !tag_keys.is_empty() {
-            match self
-                .guarded("invalidate tags", self.invalidate_tag_keys(tag_keys))
-                .await
-            {
+            match self.inner.gate.backend().invalidate_tags(&tag_keys).await {
                 Ok(count) => removed = count,
                 Err(error) => failure = Some(error),
             }
