@@ -163,9 +163,66 @@ async fn the_password_shows_in_no_debug_output_error_or_log() {
     );
     let probe = Probe::default();
     assert_eq!(lookup(3, &cache, &probe).await, Ok(30));
+
+    // A cluster cache too, including `ping()`'s own connection to a named node.
+    let cluster_cache = Cache::builder().redis_cluster([url]).build().unwrap();
+    assert!(
+        !format!("{cluster_cache:?}").contains(PASSWORD),
+        "{cluster_cache:?}"
+    );
+    let error = cluster_cache.ping().await.expect_err("no such user");
+    assert!(
+        !format!("{error} {error:?}").contains(PASSWORD),
+        "{error:?}"
+    );
+    assert_eq!(lookup(4, &cluster_cache, &probe).await, Ok(40));
     let logged = lines.all();
     assert!(!logged.is_empty(), "the failure was logged");
     for line in logged {
         assert!(!line.contains(PASSWORD), "the password was logged: {line}");
     }
+}
+
+/// A refused read is the same kind of event as any other refusal: a counted fail-open, warned
+/// about once (not on every call), never a "damaged entry".
+#[tokio::test(flavor = "current_thread")]
+async fn a_refused_read_is_a_counted_fail_open_warned_once() {
+    let lines = Lines::default();
+    let _logs = lines.install();
+    let server = RedisServer::start().unwrap();
+    // The README's line without `+get +mget`.
+    let cache = cache_as_user(
+        &server,
+        "unread",
+        "nocommands +hello +time +set +del +pexpire +pttl +scan +evalsha +script|load +publish +subscribe +unsubscribe",
+        std::time::Duration::from_secs(60),
+    );
+    let probe = Probe::default();
+    let calls = async {
+        for _ in 0..5 {
+            assert_eq!(lookup(3, &cache, &probe).await, Ok(30), "the call succeeds");
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), calls)
+        .await
+        .expect("a refused read never hangs a call");
+    let stats = cache.stats();
+    assert!(stats.fail_open >= 5, "every call counted: {stats:?}");
+    assert_eq!(
+        stats.decode_failures, 0,
+        "a refusal is not damage: {stats:?}"
+    );
+    let warnings: Vec<_> = lines
+        .all()
+        .into_iter()
+        .filter(|line| {
+            line.starts_with("WARN redis_memo")
+                && line.contains("no permissions to run the 'get' command")
+        })
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "warned once, with the command: {warnings:#?}"
+    );
 }

@@ -432,3 +432,75 @@ async fn invalidations_are_tried_while_the_breaker_is_open_and_close_it() {
     assert_eq!(h.cache.invalidate_tag("users").await.ok(), Some(false));
     assert!(cached_again(&h, 9).await);
 }
+
+#[redis_cached(ttl = "1m", key = "name:<id>", cache = cache)]
+async fn name_of(id: u64, #[cache(skip)] cache: &Cache) -> String {
+    format!("name {id}")
+}
+
+#[redis_memo::redis_cache_put(name_of(id), value = name.to_owned(), cache = cache)]
+async fn rename(id: u64, name: &str, cache: &Cache) -> Result<(), String> {
+    let _ = (id, name, cache);
+    Ok(())
+}
+
+#[redis_memo::redis_cache_evict(name_of(id), cache = cache)]
+async fn forget(id: u64, cache: &Cache) -> Result<(), String> {
+    let _ = (id, cache);
+    Ok(())
+}
+
+/// A writer's call never fails because of the cache: a put or evict Redis does not take (down,
+/// or skipped while the breaker is open) is counted in `lost_writes` and logged at error
+/// level, and the call returns its body's result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_with_redis_down_succeed_and_count_their_lost_writes() {
+    let mut h = Harness::with(Backend::Redis, |builder| {
+        builder
+            .op_timeout(OP_TIMEOUT)
+            .breaker(2, Duration::from_secs(3600))
+    });
+    let errors = ErrorLines::default();
+    let _logs = errors.install();
+    assert_eq!(name_of(1, &h.cache).await, "name 1");
+    h.server().stop();
+
+    // Redis down: each writer meets the outage itself.
+    assert_eq!(rename(1, "one", &h.cache).await, Ok(()));
+    assert_eq!(forget(1, &h.cache).await, Ok(()));
+    let lost = h.cache.stats().lost_writes;
+    assert!(lost >= 2, "both writes counted: {:?}", h.cache.stats());
+    // Now the breaker is open: the writers are skipped without touching Redis, and counted.
+    assert_eq!(rename(2, "two", &h.cache).await, Ok(()));
+    assert_eq!(forget(2, &h.cache).await, Ok(()));
+    assert!(
+        h.cache.stats().lost_writes >= lost + 2,
+        "{:?}",
+        h.cache.stats()
+    );
+    assert!(errors.count() >= 4, "each lost write logged at error level");
+}
+
+/// Counts error-level events of redis-memo on this thread while installed.
+#[derive(Clone, Default)]
+struct ErrorLines(Arc<AtomicUsize>);
+
+impl ErrorLines {
+    fn install(&self) -> tracing::subscriber::DefaultGuard {
+        use tracing_subscriber::layer::SubscriberExt;
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(self.clone()))
+    }
+
+    fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ErrorLines {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let metadata = event.metadata();
+        if *metadata.level() == tracing::Level::ERROR && metadata.target() == "redis_memo" {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}

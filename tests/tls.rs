@@ -149,6 +149,28 @@ async fn a_server_signed_by_another_authority_fails_ping_with_a_clear_error() {
     assert!(cache.stats().fail_open > 0);
 }
 
+/// Without `tls_certificates` the system's authorities are trusted: a server signed by a
+/// private authority is refused, with the same message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_certificates_the_system_authorities_are_trusted() {
+    let ca = TestCa::new().unwrap();
+    let server = RedisServer::start_tls(&ca).unwrap();
+    let cache = Cache::builder()
+        .redis_url(server.tls_url().expect("a TLS server"))
+        .namespace("tls_system_roots")
+        .build()
+        .unwrap();
+    let message = cache
+        .ping()
+        .await
+        .expect_err("a private authority is not a system one")
+        .to_string();
+    assert!(
+        message.contains("invalid peer certificate") && message.contains("UnknownIssuer"),
+        "says why: {message}"
+    );
+}
+
 /// The same over TLS to a cluster: the cluster bus and replication use TLS too, and the cache
 /// learns the nodes' TLS ports from the cluster itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

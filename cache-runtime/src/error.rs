@@ -67,6 +67,12 @@ impl CacheError {
         }
     }
 
+    /// True for Redis's `WRONGTYPE` reply: a key holds data of another type than the command
+    /// expects (someone else's data under a cache key).
+    pub(crate) fn is_wrong_type(&self) -> bool {
+        matches!(self, CacheError::Redis(e) if e.code() == Some("WRONGTYPE"))
+    }
+
     /// True for a timeout of an operation that had (nearly) a whole `op_timeout`: evidence
     /// that Redis is not answering, unlike a step that ran out of what was left of a call's
     /// budget after a slow but answered read.

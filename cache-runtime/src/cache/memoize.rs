@@ -1221,7 +1221,7 @@ impl Cache {
                 if !error.is_outage()
                     && let Some(since_last) = self.inner.gate.refusal_due()
                 {
-                    tracing::warn!(target: "redis_memo", function = spec.name, operation, %error, refusals = since_last, "redis-memo: redis refuses to store entries; calls run uncached");
+                    tracing::warn!(target: "redis_memo", function = spec.name, operation, %error, refusals = since_last, "redis-memo: redis refuses the cache's requests; calls run uncached");
                 }
                 None
             }
@@ -1239,14 +1239,16 @@ impl Cache {
         let request = gate.backend().read(key, tag_keys, deadline);
         match gate.pass("GET", request).await {
             Ok((found, versions)) => (found.map_or(Read::Missing, Read::Entry), versions),
-            Err(error) if !error.is_outage() => {
-                // A live server's error reply (`WRONGTYPE`: someone else's data under the key).
+            Err(error) if error.is_wrong_type() => {
+                // Someone else's data under the key: the fill overwrites it.
                 self.record(Event::DecodeFailure, spec);
                 tracing::warn!(target: "redis_memo", function = spec.name, key, %error, "redis-memo: reading the entry failed; recomputing and overwriting");
                 (Read::Unusable, Versions::new())
             }
-            Err(_) => {
-                self.record(Event::FailOpen, spec);
+            // An outage, or a refusal that lasts (`NOPERM`): a fail-open, warned about once a
+            // minute.
+            failed => {
+                let _ = self.usable("GET", spec, failed);
                 (Read::Unavailable, Versions::new())
             }
         }
