@@ -226,3 +226,32 @@ async fn a_refused_read_is_a_counted_fail_open_warned_once() {
         "warned once, with the command: {warnings:#?}"
     );
 }
+
+/// The in-process tier as the README's least-privileged user, with the additions the README
+/// gives for it: copies are kept and answer, and Redis refused nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_process_tier_works_as_the_readme_s_acl_user() {
+    let server = RedisServer::start().unwrap();
+    let url = support::acl_user_url_for_local_tier(&server, "tier_acl");
+    let cache = Cache::builder()
+        .redis_url(url)
+        .namespace("tier_acl")
+        .local_capacity(1 << 20)
+        .local_default(std::time::Duration::from_secs(60))
+        .build()
+        .unwrap();
+    cache.ping().await.expect("the tier's connection is up");
+    let probe = Probe::default();
+    // A miss stores the entry, a read keeps its copy, the copy answers (the fill's own drop
+    // of older copies may land after that read: then the next read keeps it).
+    for _ in 0..5 {
+        assert_eq!(lookup(5, &cache, &probe).await, Ok(50));
+    }
+    let stats = cache.stats();
+    assert_eq!(probe.runs(), 1);
+    assert!(stats.local_hits >= 1 && stats.fail_open == 0, "{stats:?}");
+    support::invalidate_lookup(5, &cache).await.unwrap();
+    assert_eq!(lookup(5, &cache, &probe).await, Ok(50));
+    assert_eq!(probe.runs(), 2, "its own invalidation drops the copy");
+    support::assert_no_acl_refusals(&server);
+}

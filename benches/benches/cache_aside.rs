@@ -21,6 +21,8 @@ const TTL: Duration = Duration::from_secs(600);
 
 static REDIS_URL: OnceLock<String> = OnceLock::new();
 static MEMO_CACHE: OnceLock<Cache> = OnceLock::new();
+/// A cache with an in-process tier (`local_capacity`), for `local` functions.
+static MEMO_LOCAL_CACHE: OnceLock<Cache> = OnceLock::new();
 
 #[derive(Debug, Clone)]
 struct BenchError(String);
@@ -71,6 +73,12 @@ async fn memo_get_user(id: u64) -> Result<User, BenchError> {
     Ok(load_user(id))
 }
 
+// redis-memo with its in-process tier: a hit is answered by this process's copy.
+#[redis_cached(ttl = "10m", key = "user:<id>", local, cache = MEMO_LOCAL_CACHE.get().expect("cache set up"))]
+async fn memo_local_get_user(id: u64) -> Result<User, BenchError> {
+    Ok(load_user(id))
+}
+
 // (b) the cached crate.
 #[concurrent_cached(
     map_error = r##"|e| BenchError(format!("{e:?}"))"##,
@@ -93,12 +101,14 @@ async fn cached_crate_get_user(id: u64) -> Result<User, BenchError> {
 enum Contender {
     Baseline,
     RedisMemo,
+    RedisMemoLocal,
     CachedCrate,
 }
 
-const CONTENDERS: [Contender; 3] = [
+const CONTENDERS: [Contender; 4] = [
     Contender::Baseline,
     Contender::RedisMemo,
+    Contender::RedisMemoLocal,
     Contender::CachedCrate,
 ];
 
@@ -107,6 +117,7 @@ impl Contender {
         match self {
             Contender::Baseline => "redis-rs by hand (a)",
             Contender::RedisMemo => "redis-memo",
+            Contender::RedisMemoLocal => "redis-memo, local (in-process)",
             Contender::CachedCrate => "cached #[concurrent_cached] (b)",
         }
     }
@@ -115,6 +126,7 @@ impl Contender {
         let result = match self {
             Contender::Baseline => baseline.get_user(id).await,
             Contender::RedisMemo => memo_get_user(id).await,
+            Contender::RedisMemoLocal => memo_local_get_user(id).await,
             Contender::CachedCrate => cached_crate_get_user(id).await,
         };
         result.unwrap_or_else(|error| panic!("benchmark call failed: {}", error.0))
@@ -127,6 +139,10 @@ impl Contender {
                 .get()
                 .unwrap()
                 .full_key(&memo_get_user_cache_key(id)),
+            Contender::RedisMemoLocal => MEMO_LOCAL_CACHE
+                .get()
+                .unwrap()
+                .full_key(&memo_local_get_user_cache_key(id)),
             // The cached crate adds a namespace of its own in front of its prefix.
             Contender::CachedCrate => format!("*cachedcrate*{id}"),
         }
@@ -229,6 +245,14 @@ fn main() {
         let client = redis::Client::open(server.url()).unwrap();
         let baseline = Baseline { connection: ConnectionManager::new(client).await.unwrap() };
         MEMO_CACHE.set(Cache::builder().redis_url(server.url()).namespace("memo").build().unwrap()).unwrap();
+        let local = Cache::builder()
+            .redis_url(server.url())
+            .namespace("memolocal")
+            .local_capacity(64 * 1024 * 1024)
+            .build()
+            .unwrap();
+        local.ping().await.unwrap(); // the tier's connection is up
+        MEMO_LOCAL_CACHE.set(local).unwrap();
 
         println!("redis-memo cache-aside benchmark: one local redis-server, Tokio runtime with 2 workers");
         println!("(rounds interleaved; ratios are to the hand-written redis-rs baseline (a))\n");
@@ -240,13 +264,17 @@ fn main() {
             println!("  {:<34} {:>10} {:>10} {:>9} {:>9}", "", "p50 µs", "p99 µs", "p50 ratio", "p99 ratio");
             for (contender, p50, p99) in &rows {
                 println!(
-                    "  {:<34} {:>10.1} {:>10.1} {:>9} {:>9}",
+                    "  {:<34} {:>10.2} {:>10.2} {:>9} {:>9}",
                     contender.name(),
                     p50,
                     p99,
                     ratio(*p50, base.1),
                     ratio(*p99, base.2)
                 );
+            }
+            if hit {
+                let (redis_hit, local_hit) = (rows[1].1, rows[2].1);
+                println!("  in-process tier vs redis-memo's Redis hit: p50 {:.0}x faster", redis_hit / local_hit);
             }
             println!();
         }

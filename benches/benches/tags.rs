@@ -27,6 +27,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 static CACHE: OnceLock<Cache> = OnceLock::new();
+/// A cache with an in-process tier: tag tokens are kept in process, entries read from Redis.
+static TIER_CACHE: OnceLock<Cache> = OnceLock::new();
 static RUNS: AtomicU32 = AtomicU32::new(0);
 
 fn cache() -> &'static Cache {
@@ -59,6 +61,17 @@ async fn user_1_tag(id: u64, org: u32) -> User {
 async fn user_3_tags(id: u64, org: u32, team: u32) -> User {
     let _ = (org, team);
     load_user(id)
+}
+
+#[redis_cached(ttl = "10m", key = "user3tier:<id>", tags = ["org:<org>", "team:<team>", "users"], cache = TIER_CACHE.get().expect("cache set up"))]
+async fn user_3_tags_tier(id: u64, org: u32, team: u32) -> User {
+    let _ = (org, team);
+    load_user(id)
+}
+
+/// Misses of both caches.
+fn misses() -> u64 {
+    cache().stats().misses + TIER_CACHE.get().map_or(0, |tier| tier.stats().misses)
 }
 
 const SIZES: [u64; 3] = [1_000, 10_000, 100_000];
@@ -273,14 +286,16 @@ enum Reader {
     InvalidateAll,
     Tags1,
     Tags3,
+    Tags3Tier,
 }
 
-const READERS: [(Reader, &str); 5] = [
+const READERS: [(Reader, &str); 6] = [
     (Reader::ByHand, "redis-rs GET by hand"),
     (Reader::Tags0, "redis-memo, no tags"),
     (Reader::InvalidateAll, "redis-memo, invalidate_all"),
     (Reader::Tags1, "redis-memo, 1 tag"),
     (Reader::Tags3, "redis-memo, 3 tags"),
+    (Reader::Tags3Tier, "redis-memo, 3 tags, tier"),
 ];
 
 impl Reader {
@@ -305,6 +320,7 @@ impl Reader {
             Reader::InvalidateAll => user_invalidate_all(id).await,
             Reader::Tags1 => user_1_tag(id, 7).await,
             Reader::Tags3 => user_3_tags(id, 7, 3).await,
+            Reader::Tags3Tier => user_3_tags_tier(id, 7, 3).await,
         }
     }
 }
@@ -324,7 +340,7 @@ async fn hit_table(connection: &mut ConnectionManager) {
     }
     let () = pipe.query_async(connection).await.unwrap();
     let mut samples: Vec<Samples> = READERS.iter().map(|_| Samples::default()).collect();
-    let misses_before = cache().stats().misses;
+    let misses_before = misses();
     for (reader, _) in READERS {
         reader.get(connection).await; // warm, and store redis-memo's entries
     }
@@ -339,7 +355,7 @@ async fn hit_table(connection: &mut ConnectionManager) {
         }
     }
     assert_eq!(
-        cache().stats().misses - misses_before,
+        misses() - misses_before,
         READERS.len() as u64 - 1,
         "every measured call was a hit"
     );
@@ -406,6 +422,14 @@ fn main() {
                     .unwrap(),
             )
             .unwrap();
+        let tier = Cache::builder()
+            .redis_url(server.url())
+            .namespace("tier")
+            .local_capacity(64 * 1024 * 1024)
+            .build()
+            .unwrap();
+        tier.ping().await.unwrap(); // the tier's connection is up
+        TIER_CACHE.set(tier).unwrap();
         println!(
             "redis-memo tags benchmark: one local redis-server, Tokio runtime with 2 workers\n"
         );

@@ -16,7 +16,8 @@ use syn::{Expr, Ident, LitInt, LitStr, Path, Token};
 
 /// The options this version accepts, listed in error messages.
 const VALID: &str = "`ttl`, `key`, `tags`, `invalidate_all`, `cache`, `cache_none`, `lock`, \
-     `stale`, `fail_safe`, `soft_timeout`, `hard_timeout`, `early`, `jitter`, `version`, `crate`";
+     `stale`, `fail_safe`, `soft_timeout`, `hard_timeout`, `early`, `jitter`, `local`, `version`, \
+     `crate`";
 
 /// The options of one `#[redis_cached]`, checked for form but not yet against the function.
 pub(crate) struct CachedArgs {
@@ -44,6 +45,9 @@ pub(crate) struct CachedArgs {
     pub(crate) early: Option<Span>,
     /// `jitter = "10%"`, in thousandths of the ttl.
     pub(crate) jitter_per_mille: u16,
+    /// `local` (as long as the ttl) or `local = "30s"`: the longest an in-process copy of an
+    /// entry is served.
+    pub(crate) local: Option<Duration>,
     pub(crate) version: u32,
     /// `crate = "path"`: the facade's path when the dependency is renamed.
     pub(crate) krate: Path,
@@ -106,6 +110,7 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
     let mut soft_timeout = None;
     let mut hard_timeout = None;
     let mut jitter_per_mille = 0;
+    let mut local = None;
 
     let mut lock = None;
     for RawOption { name, value, list } in raw.0 {
@@ -165,6 +170,18 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
                     version = parsed;
                 }
             }
+            "local" => match value {
+                // As long as the ttl; resolved once the ttl is known.
+                None => local = Some(None),
+                Some(_) => {
+                    if let Some(lit) = string_value(&name, value.as_ref(), "\"30s\"", errors) {
+                        match duration::parse(&lit, "local") {
+                            Ok(parsed) => local = Some(Some(parsed)),
+                            Err(error) => errors.push(error),
+                        }
+                    }
+                }
+            },
             "stale" => {
                 if let Some(lit) = string_value(&name, value.as_ref(), "\"1m\"", errors) {
                     match duration::parse(&lit, "stale") {
@@ -276,6 +293,7 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
         hard_timeout,
         early,
         jitter_per_mille,
+        local: local.map(|max_age| max_age.unwrap_or_else(|| ttl_or_default(ttl))),
         lock: lock.map(|lock| lock.resolve(ttl_or_default(ttl), errors)),
         version,
         krate: krate.unwrap_or_else(|| syn::parse_quote!(::redis_memo)),

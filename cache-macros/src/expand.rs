@@ -288,6 +288,10 @@ fn spec_static(options: &CachedArgs, name_text: &str, private: &TokenStream) -> 
     let invalidate_all = options.invalidate_all;
     let jitter = options.jitter_per_mille;
     let early = options.early.is_some();
+    let local = options.local.map(|max_age| {
+        let max_age = duration(max_age);
+        quote!(.local(#max_age))
+    });
     // The optional durations of the freshness options, each through its setter.
     let freshness = [
         ("stale", options.stale),
@@ -315,6 +319,7 @@ fn spec_static(options: &CachedArgs, name_text: &str, private: &TokenStream) -> 
         .jitter_per_mille(#jitter)
         #(#freshness)*
         .early(#early)
+        #local
         #lock;
     }
 }

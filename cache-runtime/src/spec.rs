@@ -40,6 +40,8 @@ pub struct FnSpec {
     pub(crate) lock_wait: Option<Duration>,
     pub(crate) version: u32,
     pub(crate) cache_none: bool,
+    /// `local`: how long this process may answer from its in-process copy of an entry.
+    pub(crate) local: Option<Duration>,
     metrics: OnceLock<FnMetrics>,
     /// Whether the "computation outlasted its lease" warning was given.
     slower_than_lease_warned: std::sync::atomic::AtomicBool,
@@ -117,6 +119,7 @@ impl FnSpec {
             lock_wait: None,
             version: 0,
             cache_none: false,
+            local: None,
             metrics: OnceLock::new(),
             slower_than_lease_warned: std::sync::atomic::AtomicBool::new(false),
             first_resolved: OnceLock::new(),
@@ -198,6 +201,12 @@ impl FnSpec {
     /// The function's `cache_none` option.
     pub const fn cache_none(mut self, cache_none: bool) -> Self {
         self.cache_none = cache_none;
+        self
+    }
+
+    /// The function's `local` option: the longest an in-process copy of an entry is served.
+    pub const fn local(mut self, max_age: Duration) -> Self {
+        self.local = Some(max_age);
         self
     }
 

@@ -14,6 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 pub struct Stats {
     /// Calls answered from the cache with a fresh value.
     pub hits: u64,
+    /// Of `hits`, those answered by the in-process tier alone, without a round trip to Redis
+    /// (functions with `local`, on a cache with
+    /// [`CacheBuilder::local_capacity`](crate::CacheBuilder::local_capacity)).
+    pub local_hits: u64,
     /// Calls answered with a value past its ttl, inside the function's `stale` window, while
     /// a refresh ran in the background.
     pub stale_served: u64,
@@ -59,11 +63,16 @@ pub struct Stats {
     /// failed (Redis down or slow). The writer's call still succeeded; each is logged at
     /// error level, since the entries concerned may now be stale until their ttl.
     pub lost_writes: u64,
+    /// What the in-process tier holds now, in bytes as weighed against
+    /// [`CacheBuilder::local_capacity`](crate::CacheBuilder::local_capacity) (a gauge, not a
+    /// counter; 0 without a tier).
+    pub local_bytes: u64,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     hits: AtomicU64,
+    local_hits: AtomicU64,
     stale_served: AtomicU64,
     refreshes: AtomicU64,
     refreshes_skipped: AtomicU64,
@@ -88,6 +97,8 @@ pub(crate) struct Counters {
 #[repr(usize)]
 pub(crate) enum Event {
     Hit,
+    /// A hit the in-process tier answered (counted besides [`Event::Hit`]).
+    LocalHit,
     StaleServed,
     Refresh,
     RefreshSkipped,
@@ -107,8 +118,9 @@ pub(crate) enum Event {
 }
 
 impl Event {
-    const ALL: [Event; 17] = [
+    const ALL: [Event; 18] = [
         Event::Hit,
+        Event::LocalHit,
         Event::StaleServed,
         Event::Refresh,
         Event::RefreshSkipped,
@@ -130,6 +142,7 @@ impl Event {
     fn metric_name(self) -> &'static str {
         match self {
             Event::Hit => "redis_memo_hits_total",
+            Event::LocalHit => "redis_memo_local_hits_total",
             Event::StaleServed => "redis_memo_stale_served_total",
             Event::Refresh => "redis_memo_refreshes_total",
             Event::RefreshSkipped => "redis_memo_refreshes_skipped_total",
@@ -170,6 +183,7 @@ impl Counters {
     pub(crate) fn record(&self, event: Event, metrics: &FnMetrics) {
         let counter = match event {
             Event::Hit => &self.hits,
+            Event::LocalHit => &self.local_hits,
             Event::StaleServed => &self.stale_served,
             Event::Refresh => &self.refreshes,
             Event::RefreshSkipped => &self.refreshes_skipped,
@@ -200,6 +214,7 @@ impl Counters {
     pub(crate) fn snapshot(&self) -> Stats {
         Stats {
             hits: self.hits.load(Relaxed),
+            local_hits: self.local_hits.load(Relaxed),
             stale_served: self.stale_served.load(Relaxed),
             refreshes: self.refreshes.load(Relaxed),
             refreshes_skipped: self.refreshes_skipped.load(Relaxed),
@@ -217,6 +232,7 @@ impl Counters {
             encode_failures: self.encode_failures.load(Relaxed),
             fail_open: self.fail_open.load(Relaxed),
             lost_writes: self.lost_writes.load(Relaxed),
+            local_bytes: 0,
         }
     }
 }

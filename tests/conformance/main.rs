@@ -1,5 +1,6 @@
 //! The conformance suite: every behaviour of cache-aside, run against one Redis server (as
-//! the default user, and as the README's least-privileged ACL user), a local Redis Cluster
+//! the default user, as the README's least-privileged ACL user, and with every function
+//! answering from an in-process tier when it can), a local Redis Cluster
 //! (3 primaries, 3 replicas; likewise as both users) and the in-memory backend. Each test is
 //! instantiated once per backend.
 
@@ -18,6 +19,14 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
                     crate::$module::$test(crate::support::Harness::new(crate::support::Backend::Redis)).await;
+                }
+            )*)*
+        }
+        mod redis_local_backend {
+            $($(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    crate::$module::$test(crate::support::Harness::new(crate::support::Backend::RedisLocal)).await;
                 }
             )*)*
         }
@@ -131,6 +140,14 @@ macro_rules! conformance_on_backend {
                     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                     async fn $test() {
                         crate::$module::$test(crate::support::Backend::Redis).await;
+                    }
+                )*
+            }
+            mod redis_local_backend {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $test() {
+                        crate::$module::$test(crate::support::Backend::RedisLocal).await;
                     }
                 )*
             }

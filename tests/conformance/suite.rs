@@ -36,6 +36,23 @@ pub async fn second_call_is_served_from_the_cache(h: Harness) {
 
     let stats = h.cache.stats();
     assert_eq!((stats.hits, stats.misses, stats.fills), (2, 3, 3));
+
+    if h.local() {
+        // Once the tier's connection is up (`ping` waits for it), a read keeps its copy and
+        // the next call is answered by it alone.
+        h.cache.ping().await.unwrap();
+        assert_eq!(plain(2, &h.cache, &probe).await, "value 2");
+        let before = h.cache.stats();
+        assert_eq!(plain(2, &h.cache, &probe).await, "value 2");
+        let after = h.cache.stats();
+        assert_eq!(
+            (after.hits, after.local_hits),
+            (before.hits + 1, before.local_hits + 1),
+            "{after:?}"
+        );
+        assert!(after.local_bytes > 0, "{after:?}");
+        assert_eq!(probe.runs(), 3);
+    }
 }
 
 #[redis_cached(ttl = "300ms", key = "short:<id>", cache = cache)]

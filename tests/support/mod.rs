@@ -12,6 +12,9 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy)]
 pub enum Backend {
     Redis,
+    /// One server, every function answering from the cache's in-process tier when it can
+    /// (`local_capacity` and `local_default`), as other caches of the test do.
+    RedisLocal,
     /// One server, the cache connected as the least-privileged ACL user of the README.
     RedisAcl,
     /// A local Redis Cluster: 3 primaries, 3 replicas.
@@ -37,6 +40,15 @@ pub struct Harness {
     cluster_connection: tokio::sync::OnceCell<redis::cluster_async::ClusterConnection>,
     store: Option<MemoryStore>,
     namespace: String,
+    /// Whether caches have an in-process tier (`Backend::RedisLocal`).
+    local: bool,
+}
+
+/// The in-process tier of `Backend::RedisLocal`: room for the suite's largest test.
+fn with_local_tier(builder: redis_memo::CacheBuilder) -> redis_memo::CacheBuilder {
+    builder
+        .local_capacity(256 * 1024 * 1024)
+        .local_default(Duration::from_secs(60))
 }
 
 /// Creates, on `server`, the README's least-privileged ACL user for `namespace` (the line is
@@ -44,6 +56,22 @@ pub struct Harness {
 /// connects as it.
 pub fn acl_user_url(server: &RedisServer, namespace: &str) -> String {
     acl_user_url_with(server, namespace, "")
+}
+
+/// [`acl_user_url`] with the README's additions for the in-process tier.
+pub fn acl_user_url_for_local_tier(server: &RedisServer, namespace: &str) -> String {
+    let additions = readme_code_after("needs, besides its line, `");
+    acl_user_url_with(server, namespace, additions)
+}
+
+/// The README's code span that `marker` (ending with its opening backtick) introduces.
+fn readme_code_after(marker: &str) -> &'static str {
+    let readme = include_str!("../../README.md");
+    let start = readme
+        .find(marker)
+        .unwrap_or_else(|| panic!("the README has {marker:?}"))
+        + marker.len();
+    &readme[start..start + readme[start..].find('`').unwrap()]
 }
 
 fn acl_user_url_with(server: &RedisServer, namespace: &str, additions: &str) -> String {
@@ -74,13 +102,7 @@ fn acl_user_url_with(server: &RedisServer, namespace: &str, additions: &str) -> 
 /// `namespace` with the README's additions for a cluster, and returns the URLs that connect
 /// as it.
 pub fn acl_user_cluster_urls(cluster: &RedisCluster, namespace: &str) -> Vec<String> {
-    let readme = include_str!("../../README.md");
-    let marker = "On a cluster, on every node, add `";
-    let start = readme
-        .find(marker)
-        .expect("the README's additions for a cluster")
-        + marker.len();
-    let additions = &readme[start..start + readme[start..].find('`').unwrap()];
+    let additions = readme_code_after("On a cluster, on every node, add `");
     cluster
         .nodes()
         .iter()
@@ -115,8 +137,14 @@ impl Harness {
                 .namespace(namespace.clone())
                 .op_timeout(Duration::from_millis(250)),
         );
+        let local = matches!(backend, Backend::RedisLocal);
+        let builder = if local {
+            with_local_tier(builder)
+        } else {
+            builder
+        };
         match backend {
-            Backend::Redis | Backend::RedisAcl => {
+            Backend::Redis | Backend::RedisAcl | Backend::RedisLocal => {
                 let server = RedisServer::start().expect("the test suite needs redis-server");
                 let url = match backend {
                     Backend::RedisAcl => acl_user_url(&server, &namespace),
@@ -132,6 +160,7 @@ impl Harness {
                     cluster_connection: tokio::sync::OnceCell::new(),
                     store: None,
                     namespace,
+                    local,
                 }
             }
             Backend::Cluster | Backend::ClusterAcl => {
@@ -150,6 +179,7 @@ impl Harness {
                     cluster_connection: tokio::sync::OnceCell::new(),
                     store: None,
                     namespace,
+                    local,
                 }
             }
             Backend::Memory => {
@@ -165,6 +195,7 @@ impl Harness {
                     cluster_connection: tokio::sync::OnceCell::new(),
                     store: Some(store),
                     namespace,
+                    local,
                 }
             }
         }
@@ -176,7 +207,10 @@ impl Harness {
         &self,
         configure: impl FnOnce(redis_memo::CacheBuilder) -> redis_memo::CacheBuilder,
     ) -> Cache {
-        let builder = configure(Cache::builder().namespace(self.namespace.clone()));
+        let mut builder = configure(Cache::builder().namespace(self.namespace.clone()));
+        if self.local {
+            builder = with_local_tier(builder);
+        }
         match (&self.server, &self.cluster, &self.store) {
             (Some(_), _, _) => builder
                 .redis_url(self.redis_url.clone().expect("a server's URL"))
@@ -191,6 +225,11 @@ impl Harness {
         }
     }
 
+    /// Whether caches have an in-process tier (`Backend::RedisLocal`).
+    pub fn local(&self) -> bool {
+        self.local
+    }
+
     /// Whether the cache runs on Redis (one server or a cluster).
     pub fn on_redis(&self) -> bool {
         self.server.is_some() || self.cluster.is_some()
@@ -198,12 +237,25 @@ impl Harness {
 
     /// Runs `command` on the harness's Redis (routed by its key on a cluster), bypassing the
     /// cache; `None` for the in-memory backend.
+    ///
+    /// With an in-process tier, the cache then makes a round trip (`ping`), as a program does
+    /// between a change and its next call: the tier learns of a change other than its own by
+    /// then (see the README's "In-process tier").
     pub async fn raw<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Option<T> {
         if let Some(server) = &self.server {
-            return Some(Self::redis(server, command).await);
+            let reply = Self::redis(server, command).await;
+            self.after_raw_change().await;
+            return Some(reply);
         }
         let mut connection = self.cluster_connection().await?;
         Some(command.query_async(&mut connection).await.unwrap())
+    }
+
+    /// See [`Harness::raw`].
+    pub async fn after_raw_change(&self) {
+        if self.local {
+            self.cache.ping().await.expect("a round trip");
+        }
     }
 
     async fn cluster_connection(&self) -> Option<redis::cluster_async::ClusterConnection> {
@@ -269,6 +321,7 @@ impl Harness {
                 }
                 let () = pipe.query_async(&mut connection).await.unwrap();
             }
+            self.after_raw_change().await;
         } else if let Some(connection) = self.cluster_connection().await {
             let mut by_slot: std::collections::HashMap<_, Vec<&String>> = Default::default();
             for key in rendered {

@@ -9,15 +9,20 @@ mod connection;
 mod gate;
 mod held_lease;
 mod link;
+mod local;
 mod memory;
 mod redis;
+mod tiered;
+mod tracking;
 
 pub(crate) use self::connection::{RedisConnection, Remake};
 pub(crate) use self::gate::Gate;
 pub(crate) use self::held_lease::HeldLease;
 pub(crate) use self::link::{ClusterLink, Link};
+pub(crate) use self::local::Copies;
 pub use self::memory::MemoryStore;
 pub(crate) use self::redis::RedisBackend;
+pub(crate) use self::tracking::Tracking;
 
 use crate::CacheError;
 use crate::lease::Acquired;
@@ -26,6 +31,17 @@ use crate::tags::{TagKeys, Token, Versions};
 use bytes::Bytes;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// What a read found.
+#[derive(Debug)]
+pub(crate) struct Found {
+    /// The entry's stored bytes, if it exists.
+    pub(crate) entry: Option<Bytes>,
+    /// Its tags' tokens, in the order of its tag keys.
+    pub(crate) versions: Versions,
+    /// Whether this process's in-process tier answered, without a round trip.
+    pub(crate) local: bool,
+}
 
 #[derive(Clone, Debug)]
 pub(crate) enum Backend {
@@ -55,6 +71,23 @@ impl Backend {
         }
     }
 
+    /// A round trip (reading `probe_key`) on the in-process tier's tracking connection, made
+    /// first if need be: every invalidation sent before is applied when it returns.
+    pub(crate) async fn sync_local(&self, probe_key: &str) -> Result<(), CacheError> {
+        match self {
+            Backend::Redis(redis) => redis.sync_local(probe_key).await,
+            Backend::Memory(_) => Ok(()),
+        }
+    }
+
+    /// What the in-process tier holds, in weighed bytes (0 without one).
+    pub(crate) fn local_bytes(&self) -> u64 {
+        match self {
+            Backend::Redis(redis) => redis.local_bytes(),
+            Backend::Memory(_) => 0,
+        }
+    }
+
     /// Reads `key`, giving up at `deadline`.
     pub(crate) async fn get(
         &self,
@@ -67,17 +100,26 @@ impl Backend {
         }
     }
 
-    /// Reads `entry` and the current tokens of `tag_keys` in one round trip, giving up at
-    /// `deadline`.
+    /// Reads `entry` and the current tokens of `tag_keys` in one round trip (none when this
+    /// process's copies have them all), giving up at `deadline`; with `keep`, what came from
+    /// Redis is kept in the in-process tier for at most that long, if the cache has one.
     pub(crate) async fn read(
         &self,
         entry: &str,
         tag_keys: TagKeys<'_>,
+        keep: Option<Duration>,
         deadline: Instant,
-    ) -> Result<(Option<Bytes>, Versions), CacheError> {
+    ) -> Result<Found, CacheError> {
         match self {
-            Backend::Redis(redis) => redis.read(entry, tag_keys, deadline).await,
-            Backend::Memory(memory) => Ok(memory.read(entry, tag_keys)),
+            Backend::Redis(redis) => redis.read(entry, tag_keys, keep, deadline).await,
+            Backend::Memory(memory) => {
+                let (entry, versions) = memory.read(entry, tag_keys);
+                Ok(Found {
+                    entry,
+                    versions,
+                    local: false,
+                })
+            }
         }
     }
 

@@ -2,13 +2,16 @@
 //! bounded by the per-operation timeout.
 
 use crate::CacheError;
+use crate::backend::Found;
 use crate::backend::link::{Link, ScanTarget};
+use crate::backend::tiered;
+use crate::backend::tracking::Tracking;
 use crate::lease::{self, Acquired};
 use crate::notify::{self, Listener};
 use crate::pattern::KeyPattern;
 use crate::tags::{self, TagKeys, Token, Versions};
 use bytes::Bytes;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -16,10 +19,18 @@ use tokio::time::Instant;
 static INVALIDATE: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(lease::INVALIDATE_SCRIPT));
 
+/// How long a copy of a tag token is kept in the in-process tier, at least (a function's
+/// `local` may keep it longer): tag tokens change only when their tag is invalidated, which
+/// Redis reports; the bound is for a tracking connection gone silent.
+const TAG_COPY_MAX_AGE: Duration = Duration::from_secs(60);
+
 #[derive(Clone)]
 pub(crate) struct RedisBackend {
     link: Link,
     op_timeout: Duration,
+    /// The in-process tier and the connection that keeps it coherent, when the cache has one
+    /// (see [`CacheBuilder::local_capacity`](crate::CacheBuilder::local_capacity)).
+    tracking: Option<Arc<Tracking>>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -27,13 +38,57 @@ impl std::fmt::Debug for RedisBackend {
         f.debug_struct("RedisBackend")
             .field("cluster", &matches!(self.link, Link::Cluster(_)))
             .field("op_timeout", &self.op_timeout)
+            .field("local", &self.tracking)
             .finish_non_exhaustive()
     }
 }
 
 impl RedisBackend {
     pub(crate) fn new(link: Link, op_timeout: Duration) -> Self {
-        RedisBackend { link, op_timeout }
+        RedisBackend {
+            link,
+            op_timeout,
+            tracking: None,
+        }
+    }
+
+    /// This backend with an in-process tier kept coherent by `tracking`.
+    pub(crate) fn with_local(self, tracking: Arc<Tracking>) -> Self {
+        RedisBackend {
+            tracking: Some(tracking),
+            ..self
+        }
+    }
+
+    /// See [`Backend::sync_local`](super::Backend::sync_local).
+    pub(crate) async fn sync_local(&self, probe_key: &str) -> Result<(), CacheError> {
+        match &self.tracking {
+            Some(tracking) => tracking.sync(probe_key).await,
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn local_bytes(&self) -> u64 {
+        self.tracking
+            .as_ref()
+            .map_or(0, |tracking| tracking.copies().weighted_size())
+    }
+
+    /// Drops this process's copies of `keys` after it changed them: its own change must be
+    /// seen by its next call, even before Redis's invalidation arrives.
+    fn forget<'k>(&self, keys: impl IntoIterator<Item = &'k str>) {
+        if let Some(tracking) = &self.tracking {
+            tracking
+                .copies()
+                .drop_keys(keys.into_iter().map(str::as_bytes));
+        }
+    }
+
+    /// Drops every copy this process holds (after a change it cannot list key by key).
+    fn forget_all(&self) {
+        if let Some(tracking) = &self.tracking {
+            tracking.copies().drop_all();
+        }
     }
 
     /// Why Redis cannot be reached, when the connection's own error hides it (see
@@ -127,12 +182,54 @@ impl RedisBackend {
         Ok(value.map(Bytes::from))
     }
 
-    /// The entry and the current tokens of its tags in one command, `MGET entry tag..` (a
-    /// plain `GET` without tags): one round trip, and on one server one command. On a cluster
-    /// redis-rs splits the `MGET` per slot and sends the parts in parallel (one round trip of
-    /// wall time). `MGET` answers nil for a key of another type: such an entry is a miss that
-    /// the fill overwrites.
+    /// The entry and the current tokens of its tags. With an in-process tier, through it
+    /// (see [`tiered::read`]) when there is something to keep (`keep`, or tag tokens):
+    /// the copies held, and the rest in one command on the tracking connection. Otherwise in
+    /// one command on the main connection (see `read_remote`).
     pub(crate) async fn read(
+        &self,
+        entry: &str,
+        tag_keys: TagKeys<'_>,
+        keep: Option<Duration>,
+        deadline: Instant,
+    ) -> Result<Found, CacheError> {
+        if let Some(tracking) = &self.tracking
+            && (keep.is_some() || !tag_keys.is_empty())
+        {
+            let keys: smallvec::SmallVec<[&str; 5]> =
+                std::iter::once(entry).chain(tag_keys.iter()).collect();
+            // Tag tokens are kept for every function: they are what a tagged hit would
+            // otherwise read from Redis besides the entry.
+            let for_tags = Some(keep.map_or(TAG_COPY_MAX_AGE, |keep| keep.max(TAG_COPY_MAX_AGE)));
+            let max_ages: smallvec::SmallVec<[Option<Duration>; 5]> = std::iter::once(keep)
+                .chain(tag_keys.iter().map(|_| for_tags))
+                .collect();
+            if let Some(read) = tiered::read(tracking, &keys, &max_ages, deadline).await {
+                let (mut values, local) = read?;
+                let versions = values
+                    .drain(1..)
+                    .map(|token| token.and_then(|bytes| tags::parse_token(&bytes)))
+                    .collect();
+                return Ok(Found {
+                    entry: values.pop().flatten(),
+                    versions,
+                    local,
+                });
+            }
+        }
+        let (entry, versions) = self.read_remote(entry, tag_keys, deadline).await?;
+        Ok(Found {
+            entry,
+            versions,
+            local: false,
+        })
+    }
+
+    /// `MGET entry tag..` (a plain `GET` without tags): one round trip, and on one server one
+    /// command. On a cluster redis-rs splits the `MGET` per slot and sends the parts in
+    /// parallel (one round trip of wall time). `MGET` answers nil for a key of another type:
+    /// such an entry is a miss that the fill overwrites.
+    async fn read_remote(
         &self,
         entry: &str,
         tag_keys: TagKeys<'_>,
@@ -208,7 +305,7 @@ impl RedisBackend {
         }
         if !overwrite.is_empty() {
             let overwritten: Vec<&str> = overwrite.iter().map(|(key, _)| *key).collect();
-            let _: Vec<()> = self
+            let overwritten_now: Result<Vec<()>, _> = self
                 .per_slot(&overwritten, deadline, |pipe, group| {
                     for &index in group {
                         let (key, token) = overwrite[index];
@@ -219,7 +316,9 @@ impl RedisBackend {
                             .arg(millis(ttl));
                     }
                 })
-                .await?;
+                .await;
+            self.forget(overwritten.iter().copied());
+            overwritten_now?;
         }
         Ok(tokens)
     }
@@ -256,14 +355,15 @@ impl RedisBackend {
             return Ok(0);
         }
         let deadline = Instant::now() + self.op_timeout;
-        let removed: Vec<u64> = self
+        let removed: Result<Vec<u64>, _> = self
             .per_slot(keys, deadline, |pipe, group| {
                 for &index in group {
                     pipe.del(&keys[index]);
                 }
             })
-            .await?;
-        Ok(removed.into_iter().sum())
+            .await;
+        self.forget(keys.iter().map(String::as_str));
+        Ok(removed?.into_iter().sum())
     }
 
     /// Runs one pipeline per group of `keys` that may share a pipeline (all of them on one
@@ -374,8 +474,9 @@ impl RedisBackend {
             .arg(millis(ttl))
             .arg(notify::channel(entry))
             .arg(self.link.publish_command());
-        let stored: i64 = self.invoke(&invocation).await?;
-        Ok(stored == 1)
+        let stored = self.invoke::<i64>(&invocation).await;
+        self.forget([entry]);
+        Ok(stored? == 1)
     }
 
     pub(crate) async fn release(
@@ -394,8 +495,11 @@ impl RedisBackend {
             .arg(if clear_entry { "1" } else { "0" })
             .arg(notify::channel(entry))
             .arg(self.link.publish_command());
-        let _: i64 = self.invoke(&invocation).await?;
-        Ok(())
+        let released = self.invoke::<i64>(&invocation).await;
+        if clear_entry {
+            self.forget([entry]);
+        }
+        released.map(drop)
     }
 
     /// Removes every entry and lease `pattern` selects with SCAN (never KEYS, which
@@ -412,7 +516,9 @@ impl RedisBackend {
     ) -> Result<u64, CacheError> {
         let mut removed = 0;
         for _pass in 0..2 {
-            removed += self.invalidate_matching_once(pattern).await?;
+            let pass = self.invalidate_matching_once(pattern).await;
+            self.forget_all();
+            removed += pass?;
         }
         Ok(removed)
     }
@@ -491,7 +597,7 @@ impl RedisBackend {
                 invocation
             })
             .collect();
-        let deleted: Vec<i64> = self
+        let deleted: Result<Vec<i64>, _> = self
             .per_slot(entries, Instant::now() + self.op_timeout, |pipe, group| {
                 // A pipeline runs EVALSHA without loading the script: load it first.
                 pipe.load_script(&INVALIDATE).ignore();
@@ -499,8 +605,9 @@ impl RedisBackend {
                     pipe.invoke_script(&invocations[index]);
                 }
             })
-            .await?;
-        Ok(deleted.into_iter().filter(|&count| count > 0).count() as u64)
+            .await;
+        self.forget(entries.iter().copied());
+        Ok(deleted?.into_iter().filter(|&count| count > 0).count() as u64)
     }
 
     pub(crate) async fn invalidate(&self, entry: &str, lease: &str) -> Result<bool, CacheError> {
@@ -509,8 +616,9 @@ impl RedisBackend {
             .key(lease)
             .arg(notify::channel(entry))
             .arg(self.link.publish_command());
-        let removed: i64 = self.invoke(&invocation).await?;
-        Ok(removed > 0)
+        let removed = self.invoke::<i64>(&invocation).await;
+        self.forget([entry]);
+        Ok(removed? > 0)
     }
 
     async fn invoke<T: redis::FromRedisValue>(
@@ -532,7 +640,7 @@ impl RedisBackend {
     }
 }
 
-fn unexpected_reply(command: &str) -> CacheError {
+pub(super) fn unexpected_reply(command: &str) -> CacheError {
     CacheError::Redis(redis::RedisError::from((
         redis::ErrorKind::UnexpectedReturnType,
         "unexpected reply",

@@ -3,10 +3,10 @@
 
 use super::{Cache, Inner};
 use crate::CacheError;
-use crate::backend::Gate;
 use crate::backend::{
     Backend, ClusterLink, Link, MemoryStore, RedisBackend, RedisConnection, Remake,
 };
+use crate::backend::{Copies, Gate, Tracking};
 use crate::clock::{Clock, SystemClock};
 use crate::flight::Flights;
 use crate::health::Health;
@@ -29,6 +29,10 @@ pub struct CacheBuilder {
     random_seed: Option<u64>,
     max_background_refreshes: usize,
     tls: Option<redis::TlsCertificates>,
+    /// `local_capacity`: the in-process tier's bound in bytes, if it has one.
+    local_capacity: Option<u64>,
+    /// `local_default`: how long functions without `local` keep in-process copies.
+    local_default: Option<Duration>,
 }
 
 enum Source {
@@ -66,6 +70,8 @@ impl CacheBuilder {
             random_seed: None,
             max_background_refreshes: Self::DEFAULT_MAX_BACKGROUND_REFRESHES,
             tls: None,
+            local_capacity: None,
+            local_default: None,
         }
     }
 
@@ -198,6 +204,34 @@ impl CacheBuilder {
         self
     }
 
+    /// Gives the cache an in-process tier (L1) of at most `bytes` (keys, stored bytes and
+    /// bookkeeping): functions with `local` answer from this process's copy of an entry
+    /// without a round trip, and Redis keeps the copies coherent (client tracking: a change
+    /// to a key this process read drops its copy). Needs a cache built with
+    /// [`CacheBuilder::redis_url`] (its own tracking connection is made from the URL); on a
+    /// [`MemoryStore`] there is nothing to add, and this does nothing.
+    ///
+    /// ```no_run
+    /// # fn f() -> Result<(), redis_memo_runtime::CacheError> {
+    /// let cache = redis_memo_runtime::Cache::builder()
+    ///     .redis_url("redis://127.0.0.1:6379")
+    ///     .local_capacity(64 * 1024 * 1024)
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn local_capacity(mut self, bytes: u64) -> Self {
+        self.local_capacity = Some(bytes);
+        self
+    }
+
+    /// Lets every function of this cache keep in-process copies, for at most `max_age`, as if
+    /// each had `local = ".."` (a function's own `local` wins). Needs
+    /// [`CacheBuilder::local_capacity`].
+    pub fn local_default(mut self, max_age: Duration) -> Self {
+        self.local_default = Some(max_age);
+        self
+    }
+
     /// Seeds the random draws of jitter, so a test sees the same ones on every run.
     pub fn random_seed(mut self, seed: u64) -> Self {
         self.random_seed = Some(seed);
@@ -220,6 +254,8 @@ impl CacheBuilder {
                 self.op_timeout
             )));
         }
+        self.check_local()?;
+        let local_capacity = self.local_capacity;
         let backend = match self.source {
             None => {
                 return Err(CacheError::Config(
@@ -290,10 +326,23 @@ impl CacheBuilder {
                 let manager =
                     ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
                 // Kept to make a new connection when this one stops serving.
-                let remake = Remake { client, config };
+                let remake = Remake {
+                    client: client.clone(),
+                    config,
+                };
                 let connection =
                     RedisConnection::new(manager, Some(remake), self.op_timeout, Some(notices));
-                Backend::Redis(RedisBackend::new(Link::Single(connection), self.op_timeout))
+                let backend = RedisBackend::new(Link::Single(connection), self.op_timeout);
+                Backend::Redis(match local_capacity {
+                    Some(bytes) => {
+                        let copies = Arc::new(Copies::new(bytes));
+                        let tracking = Tracking::new(client, copies, self.op_timeout);
+                        // Connected in the background from now, so the first calls use it.
+                        tracking.start();
+                        backend.with_local(tracking)
+                    }
+                    None => backend,
+                })
             }
         };
         let server_offset =
@@ -321,6 +370,7 @@ impl CacheBuilder {
                 refresh_ended: tokio::sync::Notify::new(),
                 refresh_backoff: crate::cache::refresh::RefreshBackoff::default(),
                 max_background_refreshes: self.max_background_refreshes,
+                local_everywhere: local_capacity.and(self.local_default),
                 background_refreshes: std::sync::atomic::AtomicUsize::new(0),
                 refresh_failures_log: crate::health::LogEvery::minute(),
                 server_offset,
@@ -331,6 +381,31 @@ impl CacheBuilder {
         // runtime): the first calls then judge freshness by it already.
         let _ = cache.now_ms();
         Ok(cache)
+    }
+}
+
+impl CacheBuilder {
+    /// The in-process tier's options make sense together and with the source.
+    fn check_local(&self) -> Result<(), CacheError> {
+        if self.local_default.is_some() && self.local_capacity.is_none() {
+            return Err(CacheError::Config(
+                "local_default needs local_capacity: the in-process tier has no size yet".into(),
+            ));
+        }
+        if self.local_capacity.is_some()
+            && matches!(
+                self.source,
+                Some(Source::Connection(_) | Source::ClusterUrls(_) | Source::ClusterClient(_))
+            )
+        {
+            return Err(CacheError::Config(
+                "local_capacity needs a cache built with redis_url (it makes its own tracking \
+                 connection from the URL); a Redis Cluster or a connection passed in has no \
+                 in-process tier yet"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -473,5 +548,27 @@ mod tests {
         assert!(matches!(build(Duration::MAX), Err(CacheError::Config(_))));
         assert!(matches!(build(Duration::ZERO), Err(CacheError::Config(_))));
         assert!(build(CacheBuilder::MAX_OP_TIMEOUT).is_ok());
+    }
+
+    /// The in-process tier needs a URL to make its tracking connection from; elsewhere
+    /// `build()` says so rather than running without the tier the caller asked for.
+    #[tokio::test]
+    async fn an_in_process_tier_without_a_url_to_track_on_is_refused() {
+        let refused = |builder: CacheBuilder| match builder.build() {
+            Err(CacheError::Config(message)) => message,
+            other => panic!("expected a configuration error, got {other:?}"),
+        };
+        let cluster = Cache::builder()
+            .redis_cluster(["redis://127.0.0.1:1"])
+            .local_capacity(1 << 20);
+        assert!(refused(cluster).contains("redis_url"));
+        let without_capacity = Cache::builder()
+            .redis_url("redis://127.0.0.1:1")
+            .local_default(Duration::from_secs(1));
+        assert!(refused(without_capacity).contains("local_capacity"));
+        let memory = Cache::builder()
+            .memory(MemoryStore::new())
+            .local_capacity(1 << 20);
+        assert!(memory.build().is_ok(), "in process already: nothing to add");
     }
 }

@@ -16,7 +16,7 @@
 //! timeout storing the result.
 
 use crate::CacheError;
-use crate::backend::HeldLease;
+use crate::backend::{Found, HeldLease};
 use crate::cache::Cache;
 use crate::cache::refresh::{RefreshFrom, Refresher};
 use crate::cache::timeouts::{Body, OnTimeout, Waited};
@@ -79,8 +79,9 @@ struct Leading {
 
 /// What the read a leader leads with says.
 enum LeadRead<V> {
-    /// A fresh entry (stored since this call's first read): its bytes and value.
-    Found(Bytes, V),
+    /// A fresh entry (stored since this call's first read): its bytes and value, and the
+    /// tier that had it.
+    Found(Bytes, V, Tier),
     /// Compute: whether Redis answered, and whether its entry is unusable.
     Compute {
         redis_answered: bool,
@@ -141,7 +142,8 @@ pub(crate) fn tag_lifetime(spec: &FnSpec) -> Duration {
 
 /// What a read found.
 enum Read {
-    Entry(Bytes),
+    /// The stored bytes, and which tier they came from.
+    Entry(Bytes, Tier),
     Missing,
     /// Redis answered, but not with a usable entry (bytes that do not decode, or an error
     /// reply such as `WRONGTYPE`): a miss whose key the fill overwrites.
@@ -151,6 +153,14 @@ enum Read {
     Expired,
     /// Redis failed, timed out, or the breaker is open: run the function, store nothing.
     Unavailable,
+}
+
+/// Which tier a read's entry came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    /// This process's copies (no round trip).
+    Local,
+    Redis,
 }
 
 impl Cache {
@@ -326,7 +336,7 @@ impl Cache {
         } = *entry;
         let mut fallback = None;
         let read = match read {
-            Read::Entry(bytes) => {
+            Read::Entry(bytes, tier) => {
                 match envelope::decode::<Bincode, K::Stored>(&bytes, fingerprint, Some(versions)) {
                     Ok((value, times)) => {
                         let now_ms = self.now_ms();
@@ -351,7 +361,7 @@ impl Cache {
                         }
                         match freshness {
                             Freshness::Fresh => {
-                                self.record(Event::Hit, spec);
+                                self.record_hit(spec, tier);
                                 return Judged::Answer(K::from_stored(value));
                             }
                             Freshness::Stale => {
@@ -535,10 +545,10 @@ impl Cache {
             ..
         } = *entry;
         let (redis_answered, unusable) = match read {
-            Read::Entry(bytes) => {
+            Read::Entry(bytes, tier) => {
                 match envelope::decode::<Bincode, V>(&bytes, fingerprint, Some(versions)) {
                     Ok((value, times)) if self.is_fresh(spec, times) => {
-                        return LeadRead::Found(bytes, value);
+                        return LeadRead::Found(bytes, value, tier);
                     }
                     // Past its time (a re-read): kept, and the fail-safe value if young enough.
                     Ok((value, times)) => {
@@ -632,8 +642,8 @@ impl Cache {
         let EntryAt { spec, key, .. } = *entry;
         let judged = self.judge_lead_read::<K::Stored>(entry, read, &versions, fallback);
         let (redis_answered, unusable) = match judged {
-            LeadRead::Found(bytes, value) => {
-                self.record(Event::Hit, spec);
+            LeadRead::Found(bytes, value, tier) => {
+                self.record_hit(spec, tier);
                 guard.publish(Shared::Found(bytes));
                 return K::from_stored(value);
             }
@@ -1097,7 +1107,8 @@ impl Cache {
         loop {
             // The fill may have come before the subscription did.
             let read_by = Instant::now() + self.inner.gate.op_timeout();
-            if let (Read::Entry(bytes), now) = self.read(spec, key, entry.tag_keys, read_by).await
+            if let (Read::Entry(bytes, _), now) =
+                self.read(spec, key, entry.tag_keys, read_by).await
                 && let Ok((value, times)) =
                     envelope::decode::<Bincode, V>(&bytes, fingerprint, Some(&now))
                 && self.is_fresh(spec, times)
@@ -1236,9 +1247,18 @@ impl Cache {
         deadline: Instant,
     ) -> (Read, Versions) {
         let gate = &self.inner.gate;
-        let request = gate.backend().read(key, tag_keys, deadline);
+        let keep = spec.local.or(self.inner.local_everywhere);
+        let request = gate.backend().read(key, tag_keys, keep, deadline);
         match gate.pass("GET", request).await {
-            Ok((found, versions)) => (found.map_or(Read::Missing, Read::Entry), versions),
+            Ok(Found {
+                entry,
+                versions,
+                local,
+            }) => {
+                let tier = if local { Tier::Local } else { Tier::Redis };
+                let read = entry.map_or(Read::Missing, |bytes| Read::Entry(bytes, tier));
+                (read, versions)
+            }
             Err(error) if error.is_wrong_type() => {
                 // Someone else's data under the key: the fill overwrites it.
                 self.record(Event::DecodeFailure, spec);
@@ -1269,6 +1289,13 @@ impl Cache {
             );
         } else {
             tracing::warn!(target: "redis_memo", function = spec.name, key, %error, reason = error.reason(), "redis-memo: unusable entry; recomputing and overwriting");
+        }
+    }
+
+    fn record_hit(&self, spec: &'static FnSpec, tier: Tier) {
+        self.record(Event::Hit, spec);
+        if tier == Tier::Local {
+            self.record(Event::LocalHit, spec);
         }
     }
 

@@ -45,6 +45,9 @@ pub struct Cache {
 struct Inner {
     /// The store, behind the circuit breaker.
     gate: Gate,
+    /// How long functions without `local` keep in-process copies
+    /// (see [`CacheBuilder::local_default`]).
+    local_everywhere: Option<std::time::Duration>,
     namespace: String,
     counters: Counters,
     flights: Flights,
@@ -238,6 +241,11 @@ impl Cache {
     /// this cache's clock is from the server's (otherwise learned in the background from the
     /// first call on; see [`Clock::follows_server_time`]).
     ///
+    /// With an in-process tier ([`CacheBuilder::local_capacity`]) it also makes a round trip
+    /// on the tier's tracking connection, waiting up to three operation timeouts for it to be
+    /// made: once it returns, every change Redis reported to this process before has dropped
+    /// its copy.
+    ///
     /// # Errors
     /// When Redis fails or does not answer within the operation timeout.
     pub async fn ping(&self) -> Result<(), CacheError> {
@@ -250,6 +258,9 @@ impl Cache {
         {
             return Err(gate.backend().diagnose().await.unwrap_or(error));
         }
+        // With an in-process tier, a round trip on its tracking connection too: every
+        // invalidation Redis sent before is applied when it returns.
+        gate.settle("ping", gate.backend().sync_local(&key)).await?;
         // Learn the server's clock now rather than on the first call.
         self.sample_server_time().await;
         Ok(())
@@ -283,6 +294,8 @@ impl Cache {
 
     /// The counters since this cache was built.
     pub fn stats(&self) -> Stats {
-        self.inner.counters.snapshot()
+        let mut stats = self.inner.counters.snapshot();
+        stats.local_bytes = self.inner.gate.backend().local_bytes();
+        stats
     }
 }

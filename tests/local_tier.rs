@@ -1,0 +1,316 @@
+//! The in-process tier across OS processes, on a real Redis. Process B answers from its
+//! in-process copies; process A (this test) changes what B holds (an invalidation, a put, an
+//! evict, a tag invalidation), or Redis loses what B's copies were kept coherent by (B's
+//! connections killed, `FLUSHALL`, a restart). The README's guarantee: once A's change has
+//! returned, B serves its old copy at most until B's next round trip to Redis has completed
+//! (here `ping`, which makes one on the tier's connection too). B's byte bound holds.
+//!
+//! This binary is its own child: run with `REDIS_MEMO_CHILD` set, it plays process B, driven
+//! line by line on stdin.
+
+use redis_memo::{Cache, redis_cache_evict, redis_cache_put, redis_cached};
+use redis_memo_testkit::RedisServer;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+const NAMESPACE: &str = "tier";
+
+/// Reads the "database": the Redis key `source:<id>`, outside the cache's namespace.
+async fn source(database: &redis::Client, id: u64) -> String {
+    let mut connection = database.get_multiplexed_async_connection().await.unwrap();
+    let value: Option<String> = redis::cmd("GET")
+        .arg(format!("source:{id}"))
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    value.unwrap_or_else(|| "missing".to_owned())
+}
+
+#[redis_cached(ttl = "10m", key = "profile:<id>", tags = ["team"], local = "10m", cache = cache)]
+async fn profile(
+    id: u64,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] database: &redis::Client,
+) -> String {
+    source(database, id).await
+}
+
+#[redis_cache_put(profile(id), value = value.to_owned(), cache = cache)]
+async fn save_profile(id: u64, value: &str, cache: &Cache) -> Result<(), String> {
+    let _ = (id, value, cache);
+    Ok(())
+}
+
+#[redis_cache_evict(profile(id), cache = cache)]
+async fn drop_profile(id: u64, cache: &Cache) -> Result<(), String> {
+    let _ = (id, cache);
+    Ok(())
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    if std::env::var("REDIS_MEMO_CHILD").is_ok() {
+        runtime.block_on(process_b());
+        return;
+    }
+    runtime.block_on(another_process_s_changes_drop_the_copy_by_the_next_round_trip());
+    println!("test another_process_s_changes_drop_the_copy_by_the_next_round_trip ... ok");
+    runtime.block_on(a_lost_connection_a_flush_or_a_restart_drops_every_copy());
+    println!("test a_lost_connection_a_flush_or_a_restart_drops_every_copy ... ok");
+    runtime.block_on(the_tier_stays_within_its_byte_bound());
+    println!("test the_tier_stays_within_its_byte_bound ... ok");
+    println!("\ntest result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out");
+}
+
+/// Process B: a cache with an in-process tier, answering commands on stdin.
+/// `get <id>` prints `<value> <tier>` (`local`, `redis` or `computed`); `ping` prints `ok` or
+/// `error`; `fill <from> <to>` reads those ids; `bytes` prints what the tier holds.
+async fn process_b() {
+    let url = std::env::var("REDIS_MEMO_URL").expect("REDIS_MEMO_URL");
+    let capacity: u64 = std::env::var("REDIS_MEMO_LOCAL_BYTES")
+        .expect("REDIS_MEMO_LOCAL_BYTES")
+        .parse()
+        .unwrap();
+    let cache = Cache::builder()
+        .redis_url(&url)
+        .namespace(NAMESPACE)
+        .local_capacity(capacity)
+        .build()
+        .unwrap();
+    cache.ping().await.expect("redis answers");
+    let database = redis::Client::open(url).unwrap();
+    println!("ready");
+    for line in std::io::stdin().lock().lines() {
+        let line = line.unwrap();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let answer = match words.as_slice() {
+            ["get", id] => {
+                let before = cache.stats();
+                let value = profile(id.parse().unwrap(), &cache, &database).await;
+                let after = cache.stats();
+                let tier = if after.local_hits > before.local_hits {
+                    "local"
+                } else if after.hits > before.hits {
+                    "redis"
+                } else {
+                    "computed"
+                };
+                format!("{value} {tier}")
+            }
+            ["ping"] => match cache.ping().await {
+                Ok(()) => "ok".to_owned(),
+                Err(_) => "error".to_owned(),
+            },
+            ["fill", from, to] => {
+                for id in from.parse::<u64>().unwrap()..to.parse().unwrap() {
+                    profile(id, &cache, &database).await;
+                }
+                "filled".to_owned()
+            }
+            ["bytes"] => cache.stats().local_bytes.to_string(),
+            _ => panic!("unknown command {line:?}"),
+        };
+        println!("{answer}");
+    }
+}
+
+/// Process B, driven from here.
+struct ProcessB {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl ProcessB {
+    fn start(server: &RedisServer, local_bytes: u64) -> ProcessB {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .env("REDIS_MEMO_CHILD", "b")
+            .env("REDIS_MEMO_URL", server.url())
+            .env("REDIS_MEMO_LOCAL_BYTES", local_bytes.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("re-execute the test binary as a child");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut b = ProcessB {
+            child,
+            stdin,
+            stdout,
+        };
+        assert_eq!(b.read_line(), "ready");
+        b
+    }
+
+    fn ask(&mut self, command: &str) -> String {
+        writeln!(self.stdin, "{command}").unwrap();
+        self.stdin.flush().unwrap();
+        self.read_line()
+    }
+
+    fn read_line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert!(!line.is_empty(), "process B ended");
+        line.trim_end().to_owned()
+    }
+
+    /// `get 1` until its copy answers: a miss stores the entry, a read keeps its copy (or
+    /// the next one, when the fill's own drop of older copies lands after the first).
+    fn holds(&mut self, value: &str) {
+        let mut answers = Vec::new();
+        while answers.len() < 5 {
+            answers.push(self.ask("get 1"));
+            if answers
+                .last()
+                .is_some_and(|answer| answer.ends_with(" local"))
+            {
+                break;
+            }
+        }
+        assert!(
+            answers
+                .iter()
+                .all(|answer| answer.starts_with(&format!("{value} "))),
+            "{answers:?}"
+        );
+        assert_eq!(
+            answers.last(),
+            Some(&format!("{value} local")),
+            "{answers:?}"
+        );
+    }
+
+    /// A round trip that may meet a connection being replaced (then the next one completes).
+    fn round_trip(&mut self) {
+        for _ in 0..20 {
+            if self.ask("ping") == "ok" {
+                return;
+            }
+        }
+        panic!("process B never reached Redis again");
+    }
+}
+
+impl Drop for ProcessB {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn set_source(server: &RedisServer, id: u64, value: &str) {
+    let mut connection = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::cmd("SET")
+        .arg(format!("source:{id}"))
+        .arg(value)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+}
+
+async fn another_process_s_changes_drop_the_copy_by_the_next_round_trip() {
+    let server = RedisServer::start().unwrap();
+    let a = Cache::builder()
+        .redis_url(server.url())
+        .namespace(NAMESPACE)
+        .build()
+        .unwrap();
+    let mut b = ProcessB::start(&server, 1 << 20);
+    set_source(&server, 1, "v1").await;
+    b.holds("v1");
+
+    // An invalidation.
+    set_source(&server, 1, "v2").await;
+    assert_eq!(invalidate_profile(1, &a).await.ok(), Some(true));
+    b.round_trip();
+    assert_eq!(b.ask("get 1"), "v2 computed", "after `invalidate_profile`");
+
+    // A put: B's next call reads A's value from Redis.
+    b.holds("v2");
+    assert_eq!(save_profile(1, "v3", &a).await, Ok(()));
+    b.round_trip();
+    assert_eq!(b.ask("get 1"), "v3 redis", "after a put");
+
+    // An evict.
+    b.holds("v3");
+    set_source(&server, 1, "v4").await;
+    assert_eq!(drop_profile(1, &a).await, Ok(()));
+    b.round_trip();
+    assert_eq!(b.ask("get 1"), "v4 computed", "after an evict");
+
+    // A tag invalidation: B's copy of the tag's token goes.
+    b.holds("v4");
+    set_source(&server, 1, "v5").await;
+    assert_eq!(a.invalidate_tag("team").await.ok(), Some(true));
+    b.round_trip();
+    assert_eq!(b.ask("get 1"), "v5 computed", "after a tag invalidation");
+}
+
+async fn a_lost_connection_a_flush_or_a_restart_drops_every_copy() {
+    let mut server = RedisServer::start().unwrap();
+    let mut b = ProcessB::start(&server, 1 << 20);
+    let raw = |server: &RedisServer| server.connection();
+
+    // B's connections killed, then the entry removed behind its back: no invalidation can
+    // reach B for it, so only dropping every copy on the disconnection keeps B right.
+    set_source(&server, 1, "v1").await;
+    b.holds("v1");
+    let killed: u64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query(&mut raw(&server))
+        .unwrap();
+    assert!(killed >= 2, "B's connections ({killed} killed)");
+    set_source(&server, 1, "v2").await;
+    let () = redis::cmd("DEL")
+        .arg(format!("{NAMESPACE}:{{profile:1}}"))
+        .query(&mut raw(&server))
+        .unwrap();
+    b.round_trip();
+    assert_eq!(b.ask("get 1"), "v2 computed", "after a disconnection");
+
+    // FLUSHALL: one invalidation without keys.
+    b.holds("v2");
+    let () = redis::cmd("FLUSHALL").query(&mut raw(&server)).unwrap();
+    set_source(&server, 1, "v3").await;
+    b.round_trip();
+    assert_eq!(b.ask("get 1"), "v3 computed", "after FLUSHALL");
+
+    // A restart: everything is gone from Redis, and from B.
+    b.holds("v3");
+    server.restart().unwrap();
+    set_source(&server, 1, "v4").await;
+    b.round_trip();
+    assert_eq!(b.ask("get 1"), "v4 computed", "after a restart");
+}
+
+async fn the_tier_stays_within_its_byte_bound() {
+    let server = RedisServer::start().unwrap();
+    let capacity = 64 * 1024;
+    let mut b = ProcessB::start(&server, capacity);
+    let value = "x".repeat(1000);
+    for id in 0..500 {
+        set_source(&server, id, &value).await;
+    }
+    // Twice: the first pass stores the entries, the second keeps copies of them.
+    for _ in 0..2 {
+        assert_eq!(b.ask("fill 0 500"), "filled");
+    }
+    let bytes: u64 = b.ask("bytes").parse().unwrap();
+    assert!(
+        bytes > capacity / 2 && bytes <= capacity,
+        "{bytes} bytes held, bound {capacity}"
+    );
+}
