@@ -35,6 +35,17 @@ async fn profile(
     source(database, id).await
 }
 
+/// Tagged, without `local`: its entry is read from Redis on every call, its tag token from
+/// B's copy.
+#[redis_cached(ttl = "10m", key = "roster:<id>", tags = ["team"], cache = cache)]
+async fn roster(
+    id: u64,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] database: &redis::Client,
+) -> String {
+    source(database, id).await
+}
+
 #[redis_cache_put(profile(id), value = value.to_owned(), cache = cache)]
 async fn save_profile(id: u64, value: &str, cache: &Cache) -> Result<(), String> {
     let _ = (id, value, cache);
@@ -100,6 +111,12 @@ async fn process_b() {
                     "computed"
                 };
                 format!("{value} {tier}")
+            }
+            ["roster", id] => {
+                let before = cache.stats();
+                let value = roster(id.parse().unwrap(), &cache, &database).await;
+                let computed = cache.stats().misses > before.misses;
+                format!("{value} {}", if computed { "computed" } else { "cached" })
             }
             ["ping"] => match cache.ping().await {
                 Ok(()) => "ok".to_owned(),
@@ -253,6 +270,25 @@ async fn another_process_s_changes_drop_the_copy_by_the_next_round_trip() {
     assert_eq!(a.invalidate_tag("team").await.ok(), Some(true));
     b.round_trip();
     assert_eq!(b.ask("get 1"), "v5 computed", "after a tag invalidation");
+
+    // Without `local`, B keeps only the tag's token; a call that starts after A's tag
+    // invalidation returned gets a newer value with no round trip in between: the entry's
+    // reply comes after the invalidation on the same connection, and the token's copy is
+    // checked again once the reply is in.
+    set_source(&server, 2, "r1").await;
+    for _ in 0..3 {
+        assert!(b.ask("roster 2").starts_with("r1 "));
+    }
+    for round in 2..12 {
+        set_source(&server, 2, &format!("r{round}")).await;
+        assert_eq!(a.invalidate_tag("team").await.ok(), Some(true));
+        assert_eq!(
+            b.ask("roster 2"),
+            format!("r{round} computed"),
+            "right after a tag invalidation, round {round}"
+        );
+        assert_eq!(b.ask("roster 2"), format!("r{round} cached"));
+    }
 }
 
 async fn a_lost_connection_a_flush_or_a_restart_drops_every_copy() {

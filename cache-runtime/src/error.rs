@@ -67,6 +67,15 @@ impl CacheError {
         }
     }
 
+    /// A reply of another shape than `command` answers with.
+    pub(crate) fn unexpected_reply(command: &str) -> CacheError {
+        CacheError::Redis(redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "unexpected reply",
+            command.to_owned(),
+        )))
+    }
+
     /// True for Redis's `WRONGTYPE` reply: a key holds data of another type than the command
     /// expects (someone else's data under a cache key).
     pub(crate) fn is_wrong_type(&self) -> bool {

@@ -77,7 +77,26 @@ impl std::fmt::Debug for Copies {
 #[derive(Debug, Clone)]
 pub(crate) struct Ticket {
     epoch: u64,
-    generations: smallvec::SmallVec<[u64; 4]>,
+    generations: smallvec::SmallVec<[u64; 5]>,
+}
+
+impl Ticket {
+    /// Whether a copy read in `noted` was still current when this ticket was taken, as the
+    /// ticket's `index`th key.
+    pub(crate) fn admits(&self, index: usize, noted: Noted) -> bool {
+        self.epoch == noted.epoch && self.generations.get(index) == Some(&noted.generation)
+    }
+}
+
+/// The stripe of a key: which generation counter its invalidations bump.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stripe(usize);
+
+/// The epoch and generation a copy was read in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Noted {
+    epoch: u64,
+    generation: u64,
 }
 
 impl Copies {
@@ -97,38 +116,55 @@ impl Copies {
         }
     }
 
-    /// The copy of `key`, if there is one and nothing dropped it since it was read.
-    pub(crate) fn get(&self, key: &str) -> Option<Bytes> {
-        let copy = self.copies.get(key)?;
-        (copy.epoch == self.epoch.load(SeqCst) && copy.generation == self.stripe(key).load(SeqCst))
-            .then_some(copy.bytes)
+    /// Where `key`'s generation is kept: computed once per key and read, then passed along.
+    pub(crate) fn stripe_of(&self, key: &str) -> Stripe {
+        use std::hash::Hasher;
+        // Fixed keys: a key lands in the same stripe on every call.
+        let mut hasher = std::hash::DefaultHasher::new();
+        hasher.write(key.as_bytes());
+        // `STRIPES` is far below `u64::MAX`: the cast keeps the low bits, which is the point.
+        #[allow(clippy::cast_possible_truncation)]
+        Stripe((hasher.finish() % STRIPES as u64) as usize)
     }
 
-    /// Notes the generations of `keys` before their request is sent.
-    pub(crate) fn ticket<'k>(&self, keys: impl IntoIterator<Item = &'k str>) -> Ticket {
+    /// The copy of `key` (in `stripe`), if there is one and nothing dropped it since it was
+    /// read; with the epoch and generation it was read in.
+    pub(crate) fn get(&self, key: &str, stripe: Stripe) -> Option<(Bytes, Noted)> {
+        let copy = self.copies.get(key)?;
+        let noted = Noted {
+            epoch: copy.epoch,
+            generation: copy.generation,
+        };
+        (copy.epoch == self.epoch.load(SeqCst) && copy.generation == self.generation(stripe))
+            .then_some((copy.bytes, noted))
+    }
+
+    /// Notes the generations of the keys in `stripes` before their request is sent.
+    pub(crate) fn ticket(&self, stripes: &[Stripe]) -> Ticket {
         Ticket {
             epoch: self.epoch.load(SeqCst),
-            generations: keys
-                .into_iter()
-                .map(|key| self.stripe(key).load(SeqCst))
+            generations: stripes
+                .iter()
+                .map(|&stripe| self.generation(stripe))
                 .collect(),
         }
     }
 
-    /// Keeps `bytes` as the copy of the ticket's `index`th key, `key`, for at most `max_age`,
-    /// unless an invalidation of it (or of everything) came since the ticket was taken.
+    /// Keeps `bytes` as the copy of the ticket's `index`th key, `key` (in `stripe`), for at
+    /// most `max_age`, unless an invalidation of it (or of everything) came since the ticket
+    /// was taken.
     pub(crate) fn keep(
         &self,
         ticket: &Ticket,
         index: usize,
-        key: &str,
+        (key, stripe): (&str, Stripe),
         bytes: Bytes,
         max_age: Duration,
     ) {
         let Some(&generation) = ticket.generations.get(index) else {
             return;
         };
-        if max_age.is_zero() || !self.same_generation(ticket, key, generation) {
+        if max_age.is_zero() || !self.unchanged(ticket, index, stripe) {
             return;
         }
         // An invalidation from now on bumps the generation, and `get` stops serving it.
@@ -141,17 +177,18 @@ impl Copies {
         self.copies.insert(key.to_owned(), copy);
     }
 
-    /// Whether no invalidation of the ticket's `index`th key, `key`, (or of everything) came
-    /// since the ticket was taken.
-    pub(crate) fn unchanged(&self, ticket: &Ticket, index: usize, key: &str) -> bool {
-        ticket
-            .generations
-            .get(index)
-            .is_some_and(|&generation| self.same_generation(ticket, key, generation))
+    /// Whether no invalidation of the ticket's `index`th key (in `stripe`), or of everything,
+    /// came since the ticket was taken.
+    pub(crate) fn unchanged(&self, ticket: &Ticket, index: usize, stripe: Stripe) -> bool {
+        self.epoch.load(SeqCst) == ticket.epoch
+            && ticket
+                .generations
+                .get(index)
+                .is_some_and(|&generation| self.generation(stripe) == generation)
     }
 
-    fn same_generation(&self, ticket: &Ticket, key: &str, generation: u64) -> bool {
-        self.epoch.load(SeqCst) == ticket.epoch && self.stripe(key).load(SeqCst) == generation
+    fn generation(&self, stripe: Stripe) -> u64 {
+        self.generations[stripe.0].load(SeqCst)
     }
 
     /// Drops the copies of `keys` (Redis said they changed, or this process changed them).
@@ -161,7 +198,7 @@ impl Copies {
                 continue;
             };
             // The bump is what drops it (and a reply in flight for it); removing frees room.
-            self.stripe(key).fetch_add(1, SeqCst);
+            self.generations[self.stripe_of(key).0].fetch_add(1, SeqCst);
             self.copies.invalidate(key);
         }
     }
@@ -178,17 +215,6 @@ impl Copies {
         self.copies.run_pending_tasks();
         self.copies.weighted_size()
     }
-
-    fn stripe(&self, key: &str) -> &AtomicU64 {
-        use std::hash::Hasher;
-        // Fixed keys: a key lands in the same stripe on every call.
-        let mut hasher = std::hash::DefaultHasher::new();
-        hasher.write(key.as_bytes());
-        // `STRIPES` is far below `u64::MAX`: the cast keeps the low bits, which is the point.
-        #[allow(clippy::cast_possible_truncation)]
-        let index = (hasher.finish() % STRIPES as u64) as usize;
-        &self.generations[index]
-    }
 }
 
 #[cfg(test)]
@@ -197,40 +223,72 @@ mod tests {
 
     const AGE: Duration = Duration::from_secs(60);
 
+    fn ticket(copies: &Copies, keys: &[&str]) -> Ticket {
+        let stripes: Vec<Stripe> = keys.iter().map(|key| copies.stripe_of(key)).collect();
+        copies.ticket(&stripes)
+    }
+
+    fn keep(copies: &Copies, ticket: &Ticket, index: usize, key: &str, bytes: &'static [u8]) {
+        let stripe = copies.stripe_of(key);
+        copies.keep(ticket, index, (key, stripe), Bytes::from_static(bytes), AGE);
+    }
+
+    fn get(copies: &Copies, key: &str) -> Option<Bytes> {
+        copies
+            .get(key, copies.stripe_of(key))
+            .map(|(bytes, _)| bytes)
+    }
+
     #[test]
     fn a_copy_is_kept_and_served_until_its_key_is_invalidated() {
         let copies = Copies::new(1 << 20);
-        let ticket = copies.ticket(["ns:a"]);
-        copies.keep(&ticket, 0, "ns:a", Bytes::from_static(b"one"), AGE);
-        assert_eq!(copies.get("ns:a").as_deref(), Some(&b"one"[..]));
+        let noted = ticket(&copies, &["ns:a"]);
+        keep(&copies, &noted, 0, "ns:a", b"one");
+        assert_eq!(get(&copies, "ns:a").as_deref(), Some(&b"one"[..]));
         copies.drop_keys([&b"ns:a"[..]]);
-        assert_eq!(copies.get("ns:a"), None);
+        assert_eq!(get(&copies, "ns:a"), None);
     }
 
     #[test]
     fn a_reply_that_crossed_an_invalidation_is_not_kept() {
         let copies = Copies::new(1 << 20);
-        let ticket = copies.ticket(["ns:a", "ns:b"]);
+        let noted = ticket(&copies, &["ns:a", "ns:b"]);
         // The invalidation of `a` is applied while the reply is on its way to its caller.
         copies.drop_keys([&b"ns:a"[..]]);
-        copies.keep(&ticket, 0, "ns:a", Bytes::from_static(b"old"), AGE);
-        copies.keep(&ticket, 1, "ns:b", Bytes::from_static(b"b"), AGE);
+        keep(&copies, &noted, 0, "ns:a", b"old");
+        keep(&copies, &noted, 1, "ns:b", b"b");
         assert_eq!(
-            copies.get("ns:a"),
+            get(&copies, "ns:a"),
             None,
             "the invalidated key's reply is dropped"
         );
-        assert!(copies.get("ns:b").is_some(), "another key's reply is kept");
+        assert!(
+            get(&copies, "ns:b").is_some(),
+            "another key's reply is kept"
+        );
 
-        let ticket = copies.ticket(["ns:a"]);
+        let noted = ticket(&copies, &["ns:a"]);
         copies.drop_all();
-        copies.keep(&ticket, 0, "ns:a", Bytes::from_static(b"old"), AGE);
+        keep(&copies, &noted, 0, "ns:a", b"old");
         assert_eq!(
-            copies.get("ns:a"),
+            get(&copies, "ns:a"),
             None,
             "nor one that crossed a whole drop"
         );
-        assert_eq!(copies.get("ns:b"), None, "a whole drop drops everything");
+        assert_eq!(get(&copies, "ns:b"), None, "a whole drop drops everything");
+    }
+
+    #[test]
+    fn a_copy_used_before_a_ticket_is_admitted_only_if_nothing_dropped_it_since() {
+        let copies = Copies::new(1 << 20);
+        keep(&copies, &ticket(&copies, &["ns:t"]), 0, "ns:t", b"token");
+        let (_, noted) = copies.get("ns:t", copies.stripe_of("ns:t")).unwrap();
+        assert!(ticket(&copies, &["ns:t"]).admits(0, noted));
+        copies.drop_keys([&b"ns:t"[..]]);
+        assert!(
+            !ticket(&copies, &["ns:t"]).admits(0, noted),
+            "dropped in between"
+        );
     }
 
     #[test]
@@ -239,8 +297,14 @@ mod tests {
         let copies = Copies::new(capacity);
         for n in 0..1000 {
             let key = format!("ns:{n}");
-            let ticket = copies.ticket([key.as_str()]);
-            copies.keep(&ticket, 0, &key, Bytes::from(vec![7; 1000]), AGE);
+            let noted = ticket(&copies, &[key.as_str()]);
+            copies.keep(
+                &noted,
+                0,
+                (&key, copies.stripe_of(&key)),
+                Bytes::from(vec![7; 1000]),
+                AGE,
+            );
         }
         assert!(
             copies.weighted_size() <= capacity,

@@ -243,7 +243,7 @@ impl RedisBackend {
         // Parsed from the reply as is: the entry's bytes are moved, not copied.
         let reply: redis::Value = self.run_until(&command, deadline).await?;
         let redis::Value::Array(values) = reply else {
-            return Err(unexpected_reply("MGET"));
+            return Err(CacheError::unexpected_reply("MGET"));
         };
         let mut values = values.into_iter();
         let entry = match values.next() {
@@ -399,7 +399,7 @@ impl RedisBackend {
         for (group, replies) in groups.iter().zip(replies) {
             let replies = replies?;
             if replies.len() != group.len() {
-                return Err(unexpected_reply("pipeline"));
+                return Err(CacheError::unexpected_reply("pipeline"));
             }
             for (&index, reply) in group.iter().zip(replies) {
                 ordered[index] = Some(reply);
@@ -407,7 +407,7 @@ impl RedisBackend {
         }
         ordered
             .into_iter()
-            .map(|reply| reply.ok_or_else(|| unexpected_reply("pipeline")))
+            .map(|reply| reply.ok_or_else(|| CacheError::unexpected_reply("pipeline")))
             .collect()
     }
 
@@ -638,14 +638,6 @@ impl RedisBackend {
         self.bounded(deadline, invocation.invoke_async(&mut connection))
             .await
     }
-}
-
-pub(super) fn unexpected_reply(command: &str) -> CacheError {
-    CacheError::Redis(redis::RedisError::from((
-        redis::ErrorKind::UnexpectedReturnType,
-        "unexpected reply",
-        command.to_owned(),
-    )))
 }
 
 fn millis(duration: Duration) -> u64 {

@@ -1,7 +1,7 @@
 //! A read through the in-process tier: the copies this process holds, and the rest from
 //! Redis on the tracking connection (see [`Tracking`]), in one command.
 
-use super::redis::unexpected_reply;
+use super::local::{Noted, Stripe};
 use super::tracking::{TieredRead, Tracking, Values};
 use crate::CacheError;
 use bytes::Bytes;
@@ -28,25 +28,33 @@ pub(crate) async fn read(
     deadline: Instant,
 ) -> Option<Result<(Values, bool), CacheError>> {
     let copies = tracking.copies();
+    let stripes: SmallVec<[Stripe; 5]> = keys.iter().map(|key| copies.stripe_of(key)).collect();
     // Twice at most: the second pass uses no copy, so it always returns.
     for use_copies in [true, false] {
-        let mut values: Values = keys
-            .iter()
-            .zip(max_ages)
-            .map(|(key, max_age)| max_age.filter(|_| use_copies).and_then(|_| copies.get(key)))
-            .collect();
+        let mut values = Values::new();
+        let mut used: SmallVec<[(usize, Noted); 5]> = SmallVec::new();
+        for (index, (key, max_age)) in keys.iter().zip(max_ages).enumerate() {
+            let copy = max_age
+                .filter(|_| use_copies)
+                .and_then(|_| copies.get(key, stripes[index]));
+            values.push(copy.map(|(bytes, noted)| {
+                used.push((index, noted));
+                bytes
+            }));
+        }
+        if used.len() == keys.len() {
+            return Some(Ok((values, true)));
+        }
         let missing: SmallVec<[usize; 5]> = (0..keys.len())
             .filter(|&index| values[index].is_none())
             .collect();
-        if missing.is_empty() {
-            return Some(Ok((values, true)));
-        }
         // The ticket is taken with the connection (so what is kept belongs to it); the copies
-        // used above must still be there once it is taken, and unchanged once the reply is in.
-        let mut read = tracking.begin(keys.iter().copied())?;
-        let copies_current_at_ticket = (0..keys.len())
-            .filter(|index| !missing.contains(index))
-            .all(|index| copies.get(keys[index]).is_some());
+        // used above must still be current when it is taken, and unchanged once the reply is
+        // in.
+        let mut read = tracking.begin(&stripes)?;
+        let current_at_ticket = used
+            .iter()
+            .all(|&(index, noted)| read.ticket.admits(index, noted));
         let track = missing.iter().any(|&index| max_ages[index].is_some());
         let replies = match fetch(tracking, &mut read, keys, &missing, track, deadline).await {
             Ok(replies) => replies,
@@ -55,16 +63,17 @@ pub(crate) async fn read(
         for (&index, reply) in missing.iter().zip(replies) {
             if let Some(bytes) = reply {
                 if let Some(max_age) = max_ages[index] {
-                    copies.keep(&read.ticket, index, keys[index], bytes.clone(), max_age);
+                    let key = (keys[index], stripes[index]);
+                    copies.keep(&read.ticket, index, key, bytes.clone(), max_age);
                 }
                 values[index] = Some(bytes);
             }
         }
-        let copies_still_current = copies_current_at_ticket
-            && (0..keys.len())
-                .filter(|index| !missing.contains(index))
-                .all(|index| copies.unchanged(&read.ticket, index, keys[index]));
-        if copies_still_current {
+        let still_current = current_at_ticket
+            && used
+                .iter()
+                .all(|&(index, _)| copies.unchanged(&read.ticket, index, stripes[index]));
+        if still_current {
             return Some(Ok((values, false)));
         }
     }
@@ -116,17 +125,17 @@ async fn fetch(
     let replies = match reply {
         redis::Value::Array(replies) if missing.len() > 1 => replies,
         single if missing.len() == 1 => vec![single],
-        _ => return Err(unexpected_reply(command)),
+        _ => return Err(CacheError::unexpected_reply(command)),
     };
     if replies.len() != missing.len() {
-        return Err(unexpected_reply(command));
+        return Err(CacheError::unexpected_reply(command));
     }
     replies
         .into_iter()
         .map(|reply| match reply {
             redis::Value::BulkString(bytes) => Ok(Some(Bytes::from(bytes))),
             redis::Value::Nil => Ok(None),
-            _ => Err(unexpected_reply(command)),
+            _ => Err(CacheError::unexpected_reply(command)),
         })
         .collect()
 }

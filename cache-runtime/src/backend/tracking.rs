@@ -21,7 +21,7 @@
 //! cache's main connection and keep nothing, and a new one is made in the background (after
 //! a failure, not before a backoff).
 
-use super::local::{Copies, Ticket};
+use super::local::{Copies, Stripe, Ticket};
 use crate::CacheError;
 use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
@@ -113,19 +113,17 @@ impl Tracking {
         self.connect_if_due(&mut state);
     }
 
-    /// The connection to send a read of `keys` on, with the ticket of their copies (taken
-    /// under the lock: the copies it admits are those tracked on that connection); `None`,
-    /// having started to make one if due, when no connection tracks reads now.
-    pub(crate) fn begin<'k>(
-        self: &Arc<Self>,
-        keys: impl IntoIterator<Item = &'k str>,
-    ) -> Option<TieredRead> {
+    /// The connection to send a read of the keys in `stripes` on, with the ticket of their
+    /// copies (taken under the lock: the copies it admits are those tracked on that
+    /// connection); `None`, having started to make one if due, when no connection tracks
+    /// reads now.
+    pub(crate) fn begin(self: &Arc<Self>, stripes: &[Stripe]) -> Option<TieredRead> {
         let mut state = self.state();
         if let State::Up(id, connection) = &*state {
             return Some(TieredRead {
                 id: *id,
                 connection: connection.clone(),
-                ticket: self.copies.ticket(keys),
+                ticket: self.copies.ticket(stripes),
             });
         }
         self.connect_if_due(&mut state);
@@ -281,7 +279,7 @@ impl Tracking {
                     *retry_at = None;
                 }
             }
-            if let Some(read) = self.begin([probe_key]) {
+            if let Some(read) = self.begin(&[]) {
                 break read;
             }
             if tokio::time::timeout_at(deadline, settled).await.is_err() {
