@@ -324,8 +324,15 @@ async fn a_lost_connection_a_flush_or_a_restart_drops_every_copy() {
     b.round_trip();
     assert_eq!(b.ask("get 1"), "v3 computed", "after FLUSHALL");
 
-    // A restart: everything is gone from Redis, and from B.
+    // FLUSHDB: the same, for one database.
     b.holds("v3");
+    let () = redis::cmd("FLUSHDB").query(&mut raw(&server)).unwrap();
+    set_source(&server, 1, "v3b").await;
+    b.round_trip();
+    assert_eq!(b.ask("get 1"), "v3b computed", "after FLUSHDB");
+
+    // A restart: everything is gone from Redis, and from B.
+    b.holds("v3b");
     server.restart().unwrap();
     set_source(&server, 1, "v4").await;
     b.round_trip();

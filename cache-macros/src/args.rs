@@ -606,6 +606,24 @@ mod tests {
     }
 
     #[test]
+    fn bare_local_lasts_the_ttl_and_a_given_one_its_own() {
+        let local = |options: &str| {
+            let (args, errors) = check_str(options);
+            assert!(errors.is_empty());
+            args.unwrap().local
+        };
+        assert_eq!(
+            local(r#"ttl = "10m", key = "k", local"#),
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(
+            local(r#"ttl = "10m", key = "k", local = "30s""#),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(local(r#"ttl = "10m", key = "k""#), None);
+    }
+
+    #[test]
     fn lock_defaults_follow_the_lease() {
         let (args, errors) = check_str(r#"ttl = "1m", key = "k", lock"#);
         assert!(errors.is_empty());

@@ -566,6 +566,14 @@ mod tests {
             .redis_url("redis://127.0.0.1:1")
             .local_default(Duration::from_secs(1));
         assert!(refused(without_capacity).contains("local_capacity"));
+        let client = redis::Client::open("redis://127.0.0.1:1/").unwrap();
+        let connection =
+            ConnectionManager::new_lazy_with_config(client, ConnectionManagerConfig::new())
+                .unwrap();
+        let passed_in = Cache::builder()
+            .redis_connection(connection)
+            .local_capacity(1 << 20);
+        assert!(refused(passed_in).contains("redis_url"));
         let memory = Cache::builder()
             .memory(MemoryStore::new())
             .local_capacity(1 << 20);
