@@ -6,6 +6,7 @@ mod support;
 
 use redis_memo::Cache;
 use redis_memo_testkit::RedisServer;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use support::{Probe, lookup};
 
@@ -254,4 +255,51 @@ async fn the_in_process_tier_works_as_the_readme_s_acl_user() {
     assert_eq!(lookup(5, &cache, &probe).await, Ok(50));
     assert_eq!(probe.runs(), 2, "its own invalidation drops the copy");
     support::assert_no_acl_refusals(&server);
+}
+
+/// The same user without the tier's additions: `CLIENT TRACKING` is refused, so the tier has
+/// no connection. Calls are served from Redis as without a tier, nothing is kept, and the
+/// refused attempt is not repeated on every call (a backoff from twice the operation timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_tracking_leaves_calls_on_redis_keeping_nothing() {
+    let server = RedisServer::start().unwrap();
+    let url = support::acl_user_url(&server, "tier_refused");
+    let cache = Cache::builder()
+        .redis_url(url)
+        .namespace("tier_refused")
+        .local_capacity(1 << 20)
+        .local_default(std::time::Duration::from_secs(60))
+        .op_timeout(std::time::Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let probe = Probe::default();
+    for _ in 0..50 {
+        assert_eq!(lookup(6, &cache, &probe).await, Ok(60));
+    }
+    let stats = cache.stats();
+    assert_eq!(probe.runs(), 1, "{stats:?}");
+    assert_eq!((stats.hits, stats.fail_open), (49, 0), "{stats:?}");
+    assert_eq!((stats.local_hits, stats.local_bytes), (0, 0), "{stats:?}");
+    let refused: Vec<HashMap<String, redis::Value>> = redis::cmd("ACL")
+        .arg("LOG")
+        .query(&mut server.connection())
+        .unwrap();
+    let attempts: i64 = refused
+        .iter()
+        .map(|entry| {
+            assert_eq!(
+                entry.get("object"),
+                Some(&redis::Value::BulkString(b"client|tracking".to_vec())),
+                "only tracking is refused: {entry:?}"
+            );
+            match entry.get("count") {
+                Some(redis::Value::Int(count)) => *count,
+                other => panic!("a count: {other:?}"),
+            }
+        })
+        .sum();
+    assert!(
+        (1..=3).contains(&attempts),
+        "tried, then backed off: {attempts} attempts in 50 calls"
+    );
 }

@@ -119,6 +119,7 @@ async fn a_computation_that_read_before_an_invalidation_does_not_store_its_value
             7001,
             "the caller gets what it computed"
         );
+        cache.writes_done().await;
         assert_eq!(cache.stats().rejected_fills, 1, "but it is not stored");
         assert_eq!(cache.stats().fills, 0);
 
@@ -148,9 +149,11 @@ async fn without_the_lease_a_computation_returns_its_value_but_does_not_store_it
         // Another process misses while the first holds the lease: it computes, returns, and
         // leaves the fill to the holder.
         assert_eq!(load(3, &second, &source, &open_gate(), &probe).await, 3000);
+        second.writes_done().await;
         assert_eq!(second.stats().fills, 0);
         gate.release.notify_one();
         assert_eq!(holder.await.unwrap(), 3000);
+        first.writes_done().await;
         assert_eq!(first.stats().fills, 1);
         assert_eq!(load(3, &second, &source, &open_gate(), &probe).await, 3000);
         assert_eq!(
@@ -380,6 +383,7 @@ async fn with_lock_a_holders_error_lets_a_waiter_take_over_at_once() {
             .expect("the waiter did not take over");
         assert_eq!(got.unwrap(), Ok(50));
         assert_eq!(probe.runs(), 2);
+        waiter.writes_done().await;
         assert_eq!(
             waiter.stats().fills,
             1,
@@ -405,6 +409,7 @@ async fn with_lock_a_waiter_computes_itself_after_its_wait_bound() {
             1,
             "it waited its bound, then computed"
         );
+        waiter.writes_done().await;
         assert_eq!(
             waiter.stats().fills,
             0,
@@ -491,9 +496,11 @@ async fn with_lock_an_invalidation_wakes_the_waiters_at_once() {
             .await
             .expect("the waiter was not woken");
         assert_eq!(got.unwrap(), Ok(90));
+        waiter.writes_done().await;
         assert_eq!(waiter.stats().fills, 1);
         gate.release.notify_one();
         assert_eq!(held.await.unwrap(), Ok(90));
+        holder.writes_done().await;
         assert_eq!(holder.stats().rejected_fills, 1);
     }
 }

@@ -9,7 +9,7 @@
 //! line by line on stdin.
 
 use redis_memo::{Cache, redis_cache_evict, redis_cache_put, redis_cached};
-use redis_memo_testkit::RedisServer;
+use redis_memo_testkit::{RedisServer, TcpProxy};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
@@ -74,7 +74,9 @@ fn main() {
     println!("test a_lost_connection_a_flush_or_a_restart_drops_every_copy ... ok");
     runtime.block_on(the_tier_stays_within_its_byte_bound());
     println!("test the_tier_stays_within_its_byte_bound ... ok");
-    println!("\ntest result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out");
+    runtime.block_on(a_reply_that_crossed_a_tag_invalidation_is_read_again());
+    println!("test a_reply_that_crossed_a_tag_invalidation_is_read_again ... ok");
+    println!("\ntest result: ok. 4 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out");
 }
 
 /// Process B: a cache with an in-process tier, answering commands on stdin.
@@ -82,14 +84,18 @@ fn main() {
 /// `error`; `fill <from> <to>` reads those ids; `bytes` prints what the tier holds.
 async fn process_b() {
     let url = std::env::var("REDIS_MEMO_URL").expect("REDIS_MEMO_URL");
+    // The cache may reach Redis through a proxy; the "database" never does.
+    let cache_url = std::env::var("REDIS_MEMO_CACHE_URL").unwrap_or_else(|_| url.clone());
     let capacity: u64 = std::env::var("REDIS_MEMO_LOCAL_BYTES")
         .expect("REDIS_MEMO_LOCAL_BYTES")
         .parse()
         .unwrap();
     let cache = Cache::builder()
-        .redis_url(&url)
+        .redis_url(&cache_url)
         .namespace(NAMESPACE)
         .local_capacity(capacity)
+        // Generous: a request held by the test's proxy must not time out.
+        .op_timeout(std::time::Duration::from_secs(5))
         .build()
         .unwrap();
     cache.ping().await.expect("redis answers");
@@ -144,9 +150,15 @@ struct ProcessB {
 
 impl ProcessB {
     fn start(server: &RedisServer, local_bytes: u64) -> ProcessB {
+        ProcessB::start_via(server, &server.url(), local_bytes)
+    }
+
+    /// B, its cache connected to `cache_url` (a proxy in front of `server`, say).
+    fn start_via(server: &RedisServer, cache_url: &str, local_bytes: u64) -> ProcessB {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .env("REDIS_MEMO_CHILD", "b")
             .env("REDIS_MEMO_URL", server.url())
+            .env("REDIS_MEMO_CACHE_URL", cache_url)
             .env("REDIS_MEMO_LOCAL_BYTES", local_bytes.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -164,9 +176,14 @@ impl ProcessB {
     }
 
     fn ask(&mut self, command: &str) -> String {
+        self.send(command);
+        self.read_line()
+    }
+
+    /// Sends `command` without waiting for its answer.
+    fn send(&mut self, command: &str) {
         writeln!(self.stdin, "{command}").unwrap();
         self.stdin.flush().unwrap();
-        self.read_line()
     }
 
     fn read_line(&mut self) -> String {
@@ -271,6 +288,13 @@ async fn another_process_s_changes_drop_the_copy_by_the_next_round_trip() {
     b.round_trip();
     assert_eq!(b.ask("get 1"), "v5 computed", "after a tag invalidation");
 
+    // A pattern invalidation.
+    b.holds("v5");
+    set_source(&server, 1, "v6").await;
+    assert_eq!(a.invalidate_matching("profile:*").await.ok(), Some(1));
+    b.round_trip();
+    assert_eq!(b.ask("get 1"), "v6 computed", "after `invalidate_matching`");
+
     // Without `local`, B keeps only the tag's token; a call that starts after A's tag
     // invalidation returned gets a newer value with no round trip in between: the entry's
     // reply comes after the invalidation on the same connection, and the token's copy is
@@ -356,4 +380,40 @@ async fn the_tier_stays_within_its_byte_bound() {
         bytes > capacity / 2 && bytes <= capacity,
         "{bytes} bytes held, bound {capacity}"
     );
+}
+
+/// B's read of an entry, judged with its copy of the tag's token, is held on its way to Redis
+/// while A invalidates the tag: the invalidation's push reaches B before the reply, so B must
+/// not judge the reply with the copy it used (which a check before sending cannot see).
+async fn a_reply_that_crossed_a_tag_invalidation_is_read_again() {
+    let server = RedisServer::start().unwrap();
+    let proxy = TcpProxy::start(server.port()).unwrap();
+    let a = Cache::builder()
+        .redis_url(server.url())
+        .namespace(NAMESPACE)
+        .build()
+        .unwrap();
+    let mut b = ProcessB::start_via(&server, &proxy.url(), 1 << 20);
+    set_source(&server, 3, "r1").await;
+    // A miss, a hit that keeps the token's copy (the fill lengthened the tag), a hit with it.
+    for _ in 0..3 {
+        assert!(b.ask("roster 3").starts_with("r1 "));
+    }
+    for round in 2..6 {
+        set_source(&server, 3, &format!("r{round}")).await;
+        proxy.hold_requests();
+        b.send("roster 3");
+        assert!(
+            proxy.wait_for_held_request(std::time::Duration::from_secs(10)),
+            "B sent its read"
+        );
+        assert_eq!(a.invalidate_tag("team").await.ok(), Some(true));
+        proxy.release_requests();
+        assert_eq!(
+            b.read_line(),
+            format!("r{round} computed"),
+            "the reply that came after the push, round {round}"
+        );
+        assert_eq!(b.ask("roster 3"), format!("r{round} cached"));
+    }
 }

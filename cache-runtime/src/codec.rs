@@ -12,7 +12,8 @@ pub struct CodecError(pub(crate) String);
 /// A serialization format for cached values.
 pub trait Codec {
     /// Identifies the format inside the value envelope, so bytes written by another codec are a
-    /// miss rather than a misread.
+    /// miss rather than a misread. The envelope keeps 4 bits of it: an id is 0 to 15 (a larger
+    /// one fails to compile where the codec is used).
     const ID: u8;
 
     /// Appends the encoding of `value` to `out`.

@@ -1,20 +1,24 @@
 //! The envelope in front of a cached value's bytes.
 //!
-//! Layout (all integers little endian):
+//! Layout 3 (fixed-width integers little endian; `varint` is unsigned LEB128: 7 bits a byte,
+//! low bits first, a set high bit means more follow):
 //!
 //! | bytes | field |
 //! |---|---|
-//! | 0..2 | magic `RM` |
-//! | 2 | layout version (2) |
-//! | 3 | codec id |
-//! | 4 | flags (no flag is defined yet: a set bit is an unknown feature, so a miss) |
-//! | 5..13 | fingerprint of the value type, the key template and the function's `version` |
-//! | 13..21 | written at, milliseconds since the Unix epoch |
-//! | 21..29 | fresh until, milliseconds since the Unix epoch |
-//! | 29..33 | how long the value took to compute, in milliseconds (early refresh uses it) |
-//! | 33 | number of tag tokens that follow, `n` |
-//! | 34..34+16n | the tokens of the entry's tags when it was computed, in the function's tag order |
-//! | 34+16n.. | the codec's bytes |
+//! | 0 | magic `R` |
+//! | 1 | layout version (3) |
+//! | 2 | codec id (low 4 bits) and flags (high 4 bits; none is defined yet, so a set bit is an unknown feature, so a miss) |
+//! | 3..9 | the low 48 bits of the fingerprint of the value type, the key template and the function's `version` |
+//! | 9..15 | written at, milliseconds since the Unix epoch (48 bits) |
+//! | varint | fresh for, milliseconds after written at |
+//! | varint | how long the value took to compute, in milliseconds (early refresh uses it) |
+//! | varint | number of tag tokens that follow, `n` (at most 255) |
+//! | 16n | the tokens of the entry's tags when it was computed, in the function's tag order |
+//! | rest | the codec's bytes |
+//!
+//! An untagged entry with a ttl under 4.6 hours (fresh for fits 3 varint bytes) computed in
+//! under 128 ms carries 20 bytes of envelope. The layout before, 2, began with
+//! `RM` and a version byte and carried 34; its entries are misses, overwritten.
 //!
 //! Anything that does not match is a [`DecodeError`]: the caller treats it as a miss and
 //! overwrites the entry.
@@ -24,9 +28,15 @@ use crate::tags::TOKEN_LEN;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-const MAGIC: [u8; 2] = *b"RM";
-const LAYOUT_VERSION: u8 = 2;
-const HEADER_LEN: usize = 34;
+const MAGIC: u8 = b'R';
+/// What layout 2 had as its second magic byte: such an entry reports its layout from byte 2.
+const LAYOUT_2_MAGIC: u8 = b'M';
+const LAYOUT_VERSION: u8 = 3;
+/// Magic, version, codec and flags, fingerprint, written at.
+const FIXED_LEN: usize = 15;
+const FINGERPRINT_BITS: u32 = 48;
+const FINGERPRINT_MASK: u64 = (1 << FINGERPRINT_BITS) - 1;
+const WRITTEN_AT_MAX: u64 = (1 << 48) - 1;
 
 /// Freshness times recorded with an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,30 +95,106 @@ impl DecodeError {
 }
 
 /// Encodes `value` behind an envelope header that records `tags`, the tokens of the entry's
-/// tags (at most 255).
+/// tags (at most 255). The codec's id must be under 16.
 pub fn encode<C: Codec, T: Serialize + ?Sized>(
     value: &T,
     fingerprint: u64,
     times: EntryTimes,
     tags: &[[u8; TOKEN_LEN]],
 ) -> Result<Vec<u8>, CodecError> {
+    const { assert!(C::ID < 16, "a codec id is 4 bits in the envelope") };
     let count = u8::try_from(tags.len())
         .map_err(|_| CodecError("an entry records at most 255 tags".into()))?;
-    let mut out = Vec::with_capacity(HEADER_LEN + TOKEN_LEN * tags.len() + 64);
-    out.extend_from_slice(&MAGIC);
-    out.push(LAYOUT_VERSION);
-    out.push(C::ID);
-    out.push(0);
-    out.extend_from_slice(&fingerprint.to_le_bytes());
-    out.extend_from_slice(&times.written_at_ms.to_le_bytes());
-    out.extend_from_slice(&times.fresh_until_ms.to_le_bytes());
-    out.extend_from_slice(&times.computed_in_ms.to_le_bytes());
-    out.push(count);
+    let mut out = Vec::with_capacity(FIXED_LEN + 12 + TOKEN_LEN * tags.len() + 64);
+    out.extend_from_slice(&[MAGIC, LAYOUT_VERSION, C::ID]);
+    out.extend_from_slice(&(fingerprint & FINGERPRINT_MASK).to_le_bytes()[..6]);
+    // A clock beyond the year 10889 or before 1970 is clamped rather than wrapped.
+    let written_at = times.written_at_ms.min(WRITTEN_AT_MAX);
+    out.extend_from_slice(&written_at.to_le_bytes()[..6]);
+    put_varint(&mut out, times.fresh_until_ms.saturating_sub(written_at));
+    put_varint(&mut out, u64::from(times.computed_in_ms));
+    put_varint(&mut out, u64::from(count));
     for token in tags {
         out.extend_from_slice(token);
     }
     C::encode(value, &mut out)?;
     Ok(out)
+}
+
+/// An entry's header, read without knowing the value's type: what an operator's tool shows.
+///
+/// ```
+/// use redis_memo_runtime::envelope::{self, EntryTimes};
+/// use redis_memo_runtime::Bincode;
+///
+/// let times = EntryTimes { written_at_ms: 1_000, fresh_until_ms: 61_000, computed_in_ms: 4 };
+/// let bytes = envelope::encode::<Bincode, _>(&"value", 7, times, &[]).unwrap();
+/// let header = envelope::header(&bytes).unwrap();
+/// assert_eq!(header.times, times);
+/// assert_eq!(header.tag_tokens().count(), 0);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Header<'a> {
+    /// The codec that wrote the value.
+    pub codec: u8,
+    /// Feature flags (none is defined yet).
+    pub flags: u8,
+    /// The low 48 bits of the function's fingerprint.
+    pub fingerprint: u64,
+    /// When the value was written, until when it is fresh, how long it took to compute.
+    pub times: EntryTimes,
+    tokens: &'a [u8],
+    value: &'a [u8],
+}
+
+impl<'a> Header<'a> {
+    /// The tokens the entry's tags held when it was computed, in the function's tag order.
+    pub fn tag_tokens(&self) -> impl ExactSizeIterator<Item = &'a [u8]> + 'a {
+        self.tokens.chunks_exact(TOKEN_LEN)
+    }
+
+    /// The codec's bytes of the value.
+    pub fn value_bytes(&self) -> &'a [u8] {
+        self.value
+    }
+}
+
+/// Reads the header of stored bytes: [`DecodeError::Foreign`] or [`DecodeError::Layout`] when
+/// they are not an entry of this layout. Codec, flags and fingerprint are reported, not
+/// checked ([`decode`] checks them).
+pub fn header(bytes: &[u8]) -> Result<Header<'_>, DecodeError> {
+    match bytes {
+        [MAGIC, LAYOUT_2_MAGIC, layout, ..] => return Err(DecodeError::Layout(*layout)),
+        [MAGIC, LAYOUT_VERSION, ..] => {}
+        [MAGIC, layout, ..] => return Err(DecodeError::Layout(*layout)),
+        _ => return Err(DecodeError::Foreign),
+    }
+    if bytes.len() < FIXED_LEN {
+        return Err(DecodeError::Foreign);
+    }
+    let mut rest = &bytes[FIXED_LEN..];
+    let fresh_for = take_varint(&mut rest)?;
+    let computed_in = take_varint(&mut rest)?;
+    let count = usize::try_from(take_varint(&mut rest)?).map_err(|_| DecodeError::Foreign)?;
+    let tokens_len = count
+        .checked_mul(TOKEN_LEN)
+        .filter(|len| *len <= rest.len())
+        .ok_or(DecodeError::Foreign)?;
+    let (tokens, value) = rest.split_at(tokens_len);
+    let written_at_ms = read_u48(&bytes[9..15]);
+    Ok(Header {
+        codec: bytes[2] & 0x0f,
+        flags: bytes[2] >> 4,
+        fingerprint: read_u48(&bytes[3..9]),
+        times: EntryTimes {
+            written_at_ms,
+            fresh_until_ms: written_at_ms.saturating_add(fresh_for),
+            computed_in_ms: u32::try_from(computed_in).map_err(|_| DecodeError::Foreign)?,
+        },
+        tokens,
+        value,
+    })
 }
 
 /// Decodes an entry written by [`encode`] with the same codec and fingerprint. With
@@ -120,30 +206,19 @@ pub fn decode<C: Codec, T: DeserializeOwned>(
     fingerprint: u64,
     current: Option<&[Option<[u8; TOKEN_LEN]>]>,
 ) -> Result<(T, EntryTimes), DecodeError> {
-    if bytes.len() < 3 || bytes[0..2] != MAGIC {
-        return Err(DecodeError::Foreign);
+    let header = header(bytes)?;
+    if header.codec != C::ID || header.flags != 0 {
+        return Err(DecodeError::Format {
+            codec: header.codec,
+            flags: header.flags,
+        });
     }
-    if bytes[2] != LAYOUT_VERSION {
-        return Err(DecodeError::Layout(bytes[2]));
-    }
-    if bytes.len() < HEADER_LEN {
-        return Err(DecodeError::Foreign);
-    }
-    let (codec, flags) = (bytes[3], bytes[4]);
-    if codec != C::ID || flags != 0 {
-        return Err(DecodeError::Format { codec, flags });
-    }
-    if read_u64(bytes, 5) != fingerprint {
+    if header.fingerprint != fingerprint & FINGERPRINT_MASK {
         return Err(DecodeError::Fingerprint);
     }
-    let count = usize::from(bytes[33]);
-    let body = HEADER_LEN + TOKEN_LEN * count;
-    if bytes.len() < body {
-        return Err(DecodeError::Foreign);
-    }
     if let Some(current) = current {
-        let recorded = bytes[HEADER_LEN..body].chunks_exact(TOKEN_LEN);
-        let all_current = current.len() == count
+        let recorded = header.tag_tokens();
+        let all_current = current.len() == recorded.len()
             && recorded
                 .zip(current)
                 .all(|(recorded, now)| now.as_ref().is_some_and(|now| now[..] == *recorded));
@@ -151,20 +226,34 @@ pub fn decode<C: Codec, T: DeserializeOwned>(
             return Err(DecodeError::Invalidated);
         }
     }
-    let mut computed_in = [0u8; 4];
-    computed_in.copy_from_slice(&bytes[29..33]);
-    let times = EntryTimes {
-        written_at_ms: read_u64(bytes, 13),
-        fresh_until_ms: read_u64(bytes, 21),
-        computed_in_ms: u32::from_le_bytes(computed_in),
-    };
-    let value = C::decode(&bytes[body..])?;
-    Ok((value, times))
+    let value = C::decode(header.value)?;
+    Ok((value, header.times))
 }
 
-fn read_u64(bytes: &[u8], at: usize) -> u64 {
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// Reads one varint off the front of `bytes`; more than 10 bytes, or running out, is foreign.
+fn take_varint(bytes: &mut &[u8]) -> Result<u64, DecodeError> {
+    let mut value = 0u64;
+    for (index, byte) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f) << (7 * index);
+        if byte & 0x80 == 0 {
+            *bytes = &bytes[index + 1..];
+            return Ok(value);
+        }
+    }
+    Err(DecodeError::Foreign)
+}
+
+fn read_u48(bytes: &[u8]) -> u64 {
     let mut word = [0u8; 8];
-    word.copy_from_slice(&bytes[at..at + 8]);
+    word[..6].copy_from_slice(bytes);
     u64::from_le_bytes(word)
 }
 
@@ -187,6 +276,9 @@ mod tests {
         assert_eq!(times, TIMES);
     }
 
+    /// The header's length for `TIMES` and no tag: 15 fixed bytes and three one-byte varints.
+    const UNTAGGED_HEADER: usize = FIXED_LEN + 3;
+
     #[test]
     fn mismatches_are_typed_misses() {
         let bytes = encode::<Bincode, _>(&5u32, 99, TIMES, &[]).unwrap();
@@ -198,27 +290,88 @@ mod tests {
             decode::<Bincode, u32>(b"hello world", 99, None),
             Err(DecodeError::Foreign)
         ));
+        for cut in [FIXED_LEN - 1, FIXED_LEN + 1, UNTAGGED_HEADER - 1] {
+            assert!(matches!(
+                decode::<Bincode, u32>(&bytes[..cut], 99, None),
+                Err(DecodeError::Foreign)
+            ));
+        }
+        let mut newer = bytes.clone();
+        newer[1] = 4;
         assert!(matches!(
-            decode::<Bincode, u32>(&bytes[..HEADER_LEN - 1], 99, None),
-            Err(DecodeError::Foreign)
+            decode::<Bincode, u32>(&newer, 99, None),
+            Err(DecodeError::Layout(4))
         ));
-        let mut older = bytes.clone();
-        older[2] = 1;
         assert!(matches!(
-            decode::<Bincode, u32>(&older, 99, None),
-            Err(DecodeError::Layout(1))
+            decode::<Bincode, u32>(b"RM\x02\x01\x00 a layout 2 entry", 99, None),
+            Err(DecodeError::Layout(2))
         ));
         let mut flagged = bytes.clone();
-        flagged[4] = 1;
+        flagged[2] |= 0x10;
         assert!(matches!(
             decode::<Bincode, u32>(&flagged, 99, None),
-            Err(DecodeError::Format { .. })
+            Err(DecodeError::Format { codec: 1, flags: 1 })
         ));
-        let truncated = &bytes[..HEADER_LEN];
+        let truncated = &bytes[..UNTAGGED_HEADER];
         assert!(matches!(
             decode::<Bincode, u32>(truncated, 99, None),
             Err(DecodeError::Corrupt(_))
         ));
+        let mut endless = bytes[..FIXED_LEN].to_vec();
+        endless.extend_from_slice(&[0xff; 12]);
+        assert!(matches!(
+            decode::<Bincode, u32>(&endless, 99, None),
+            Err(DecodeError::Foreign)
+        ));
+    }
+
+    #[test]
+    fn the_fingerprint_kept_is_its_low_48_bits() {
+        let fingerprint = 0xabcd_0123_4567_89ef_u64;
+        let bytes = encode::<Bincode, _>(&5u32, fingerprint, TIMES, &[]).unwrap();
+        assert_eq!(header(&bytes).unwrap().fingerprint, 0x0123_4567_89ef);
+        assert_eq!(
+            decode::<Bincode, u32>(&bytes, fingerprint, None).unwrap().0,
+            5
+        );
+        assert!(matches!(
+            decode::<Bincode, u32>(&bytes, fingerprint ^ 1, None),
+            Err(DecodeError::Fingerprint)
+        ));
+    }
+
+    #[test]
+    fn an_untagged_entry_with_a_ten_minute_ttl_carries_20_bytes() {
+        let times = EntryTimes {
+            written_at_ms: 1_796_000_000_000,
+            fresh_until_ms: 1_796_000_600_000,
+            computed_in_ms: 12,
+        };
+        let value = "some value";
+        let mut bare = Vec::new();
+        Bincode::encode(value, &mut bare).unwrap();
+        let bytes = encode::<Bincode, _>(value, u64::MAX, times, &[]).unwrap();
+        assert_eq!(bytes.len() - bare.len(), 20);
+        let header = header(&bytes).unwrap();
+        assert_eq!(header.times, times);
+        assert_eq!(header.value_bytes(), &bare[..]);
+        let tagged = encode::<Bincode, _>(value, 1, times, &[[7; TOKEN_LEN]; 2]).unwrap();
+        assert_eq!(tagged.len() - bytes.len(), 2 * TOKEN_LEN);
+    }
+
+    #[test]
+    fn times_survive_every_varint_width() {
+        for fresh_for in [0, 127, 128, 16_383, 16_384, u64::from(u32::MAX), 1 << 47] {
+            for computed_in_ms in [0, 127, 128, u32::MAX] {
+                let times = EntryTimes {
+                    written_at_ms: 1_796_000_000_000,
+                    fresh_until_ms: 1_796_000_000_000 + fresh_for,
+                    computed_in_ms,
+                };
+                let bytes = encode::<Bincode, _>(&1u8, 5, times, &[]).unwrap();
+                assert_eq!(decode::<Bincode, u8>(&bytes, 5, None).unwrap(), (1, times));
+            }
+        }
     }
 
     #[test]
@@ -240,7 +393,7 @@ mod tests {
         }
         assert_eq!(decode::<Bincode, u32>(&bytes, 99, None).unwrap().0, 7);
         assert!(matches!(
-            decode::<Bincode, u32>(&bytes[..HEADER_LEN + TOKEN_LEN], 99, None),
+            decode::<Bincode, u32>(&bytes[..UNTAGGED_HEADER + TOKEN_LEN], 99, None),
             Err(DecodeError::Foreign)
         ));
     }

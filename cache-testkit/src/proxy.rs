@@ -6,7 +6,7 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::Duration;
 
@@ -39,6 +39,16 @@ struct Shared {
     stopped: AtomicBool,
     /// Every socket, to shut down when the proxy is dropped.
     sockets: Mutex<Vec<TcpStream>>,
+    /// Whether what clients send is held, and how many chunks are waiting.
+    hold: Mutex<Hold>,
+    /// Signalled when a chunk starts waiting and when the hold ends.
+    hold_changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Hold {
+    holding: bool,
+    waiting: usize,
 }
 
 impl TcpProxy {
@@ -57,6 +67,8 @@ impl TcpProxy {
             reply_delay_us: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
             sockets: Mutex::default(),
+            hold: Mutex::default(),
+            hold_changed: Condvar::new(),
         });
         let accepting = Arc::clone(&shared);
         thread::spawn(move || accept_loop(&listener, &accepting));
@@ -87,6 +99,30 @@ impl TcpProxy {
         self.shared.reply_delay_us.store(micros, SeqCst);
     }
 
+    /// From now on, what clients send (on every connection) waits in the proxy until
+    /// [`TcpProxy::release_requests`]; replies and pushes still flow.
+    pub fn hold_requests(&self) {
+        self.shared.hold().holding = true;
+    }
+
+    /// Blocks until a client's request is waiting in the proxy (see
+    /// [`TcpProxy::hold_requests`]), at most `timeout`; whether one is.
+    pub fn wait_for_held_request(&self, timeout: Duration) -> bool {
+        let hold = self.shared.hold();
+        let (hold, _) = self
+            .shared
+            .hold_changed
+            .wait_timeout_while(hold, timeout, |hold| hold.waiting == 0)
+            .unwrap_or_else(PoisonError::into_inner);
+        hold.waiting > 0
+    }
+
+    /// Forwards the held requests, in order, and holds nothing more.
+    pub fn release_requests(&self) {
+        self.shared.hold().holding = false;
+        self.shared.hold_changed.notify_all();
+    }
+
     /// New connections go to `target_port` from now on; open ones keep their server.
     pub fn retarget(&self, target_port: u16) {
         self.shared.target.store(target_port, SeqCst);
@@ -104,6 +140,27 @@ impl Drop for TcpProxy {
         for socket in sockets.iter() {
             let _ = socket.shutdown(Shutdown::Both);
         }
+    }
+}
+
+impl Shared {
+    fn hold(&self) -> std::sync::MutexGuard<'_, Hold> {
+        self.hold.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Returns once a client's chunk may go on (at once unless requests are held).
+    fn pass_request(&self) {
+        let mut hold = self.hold();
+        if !hold.holding {
+            return;
+        }
+        hold.waiting += 1;
+        self.hold_changed.notify_all();
+        let mut hold = self
+            .hold_changed
+            .wait_while(hold, |hold| hold.holding)
+            .unwrap_or_else(PoisonError::into_inner);
+        hold.waiting -= 1;
     }
 }
 
@@ -173,6 +230,9 @@ fn pump(mut from: TcpStream, to: TcpStream, generation: u64, replies: bool, shar
             let now = std::time::Instant::now();
             if due > now {
                 thread::sleep(due - now);
+            }
+            if !replies {
+                writer_shared.pass_request();
             }
             if to.write_all(&chunk).is_err() {
                 return;

@@ -151,6 +151,7 @@ pub async fn waiters_of_a_failed_computation_get_its_error_without_calling_the_s
         "100 callers of a failing source, one call"
     );
     assert_eq!(h.cache.stats().coalesced, 99);
+    h.cache.writes_done().await;
     assert_eq!(h.cache.stats().fills, 0, "an error is never stored");
 }
 

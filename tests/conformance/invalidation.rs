@@ -425,6 +425,7 @@ pub async fn put_defeats_a_computation_in_flight(h: Harness) {
         "the older computation could not store over the put"
     );
     assert_eq!(db.loads(), 1);
+    h.cache.writes_done().await;
     assert_eq!(h.cache.stats().rejected_fills, 1);
 }
 

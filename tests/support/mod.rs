@@ -415,12 +415,16 @@ impl Harness {
 
     /// How long Redis keeps the entry `rendered` (`PTTL`, ms); `None` for the in-memory backend.
     pub async fn pttl_ms(&self, rendered: &str) -> Option<i64> {
+        // A call returns once its result is sent; this reads on another connection.
+        self.cache.writes_done().await;
         let key = self.cache.full_key(rendered);
         self.raw(redis::cmd("PTTL").arg(&key)).await
     }
 
     /// The raw bytes stored for `rendered`, if any.
     pub async fn read_raw(&self, rendered: &str) -> Option<Vec<u8>> {
+        // A call returns once its result is sent; this reads on another connection.
+        self.cache.writes_done().await;
         let key = self.cache.full_key(rendered);
         if self.on_redis() {
             return self.raw(redis::cmd("GET").arg(&key)).await.flatten();

@@ -18,6 +18,19 @@ use tokio::time::Instant;
 /// Deletes an entry and its lease together (see [`lease::INVALIDATE_SCRIPT`]).
 static INVALIDATE: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(lease::INVALIDATE_SCRIPT));
+/// Takes an entry's lease (see [`lease::ACQUIRE_SCRIPT`]).
+static ACQUIRE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(lease::ACQUIRE_SCRIPT));
+/// Stores through a lease (see [`lease::FILL_SCRIPT`]).
+static FILL: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(lease::FILL_SCRIPT));
+/// Gives a lease back (see [`lease::RELEASE_SCRIPT`]).
+static RELEASE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(lease::RELEASE_SCRIPT));
+/// Every script above. Redis loses them together (a restart, a failover, `SCRIPT FLUSH`), so
+/// they are loaded again together: a fill, which always follows its lease's acquire, then
+/// never meets `NOSCRIPT`, whose retry would go behind requests sent after the fill (a fill
+/// whose reply the caller does not wait for must stay ahead of the caller's next read).
+static SCRIPTS: [&LazyLock<redis::Script>; 4] = [&INVALIDATE, &ACQUIRE, &FILL, &RELEASE];
 
 /// How long a copy of a tag token is kept in the in-process tier, at least (a function's
 /// `local` may keep it longer): tag tokens change only when their tag is invalidated, which
@@ -442,8 +455,6 @@ impl RedisBackend {
         ttl: Duration,
         deadline: Instant,
     ) -> Result<Acquired, CacheError> {
-        static ACQUIRE: LazyLock<redis::Script> =
-            LazyLock::new(|| redis::Script::new(lease::ACQUIRE_SCRIPT));
         let mut invocation = ACQUIRE.key(entry);
         invocation.key(lease).arg(token).arg(millis(ttl));
         let (acquired, value): (i64, Option<Vec<u8>>) =
@@ -464,8 +475,6 @@ impl RedisBackend {
         value: Bytes,
         ttl: Duration,
     ) -> Result<bool, CacheError> {
-        static FILL: LazyLock<redis::Script> =
-            LazyLock::new(|| redis::Script::new(lease::FILL_SCRIPT));
         let mut invocation = FILL.key(entry);
         invocation
             .key(lease)
@@ -486,8 +495,6 @@ impl RedisBackend {
         token: &str,
         clear_entry: bool,
     ) -> Result<(), CacheError> {
-        static RELEASE: LazyLock<redis::Script> =
-            LazyLock::new(|| redis::Script::new(lease::RELEASE_SCRIPT));
         let mut invocation = RELEASE.key(lease);
         invocation
             .key(entry)
@@ -635,8 +642,22 @@ impl RedisBackend {
         deadline: Instant,
     ) -> Result<T, CacheError> {
         let mut connection = self.link.handle();
-        self.bounded(deadline, invocation.invoke_async(&mut connection))
-            .await
+        let call = redis::Cmd::invoke_script(invocation);
+        let request = async {
+            match call.query_async::<T>(&mut connection).await {
+                Err(error) if error.kind() == redis::ServerErrorKind::NoScript.into() => {
+                    let mut pipe = redis::pipe();
+                    for script in SCRIPTS {
+                        pipe.load_script(script).ignore();
+                    }
+                    pipe.invoke_script(invocation);
+                    let (value,): (T,) = pipe.query_async(&mut connection).await?;
+                    Ok(value)
+                }
+                other => other,
+            }
+        };
+        self.bounded(deadline, request).await
     }
 }
 

@@ -374,7 +374,7 @@ impl CacheBuilder {
                 background_refreshes: std::sync::atomic::AtomicUsize::new(0),
                 refresh_failures_log: crate::health::LogEvery::minute(),
                 server_offset,
-                background_releases: std::sync::atomic::AtomicUsize::new(0),
+                background_writes: std::sync::atomic::AtomicUsize::new(0),
             }),
         };
         // Learn the server's clock now, in the background (a Redis cache is built inside a

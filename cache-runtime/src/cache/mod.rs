@@ -68,8 +68,9 @@ struct Inner {
     refresh_failures_log: crate::health::LogEvery,
     /// The correction of `clock` to the server's.
     server_offset: crate::clock::ServerOffset,
-    /// Leases being given back in the background (after a hard timeout).
-    background_releases: std::sync::atomic::AtomicUsize,
+    /// Results being stored and leases being given back in the background (see
+    /// [`Cache::refreshes_done`]).
+    background_writes: std::sync::atomic::AtomicUsize,
 }
 
 impl Inner {
@@ -266,9 +267,10 @@ impl Cache {
         Ok(())
     }
 
-    /// Waits until the background refreshes (of functions with `stale`) that run in this
-    /// process have ended: for a graceful shutdown, and for tests that check what a refresh
-    /// stored.
+    /// Waits until the work this cache does in the background has ended: refreshes (of
+    /// functions with `stale`), results being stored (a call returns once its result is sent
+    /// to Redis, without waiting for the answer), and leases being given back. For a graceful
+    /// shutdown, and for tests that check what was stored or counted.
     ///
     /// ```no_run
     /// # async fn f(cache: redis_memo_runtime::Cache) {
@@ -276,16 +278,34 @@ impl Cache {
     /// # }
     /// ```
     pub async fn refreshes_done(&self) {
+        self.background_done(true).await;
+    }
+
+    /// Waits until the results this cache sends to Redis without waiting for the answer, and
+    /// the leases it gives back in the background, have their answers (and are counted in
+    /// [`Cache::stats`]); refreshes may still run. A call returns once its result is sent:
+    /// another connection (another process) may read the entry a moment later.
+    ///
+    /// ```no_run
+    /// # async fn f(cache: redis_memo_runtime::Cache) {
+    /// cache.writes_done().await;
+    /// # }
+    /// ```
+    pub async fn writes_done(&self) {
+        self.background_done(false).await;
+    }
+
+    async fn background_done(&self, with_refreshes: bool) {
         loop {
             // Registered before looking, so an end in between is not missed.
             let ended = self.inner.refresh_ended.notified();
             tokio::pin!(ended);
             ended.as_mut().enable();
-            let releasing = self
+            let writing = self
                 .inner
-                .background_releases
+                .background_writes
                 .load(std::sync::atomic::Ordering::SeqCst);
-            if self.inner.refreshing().is_empty() && releasing == 0 {
+            if (!with_refreshes || self.inner.refreshing().is_empty()) && writing == 0 {
                 return;
             }
             ended.await;

@@ -276,13 +276,13 @@ impl Cache {
         let spec = entry.spec;
         let cache = self.clone();
         self.inner
-            .background_releases
+            .background_writes
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(async move {
             cache.release(spec, lease, false).await;
             cache
                 .inner
-                .background_releases
+                .background_writes
                 .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             cache.inner.refresh_ended.notify_waiters();
         });
