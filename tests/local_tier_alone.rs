@@ -207,3 +207,51 @@ async fn local_without_local_capacity_keeps_nothing() {
     assert_eq!(stats.hits, 6, "{stats:?}");
     assert_eq!((stats.local_hits, stats.local_bytes), (0, 0), "{stats:?}");
 }
+
+/// A tag's version key is lengthened only when it runs short (to twice what its entries
+/// need), so a fill under the tag usually leaves it alone, and other processes' copies of
+/// its token with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_under_a_tag_leaves_the_tag_s_token_copy() {
+    let server = RedisServer::start().unwrap();
+    let cache = tiered_cache(&server.url(), "alone_x");
+    cache.ping().await.unwrap();
+    let probe = Probe::default();
+    for _ in 0..3 {
+        assert_eq!(roster(1, &cache, &probe).await, 10);
+    }
+    // Another entry under the tag is computed and stored.
+    assert_eq!(roster(2, &cache, &probe).await, 20);
+    cache.writes_done().await;
+    cache.ping().await.unwrap();
+    let sent = commands_of(&server, roster(1, &cache, &probe)).await;
+    assert_eq!(
+        sent,
+        HashMap::from([("get".to_owned(), 1)]),
+        "the token's copy is kept"
+    );
+
+    // The tag's key: made for twice the entries' 10 minutes, lengthened again when short.
+    let tag_key = "alone_x:#tag:{crew}";
+    let pttl = |server: &RedisServer| -> i64 {
+        redis::cmd("PTTL")
+            .arg(tag_key)
+            .query(&mut server.connection())
+            .unwrap()
+    };
+    let made = pttl(&server);
+    assert!((1_100_000..=1_200_000).contains(&made), "{made} ms");
+    let () = redis::cmd("PEXPIRE")
+        .arg(tag_key)
+        .arg(5_000)
+        .query(&mut server.connection())
+        .unwrap();
+    assert_eq!(roster(3, &cache, &probe).await, 30);
+    cache.writes_done().await;
+    let lengthened = pttl(&server);
+    assert!(
+        (1_100_000..=1_200_000).contains(&lengthened),
+        "{lengthened} ms"
+    );
+    assert_eq!(probe.runs(), 3);
+}

@@ -18,6 +18,7 @@ use crate::CacheError;
 use std::hash::Hasher;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 /// Length of a tag token, in bytes.
 pub(crate) const TOKEN_LEN: usize = 16;
@@ -53,6 +54,26 @@ impl<'a> TagKeys<'a> {
             .chain(self.user.iter().map(String::as_str))
     }
 }
+
+/// How long a tag version key is kept when it is created or lengthened, for entries that
+/// need it to live `lifetime` more: twice that, so it is lengthened at most once per
+/// `lifetime` rather than on every fill. Each change of the key is reported to every process
+/// that keeps a copy of its token (the in-process tier), which then reads it again.
+pub(crate) fn kept_for(lifetime: Duration) -> Duration {
+    lifetime.saturating_mul(2)
+}
+
+/// KEYS: a tag's version key. ARGV: the life it must have left, and the life it is then given
+/// (ms). Lengthens a live key only when it has less than that left (see [`kept_for`]); a
+/// missing key stays missing and a key without expiry keeps none. 1 if lengthened.
+pub(crate) const EXTEND_SCRIPT: &str = r"
+local left = redis.call('PTTL', KEYS[1])
+if left >= 0 and left < tonumber(ARGV[1]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+";
 
 /// A token no other tag version had: 128 random bits.
 pub(crate) fn new_token() -> Token {

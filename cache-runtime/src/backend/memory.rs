@@ -179,17 +179,17 @@ impl MemoryStore {
             .collect()
     }
 
-    /// Extends live tag version keys to live at least `ttl` more (`PEXPIRE .. GT`: an
-    /// expired version is gone, and stays gone).
-    pub(crate) fn extend_tags(&self, keys: TagKeys<'_>, ttl: Duration) {
+    /// Gives live tag version keys with less than `at_least` left `to` more (as
+    /// [`tags::EXTEND_SCRIPT`]: an expired version is gone, and stays gone).
+    pub(crate) fn extend_tags(&self, keys: TagKeys<'_>, at_least: Duration, to: Duration) {
         let now = Instant::now();
-        let until = now + ttl;
         let mut tags = self.tags();
         for key in keys.iter() {
             if let Some((_, expiry)) = tags.versions.get_mut(key)
                 && *expiry > now
+                && *expiry - now < at_least
             {
-                *expiry = (*expiry).max(until);
+                *expiry = now + to;
             }
         }
     }
@@ -383,7 +383,7 @@ mod tests {
         };
         let first = store.ensure_tags(&[&keys[0]], Duration::from_secs(60))[0];
         expire_all_tags(&store);
-        store.extend_tags(tag_keys, Duration::from_secs(60));
+        store.extend_tags(tag_keys, Duration::from_secs(60), Duration::from_secs(120));
         assert_eq!(
             store.read("ns:{e}", tag_keys).1[..],
             [None],
@@ -391,6 +391,26 @@ mod tests {
         );
         let second = store.ensure_tags(&[&keys[0]], Duration::from_secs(60))[0];
         assert_ne!(first, second, "a new version, never the old one");
+    }
+
+    #[test]
+    fn a_tag_version_is_lengthened_only_when_it_runs_short() {
+        let store = MemoryStore::new();
+        let keys = ["ns:#tag:{t}".to_owned()];
+        let tag_keys = TagKeys {
+            function: None,
+            user: &keys,
+        };
+        let (at_least, to) = (Duration::from_secs(60), Duration::from_secs(120));
+        store.ensure_tags(&[&keys[0]], to);
+        let expiry = || store.tags().versions[&keys[0]].1;
+        let created = expiry();
+        store.extend_tags(tag_keys, at_least, to);
+        assert_eq!(expiry(), created, "enough left: untouched");
+        store.tags().versions.get_mut(&keys[0]).unwrap().1 = Instant::now() + at_least / 2;
+        store.extend_tags(tag_keys, at_least, to);
+        let left = expiry() - Instant::now();
+        assert!(left > at_least && left <= to, "lengthened to {left:?}");
     }
 
     #[test]

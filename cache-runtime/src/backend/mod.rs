@@ -27,7 +27,7 @@ pub(crate) use self::tracking::Tracking;
 use crate::CacheError;
 use crate::lease::Acquired;
 use crate::notify::Listener;
-use crate::tags::{TagKeys, Token, Versions};
+use crate::tags::{self, TagKeys, Token, Versions};
 use bytes::Bytes;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -123,30 +123,33 @@ impl Backend {
         }
     }
 
-    /// Makes sure each tag version key holds a token (new ones live `ttl`), giving up at
-    /// `deadline`; the tokens.
+    /// Makes sure each tag version key holds a token (new ones live twice `lifetime`: see
+    /// [`tags::kept_for`]), giving up at `deadline`; the tokens.
     pub(crate) async fn ensure_tags(
         &self,
         keys: &[&str],
-        ttl: Duration,
+        lifetime: Duration,
         deadline: Instant,
     ) -> Result<Vec<Token>, CacheError> {
+        let ttl = tags::kept_for(lifetime);
         match self {
             Backend::Redis(redis) => redis.ensure_tags(keys, ttl, deadline).await,
             Backend::Memory(memory) => Ok(memory.ensure_tags(keys, ttl)),
         }
     }
 
-    /// Makes tag version keys live at least `ttl` more (never less than they would).
+    /// Makes live tag version keys live at least `lifetime` more: one with less left is given
+    /// twice `lifetime` ([`tags::kept_for`]); one with enough left is not touched.
     pub(crate) async fn extend_tags(
         &self,
         keys: TagKeys<'_>,
-        ttl: Duration,
+        lifetime: Duration,
     ) -> Result<(), CacheError> {
+        let to = tags::kept_for(lifetime);
         match self {
-            Backend::Redis(redis) => redis.extend_tags(keys, ttl).await,
+            Backend::Redis(redis) => redis.extend_tags(keys, lifetime, to).await,
             Backend::Memory(memory) => {
-                memory.extend_tags(keys, ttl);
+                memory.extend_tags(keys, lifetime, to);
                 Ok(())
             }
         }

@@ -26,11 +26,13 @@ static FILL: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(lease
 /// Gives a lease back (see [`lease::RELEASE_SCRIPT`]).
 static RELEASE: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(lease::RELEASE_SCRIPT));
+/// Lengthens a tag's version key when it runs short (see [`tags::EXTEND_SCRIPT`]).
+static EXTEND: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(tags::EXTEND_SCRIPT));
 /// Every script above. Redis loses them together (a restart, a failover, `SCRIPT FLUSH`), so
 /// they are loaded again together: a fill, which always follows its lease's acquire, then
 /// never meets `NOSCRIPT`, whose retry would go behind requests sent after the fill (a fill
 /// whose reply the caller does not wait for must stay ahead of the caller's next read).
-static SCRIPTS: [&LazyLock<redis::Script>; 4] = [&INVALIDATE, &ACQUIRE, &FILL, &RELEASE];
+static SCRIPTS: [&LazyLock<redis::Script>; 5] = [&INVALIDATE, &ACQUIRE, &FILL, &RELEASE, &EXTEND];
 
 /// How long a copy of a tag token is kept in the in-process tier, at least (a function's
 /// `local` may keep it longer): tag tokens change only when their tag is invalidated, which
@@ -336,28 +338,41 @@ impl RedisBackend {
         Ok(tokens)
     }
 
-    /// Keeps tag version keys at least as long as an entry that records them (`PEXPIRE ..
-    /// GT`: never shortened, and a key without expiry keeps none).
+    /// Keeps tag version keys at least `at_least` more, giving those with less left `to`
+    /// ([`tags::EXTEND_SCRIPT`], one call per key in each slot's pipeline).
     pub(crate) async fn extend_tags(
         &self,
         keys: TagKeys<'_>,
-        ttl: Duration,
+        at_least: Duration,
+        to: Duration,
     ) -> Result<(), CacheError> {
         if keys.is_empty() {
             return Ok(());
         }
         let keys: Vec<&str> = keys.iter().collect();
         let deadline = Instant::now() + self.op_timeout;
-        let _: Vec<i64> = self
-            .per_slot(&keys, deadline, |pipe, group| {
+        let (at_least, to, keys) = (millis(at_least), millis(to), &keys[..]);
+        let extend = |load: bool| {
+            self.per_slot::<_, i64>(keys, deadline, move |pipe, group| {
+                if load {
+                    pipe.load_script(&EXTEND).ignore();
+                }
                 for &index in group {
-                    pipe.cmd("PEXPIRE")
-                        .arg(keys[index])
-                        .arg(millis(ttl))
-                        .arg("GT");
+                    let mut invocation = EXTEND.key(keys[index]);
+                    invocation.arg(at_least).arg(to);
+                    pipe.invoke_script(&invocation);
                 }
             })
-            .await?;
+        };
+        match extend(false).await {
+            // Loaded with the others unless another version of redis-memo loaded them.
+            Err(CacheError::Redis(error)) if error.code() == Some("NOSCRIPT") => {
+                extend(true).await?;
+            }
+            other => {
+                other?;
+            }
+        }
         Ok(())
     }
 
