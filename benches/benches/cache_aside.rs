@@ -204,6 +204,10 @@ async fn bytes_per_entry(server: &RedisServer, baseline: &Baseline) -> Vec<(Cont
     let mut rows = Vec::new();
     for contender in CONTENDERS {
         contender.get(baseline, 424_242).await;
+        // redis-memo returns once its fill is sent; STRLEN below is on another connection.
+        for cache in [&MEMO_CACHE, &MEMO_LOCAL_CACHE] {
+            cache.get().expect("cache set up").writes_done().await;
+        }
         let mut key = contender.redis_key(424_242);
         if key.starts_with('*') {
             let (_, found): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -301,5 +305,41 @@ fn main() {
                 ratio(*memory as f64, base_memory)
             );
         }
+        println!();
+        server_time_per_command(&server).await;
     });
+}
+
+/// What each command cost the server over the whole run (`INFO commandstats`): where a miss's
+/// scripts (the lease, the fill) spend their time against a plain `SET`.
+async fn server_time_per_command(server: &RedisServer) {
+    let mut connection = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    println!("server time per command, whole run (INFO commandstats)");
+    for command in ["get", "mget", "set", "evalsha"] {
+        let line = info
+            .lines()
+            .find(|line| line.starts_with(&format!("cmdstat_{command}:")));
+        let field = |name: &str| {
+            line.and_then(|line| {
+                line.split([':', ','])
+                    .find_map(|field| field.strip_prefix(name))
+            })
+            .unwrap_or("0")
+            .to_owned()
+        };
+        println!(
+            "  {command:<10} {:>12} calls {:>8} µs/call",
+            field("calls="),
+            field("usec_per_call=")
+        );
+    }
 }
