@@ -6,7 +6,7 @@ mod support;
 
 use proptest::prelude::*;
 use redis_memo::{Cache, MemoryStore, redis_cached};
-use redis_memo_testkit::{RedisCluster, RedisServer};
+use redis_memo_testkit::{RedisCluster, RedisServer, TcpProxy};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use support::Probe;
@@ -709,4 +709,43 @@ async fn an_unsubscription_on_a_silent_connection_does_not_block_later_waiters()
         .await
         .expect("the new waiter was not woken");
     assert_eq!(got.unwrap(), Ok(120));
+}
+
+/// Its last act holds every request sent from now on in the proxy: its fill among them.
+#[redis_cached(ttl = "1m", key = "held_fill:<id>", cache = cache)]
+async fn holds_requests_when_done(
+    id: u64,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] proxy: &TcpProxy,
+) -> u64 {
+    proxy.hold_requests();
+    id
+}
+
+/// A miss returns once its fill is sent, without its answer; `writes_done` waits for that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_returns_without_waiting_for_its_fill_s_answer() {
+    let server = RedisServer::start().unwrap();
+    let proxy = TcpProxy::start(server.port()).unwrap();
+    let cache = Cache::builder()
+        .redis_url(proxy.url())
+        .namespace("held_fill")
+        .op_timeout(std::time::Duration::from_secs(5))
+        .build()
+        .unwrap();
+    cache.ping().await.unwrap();
+    let call = holds_requests_when_done(1, &cache, &proxy);
+    // Well within the operation timeout: a call that waited for the held fill would not end.
+    let returned = tokio::time::timeout(std::time::Duration::from_secs(4), call).await;
+    assert_eq!(returned, Ok(1), "returned while its fill is held");
+    assert!(
+        proxy.wait_for_held_request(std::time::Duration::from_secs(5)),
+        "the fill was sent"
+    );
+    assert_eq!(cache.stats().fills, 0, "and not answered yet");
+    proxy.release_requests();
+    cache.writes_done().await;
+    assert_eq!(cache.stats().fills, 1, "{:?}", cache.stats());
+    assert_eq!(holds_requests_when_done(1, &cache, &proxy).await, 1);
+    assert_eq!(cache.stats().hits, 1, "stored");
 }

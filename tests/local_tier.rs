@@ -395,7 +395,7 @@ async fn a_reply_that_crossed_a_tag_invalidation_is_read_again() {
         .unwrap();
     let mut b = ProcessB::start_via(&server, &proxy.url(), 1 << 20);
     set_source(&server, 3, "r1").await;
-    // A miss, a hit that keeps the token's copy (the fill lengthened the tag), a hit with it.
+    // A miss (it creates the tag's key), a hit that keeps the token's copy, a hit with it.
     for _ in 0..3 {
         assert!(b.ask("roster 3").starts_with("r1 "));
     }

@@ -90,7 +90,7 @@ async fn a_tagged_hit_of_a_function_without_local_is_one_get() {
     let cache = tiered_cache(&server.url(), "alone_a");
     cache.ping().await.unwrap();
     let probe = Probe::default();
-    // A miss (which lengthens the tag's key, so its token copy goes), a hit that keeps the
+    // A miss (which creates the tag's key, so no token copy yet), a hit that keeps the
     // token, then hits that need only the entry.
     for _ in 0..3 {
         assert_eq!(roster(1, &cache, &probe).await, 10);

@@ -16,8 +16,8 @@
 //! | 16n | the tokens of the entry's tags when it was computed, in the function's tag order |
 //! | rest | the codec's bytes |
 //!
-//! An untagged entry with a ttl under 4.6 hours (fresh for fits 3 varint bytes) computed in
-//! under 128 ms carries 20 bytes of envelope. The layout before, 2, began with
+//! An untagged entry with a ttl from 16 s to 35 minutes (fresh for fits 3 varint bytes)
+//! computed in under 128 ms carries 20 bytes of envelope (19 below, 21 up to 3 days). The layout before, 2, began with
 //! `RM` and a version byte and carried 34; its entries are misses, overwritten.
 //!
 //! Anything that does not match is a [`DecodeError`]: the caller treats it as a miss and
@@ -238,10 +238,14 @@ fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
-/// Reads one varint off the front of `bytes`; more than 10 bytes, or running out, is foreign.
+/// Reads one varint off the front of `bytes`; more than 64 bits, or running out, is foreign.
 fn take_varint(bytes: &mut &[u8]) -> Result<u64, DecodeError> {
     let mut value = 0u64;
     for (index, byte) in bytes.iter().enumerate().take(10) {
+        // The tenth byte holds bit 63 alone.
+        if index == 9 && *byte > 1 {
+            return Err(DecodeError::Foreign);
+        }
         value |= u64::from(byte & 0x7f) << (7 * index);
         if byte & 0x80 == 0 {
             *bytes = &bytes[index + 1..];

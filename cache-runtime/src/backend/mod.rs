@@ -8,6 +8,7 @@
 mod connection;
 mod gate;
 mod held_lease;
+mod in_flight;
 mod link;
 mod local;
 mod memory;

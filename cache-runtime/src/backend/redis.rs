@@ -3,6 +3,7 @@
 
 use crate::CacheError;
 use crate::backend::Found;
+use crate::backend::in_flight::FillsInFlight;
 use crate::backend::link::{Link, ScanTarget};
 use crate::backend::tiered;
 use crate::backend::tracking::Tracking;
@@ -30,7 +31,7 @@ static RELEASE: LazyLock<redis::Script> =
 static EXTEND: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(tags::EXTEND_SCRIPT));
 /// Every script above. Redis loses them together (a restart, a failover, `SCRIPT FLUSH`), so
 /// they are loaded again together: a fill, which always follows its lease's acquire, then
-/// never meets `NOSCRIPT`, whose retry would go behind requests sent after the fill (a fill
+/// meets `NOSCRIPT` only if the scripts were lost in between, whose retry would go behind requests sent after the fill (a fill
 /// whose reply the caller does not wait for must stay ahead of the caller's next read).
 static SCRIPTS: [&LazyLock<redis::Script>; 5] = [&INVALIDATE, &ACQUIRE, &FILL, &RELEASE, &EXTEND];
 
@@ -46,6 +47,8 @@ pub(crate) struct RedisBackend {
     /// The in-process tier and the connection that keeps it coherent, when the cache has one
     /// (see [`CacheBuilder::local_capacity`](crate::CacheBuilder::local_capacity)).
     tracking: Option<Arc<Tracking>>,
+    /// Fills sent and not yet answered, with a tier (see [`FillsInFlight`]).
+    fills: Arc<FillsInFlight>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -64,6 +67,7 @@ impl RedisBackend {
             link,
             op_timeout,
             tracking: None,
+            fills: Arc::default(),
         }
     }
 
@@ -210,6 +214,7 @@ impl RedisBackend {
     ) -> Result<Found, CacheError> {
         if let Some(tracking) = &self.tracking
             && (keep.is_some() || !tag_keys.is_empty())
+            && !self.fills.contains(entry)
         {
             let keys: smallvec::SmallVec<[&str; 5]> =
                 std::iter::once(entry).chain(tag_keys.iter()).collect();
@@ -498,6 +503,8 @@ impl RedisBackend {
             .arg(millis(ttl))
             .arg(notify::channel(entry))
             .arg(self.link.publish_command());
+        // With a tier, reads of the entry go behind the fill until it is answered.
+        let _in_flight = self.tracking.is_some().then(|| self.fills.start(entry));
         let stored = self.invoke::<i64>(&invocation).await;
         self.forget([entry]);
         Ok(stored? == 1)

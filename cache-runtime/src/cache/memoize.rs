@@ -12,8 +12,9 @@
 //!
 //! Time spent on Redis is bounded: at most the operation timeout before the function runs
 //! (the read, a re-read, creating missing tag versions and taking the lease share one
-//! deadline; after an outage there is no re-read and no write), and at most the operation
-//! timeout storing the result.
+//! deadline; after an outage there is no re-read and no write). The result is stored after
+//! the call returns (the fill is queued on the connection first), within the operation
+//! timeout.
 
 use crate::CacheError;
 use crate::backend::{Found, HeldLease};
@@ -653,7 +654,7 @@ impl Cache {
             } => (redis_answered, unusable),
         };
         self.record(Event::Miss, spec);
-        // No step of this call outlasts it (a lock wait, a release, a fill).
+        // No step of this call outlasts it (a lock wait, a release).
         let hard_deadline = spec
             .hard_timeout
             .and_then(|hard| call_started.checked_add(hard));
@@ -1164,7 +1165,9 @@ impl Cache {
     /// [`Cache::store`] without waiting for Redis: the request is queued on the connection
     /// before this returns, so each later request of this process on it (a read, a lease)
     /// is ordered after it; the reply is handled (counted, a lost lease given back) by a task
-    /// of its own, which [`Cache::refreshes_done`] waits for. One round trip less per miss.
+    /// of its own, which [`Cache::writes_done`] waits for. One round trip less per miss.
+    /// (When the request cannot be queued at once, behind a reconnection say, a later read may
+    /// overtake it: one more miss, whose lease then finds the stored value.)
     fn store_behind(
         &self,
         entry: &EntryAt<'_>,

@@ -282,7 +282,7 @@ impl Cache {
     }
 
     /// Waits until the results this cache sends to Redis without waiting for the answer, and
-    /// the leases it gives back in the background, have their answers (and are counted in
+    /// the leases it gives back after a timeout, have their answers (and are counted in
     /// [`Cache::stats`]); refreshes may still run. A call returns once its result is sent:
     /// another connection (another process) may read the entry a moment later.
     ///
