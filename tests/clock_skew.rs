@@ -61,10 +61,13 @@ async fn hosts_with_skewed_clocks_agree_on_freshness() {
     let behind = host(&server, &base, -10).await;
     let probe = Probe::default();
 
-    // Written by either host, fresh for its ttl on the other.
+    // Written by either host, fresh for its ttl on the other (each host's fill answered
+    // before the other reads: a call returns once its fill is sent).
     report(1, &behind, &probe).await;
+    behind.writes_done().await;
     report(1, &ahead, &probe).await;
     report(2, &ahead, &probe).await;
+    ahead.writes_done().await;
     report(2, &behind, &probe).await;
     assert_eq!(
         probe.runs(),
@@ -85,6 +88,7 @@ async fn hosts_with_skewed_clocks_agree_on_freshness() {
     let probe = std::sync::Arc::new(Probe::default());
     let hits = behind.stats().hits;
     quote(3, ahead.clone(), probe.clone()).await;
+    ahead.writes_done().await;
     quote(3, behind.clone(), probe.clone()).await;
     assert_eq!(behind.stats().hits, hits + 1);
     assert_eq!(behind.stats().stale_served, 0);

@@ -373,6 +373,8 @@ impl Harness {
     /// primaries), without `INFO`, the cluster client's own topology commands and replication
     /// (`REPLCONF`); `None` for the in-memory backend.
     pub async fn command_calls(&self) -> Option<std::collections::BTreeMap<String, u64>> {
+        // A call returns once its fill is sent: its answer is not part of what comes next.
+        self.cache.writes_done().await;
         let servers: Vec<&RedisServer> = match (&self.server, &self.cluster) {
             (Some(server), _) => vec![server],
             (_, Some(cluster)) => {
