@@ -206,6 +206,7 @@ pub fn decode<C: Codec, T: DeserializeOwned>(
     fingerprint: u64,
     current: Option<&[Option<[u8; TOKEN_LEN]>]>,
 ) -> Result<(T, EntryTimes), DecodeError> {
+    const { assert!(C::ID < 16, "a codec id is 4 bits in the envelope") };
     let header = header(bytes)?;
     if header.codec != C::ID || header.flags != 0 {
         return Err(DecodeError::Format {

@@ -371,7 +371,7 @@ impl RedisBackend {
         };
         match extend(false).await {
             // Loaded with the others unless another version of redis-memo loaded them.
-            Err(CacheError::Redis(error)) if error.code() == Some("NOSCRIPT") => {
+            Err(CacheError::Redis(error)) if is_no_script(&error) => {
                 extend(true).await?;
             }
             other => {
@@ -667,7 +667,7 @@ impl RedisBackend {
         let call = redis::Cmd::invoke_script(invocation);
         let request = async {
             match call.query_async::<T>(&mut connection).await {
-                Err(error) if error.kind() == redis::ServerErrorKind::NoScript.into() => {
+                Err(error) if is_no_script(&error) => {
                     let mut pipe = redis::pipe();
                     for script in SCRIPTS {
                         pipe.load_script(script).ignore();
@@ -681,6 +681,11 @@ impl RedisBackend {
         };
         self.bounded(deadline, request).await
     }
+}
+
+/// Redis's `NOSCRIPT`: the script is not loaded (a restart, a failover, `SCRIPT FLUSH`).
+fn is_no_script(error: &redis::RedisError) -> bool {
+    error.kind() == redis::ServerErrorKind::NoScript.into()
 }
 
 fn millis(duration: Duration) -> u64 {
