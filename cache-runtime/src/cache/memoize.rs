@@ -1202,15 +1202,7 @@ impl Cache {
             .as_mut()
             .poll(&mut std::task::Context::from_waker(waker));
         if sent.is_pending() {
-            let writes = &self.inner.background_writes;
-            writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let cache = self.clone();
-            tokio::spawn(async move {
-                storing.await;
-                let writes = &cache.inner.background_writes;
-                writes.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                cache.inner.refresh_ended.notify_waiters();
-            });
+            self.spawn_write(storing);
         }
     }
 

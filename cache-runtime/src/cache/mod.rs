@@ -295,6 +295,19 @@ impl Cache {
         self.background_done(false).await;
     }
 
+    /// Runs `write` in a task of its own, counted until it ends (see [`Cache::writes_done`]).
+    pub(crate) fn spawn_write(&self, write: impl Future<Output = ()> + Send + 'static) {
+        let writes = &self.inner.background_writes;
+        writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let cache = self.clone();
+        tokio::spawn(async move {
+            write.await;
+            let writes = &cache.inner.background_writes;
+            writes.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            cache.inner.refresh_ended.notify_waiters();
+        });
+    }
+
     async fn background_done(&self, with_refreshes: bool) {
         loop {
             // Registered before looking, so an end in between is not missed.

@@ -271,21 +271,11 @@ impl Cache {
         }
     }
 
-    /// Gives `lease` back in a task of its own, which [`Cache::refreshes_done`] waits for.
+    /// Gives `lease` back in a task of its own, which [`Cache::writes_done`] waits for.
     fn release_in_background(&self, entry: &EntryAt<'_>, lease: HeldLease) {
         let spec = entry.spec;
         let cache = self.clone();
-        self.inner
-            .background_writes
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        tokio::spawn(async move {
-            cache.release(spec, lease, false).await;
-            cache
-                .inner
-                .background_writes
-                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-            cache.inner.refresh_ended.notify_waiters();
-        });
+        self.spawn_write(async move { cache.release(spec, lease, false).await });
     }
 
     /// What a caller that stopped waiting returns, counted.
