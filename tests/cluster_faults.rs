@@ -16,6 +16,8 @@ use tokio::sync::Notify;
 const IDS: u64 = 50;
 /// The key whose slot the faults hit.
 const HOT: u64 = 7;
+/// Short, so a call routed to a dead primary fails open quickly instead of waiting.
+const FAULT_OP_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
 
 // A short lease: a computation whose fill and release were lost with the killed primary
 // holds the entry (on the promoted replica, which had the lease replicated) until it expires.
@@ -143,7 +145,7 @@ async fn caching_works(cache: &Cache) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_killed_mid_traffic_fails_no_call_and_caching_resumes_on_its_replica() {
-    let mut h = Harness::new(Backend::Cluster);
+    let mut h = Harness::with_timeout(Backend::Cluster, FAULT_OP_TIMEOUT);
     let cache = h.cache.clone();
     let traffic = Traffic::start(&cache);
     traffic.advance(200).await;
@@ -169,7 +171,7 @@ async fn a_primary_killed_mid_traffic_fails_no_call_and_caching_resumes_on_its_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_failover_mid_traffic_fails_no_call() {
-    let mut h = Harness::new(Backend::Cluster);
+    let mut h = Harness::with_timeout(Backend::Cluster, FAULT_OP_TIMEOUT);
     let cache = h.cache.clone();
     let traffic = Traffic::start(&cache);
     traffic.advance(200).await;
@@ -184,7 +186,7 @@ async fn a_manual_failover_mid_traffic_fails_no_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_slot_of_a_hot_key_moved_mid_traffic_fails_no_call() {
-    let mut h = Harness::new(Backend::Cluster);
+    let mut h = Harness::with_timeout(Backend::Cluster, FAULT_OP_TIMEOUT);
     let cache = h.cache.clone();
     // Other keys in the hot key's slot (same hash tag), so the move takes many batches and
     // callers meet the slot half moved (`ASK`).
@@ -267,7 +269,7 @@ async fn waited_lookup(
 /// the new owner, so the waiter may only learn of the fill at its `wait` bound (3 s here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_waiter_whose_slot_fails_over_gets_the_holders_value() {
-    let mut h = Harness::new(Backend::Cluster);
+    let mut h = Harness::with_timeout(Backend::Cluster, FAULT_OP_TIMEOUT);
     let holder = h.cache.clone();
     let waiter = h.another_process(|builder| builder);
     let (hold, probe) = (Arc::new(Hold::default()), Arc::new(Probe::default()));

@@ -116,9 +116,15 @@ fn unique_namespace() -> String {
     format!("test{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
+/// The operation timeout of a harness that does not choose one. Generous: the whole suite
+/// shares two cores with dozens of servers, and a test that does not test timeouts must not
+/// fail open because the machine stalled for a quarter second (a cluster conformance test
+/// once did). Tests of timeouts and faults pass their own.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl Harness {
     pub fn new(backend: Backend) -> Harness {
-        Self::with_timeout(backend, Duration::from_millis(250))
+        Self::with_timeout(backend, OP_TIMEOUT)
     }
 
     pub fn with_timeout(backend: Backend, op_timeout: Duration) -> Harness {
@@ -135,7 +141,7 @@ impl Harness {
         let builder = configure(
             Cache::builder()
                 .namespace(namespace.clone())
-                .op_timeout(Duration::from_millis(250)),
+                .op_timeout(OP_TIMEOUT),
         );
         let local = matches!(backend, Backend::RedisLocal);
         let builder = if local {
