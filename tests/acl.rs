@@ -257,6 +257,50 @@ async fn the_in_process_tier_works_as_the_readme_s_acl_user() {
     support::assert_no_acl_refusals(&server);
 }
 
+/// The same on a cluster: each primary's tracking connection is made as that user too (from
+/// the first URL's credentials), with the README's additions for a cluster and for the tier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_process_tier_works_as_the_readme_s_acl_user_on_a_cluster() {
+    let cluster = redis_memo_testkit::RedisCluster::start().unwrap();
+    let urls = support::acl_user_cluster_urls_for_local_tier(&cluster, "tier_acl");
+    let cache = Cache::builder()
+        .redis_cluster(urls)
+        .namespace("tier_acl")
+        .local_capacity(1 << 20)
+        .local_default(std::time::Duration::from_secs(60))
+        .build()
+        .unwrap();
+    cache
+        .ping()
+        .await
+        .expect("every primary's tracking connection is up");
+    let probe = Probe::default();
+    for id in 1..=20 {
+        assert_eq!(lookup(id, &cache, &probe).await, Ok(id * 10));
+        // Copies kept on this key's primary answer within a few reads (a read that crossed
+        // the invalidation of the fill's own write keeps nothing; the next one keeps it).
+        let mut reads = 0;
+        loop {
+            let local_hits = cache.stats().local_hits;
+            assert_eq!(lookup(id, &cache, &probe).await, Ok(id * 10));
+            reads += 1;
+            if cache.stats().local_hits > local_hits {
+                break;
+            }
+            assert!(reads < 5, "no copy of {id} answered: {:?}", cache.stats());
+        }
+    }
+    let stats = cache.stats();
+    assert_eq!(probe.runs(), 20);
+    assert!(stats.local_hits >= 20 && stats.fail_open == 0, "{stats:?}");
+    support::invalidate_lookup(5, &cache).await.unwrap();
+    assert_eq!(lookup(5, &cache, &probe).await, Ok(50));
+    assert_eq!(probe.runs(), 21, "its own invalidation drops the copy");
+    for node in cluster.nodes() {
+        support::assert_no_acl_refusals(node);
+    }
+}
+
 /// The same user without the tier's additions: `CLIENT TRACKING` is refused, so the tier has
 /// no connection. Calls are served from Redis as without a tier, nothing is kept, and the
 /// refused attempt is not repeated on every call (a backoff from twice the operation timeout).

@@ -171,6 +171,51 @@ async fn without_certificates_the_system_authorities_are_trusted() {
     );
 }
 
+/// The in-process tier on a TLS cluster: each primary's tracking connection is made over TLS
+/// with the same certificates, to the node's TLS port as the cluster names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_process_tier_tracks_over_tls_on_a_cluster() {
+    let ca = TestCa::new().unwrap();
+    let cluster = RedisCluster::start_tls(&ca).unwrap();
+    let cache = Cache::builder()
+        .redis_cluster(cluster.tls_urls())
+        .tls_certificates(trusting(&ca))
+        .namespace("tls_tier")
+        .local_capacity(1 << 20)
+        .local_default(std::time::Duration::from_secs(60))
+        .build()
+        .expect("cache");
+    cache
+        .ping()
+        .await
+        .expect("every primary's tracking connection is up");
+    let probe = Probe::default();
+    for id in 0..20 {
+        assert_eq!(lookup(id, &cache, &probe).await, Ok(id * 10));
+        // Copies kept on this key's primary answer within a few reads (a read that crossed
+        // the invalidation of the fill's own write keeps nothing; the next one keeps it).
+        let mut reads = 0;
+        loop {
+            let local_hits = cache.stats().local_hits;
+            assert_eq!(lookup(id, &cache, &probe).await, Ok(id * 10));
+            reads += 1;
+            if cache.stats().local_hits > local_hits {
+                break;
+            }
+            assert!(reads < 5, "no copy of {id} answered: {:?}", cache.stats());
+        }
+    }
+    let stats = cache.stats();
+    assert_eq!(probe.runs(), 20);
+    assert!(
+        stats.local_hits >= 20 && stats.fail_open == 0,
+        "copies kept on every primary: {stats:?}"
+    );
+    invalidate_lookup(3, &cache).await.unwrap();
+    assert_eq!(lookup(3, &cache, &probe).await, Ok(30));
+    assert_eq!(probe.runs(), 21, "its own invalidation drops the copy");
+}
+
 /// The same over TLS to a cluster: the cluster bus and replication use TLS too, and the cache
 /// learns the nodes' TLS ports from the cluster itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

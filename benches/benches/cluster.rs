@@ -1,7 +1,8 @@
 //! Redis Cluster against one server, side by side in one run: hit latency and 64-task hit
 //! throughput of a hand-written redis-rs `GET` and of redis-memo (untagged, and with 3 tags,
 //! whose version keys live in other slots), on a local `redis-server` and on a local cluster
-//! of 3 primaries and 3 replicas; then a stampede on the cluster.
+//! of 3 primaries and 3 replicas; on the cluster also with an in-process tier (tag tokens
+//! from it, and a `local` hit); then a stampede on the cluster.
 //!
 //! Run: `cargo bench -p redis-memo-benches --bench cluster` (or every benchmark with
 //! `cargo bench -p redis-memo-benches`).
@@ -26,6 +27,11 @@ async fn memo_get_user(id: u64, #[cache(skip)] cache: &Cache) -> Result<User, Be
 
 #[redis_cached(ttl = "10m", key = "tagged:<id>", cache = cache, tags = ["org:<id>", "team:<id>", "region:<id>"])]
 async fn memo_get_tagged(id: u64, #[cache(skip)] cache: &Cache) -> Result<User, BenchError> {
+    Ok(load_user(id))
+}
+
+#[redis_cached(ttl = "10m", key = "local:<id>", cache = cache, local = "10m")]
+async fn memo_get_local(id: u64, #[cache(skip)] cache: &Cache) -> Result<User, BenchError> {
     Ok(load_user(id))
 }
 
@@ -60,15 +66,19 @@ struct Setup {
     cluster: redis::cluster_async::ClusterConnection,
     single_cache: Cache,
     cluster_cache: Cache,
+    /// On the cluster, with an in-process tier.
+    cluster_tier_cache: Cache,
 }
 
-const CONTENDERS: [&str; 6] = [
+const CONTENDERS: [&str; 8] = [
     "one server: redis-rs GET (a)",
     "one server: redis-memo",
     "one server: redis-memo, 3 tags",
     "cluster: redis-rs GET",
     "cluster: redis-memo",
     "cluster: redis-memo, 3 tags",
+    "cluster: redis-memo, 3 tags, tier",
+    "cluster: redis-memo, local (L1 hit)",
 ];
 
 impl Setup {
@@ -79,7 +89,9 @@ impl Setup {
             2 => memo_get_tagged(id, &self.single_cache).await,
             3 => Ok(hand_written_get(&mut self.cluster.clone(), id).await),
             4 => memo_get_user(id, &self.cluster_cache).await,
-            _ => memo_get_tagged(id, &self.cluster_cache).await,
+            5 => memo_get_tagged(id, &self.cluster_cache).await,
+            6 => memo_get_tagged(id, &self.cluster_tier_cache).await,
+            _ => memo_get_local(id, &self.cluster_tier_cache).await,
         }
         .map_err(|error: BenchError| error.0)
         .expect("benchmark call")
@@ -169,7 +181,13 @@ fn main() {
             cluster: cluster_connection,
             single_cache: Cache::builder().redis_url(server.url()).build().unwrap(),
             cluster_cache: Cache::builder().redis_cluster(cluster.urls()).build().unwrap(),
+            cluster_tier_cache: Cache::builder()
+                .redis_cluster(cluster.urls())
+                .local_capacity(64 * 1024 * 1024)
+                .build()
+                .unwrap(),
         };
+        setup.cluster_tier_cache.ping().await.expect("the tier's connections");
         for contender in 0..CONTENDERS.len() {
             for id in 0..=TASKS {
                 setup.call(contender, id).await; // warm connections and entries
@@ -204,6 +222,11 @@ fn main() {
             ratio(rates[3], rates[0]),
             ratio(rates[4], rates[1]),
             ratio(rates[5], rates[2])
+        );
+        println!(
+            "  on the cluster, 3 tags / untagged: {} without a tier, {} with one",
+            ratio(rates[5], rates[4]),
+            ratio(rates[6], rates[4])
         );
         println!();
 

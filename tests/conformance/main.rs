@@ -1,7 +1,8 @@
 //! The conformance suite: every behaviour of cache-aside, run against one Redis server (as
 //! the default user, as the README's least-privileged ACL user, and with every function
 //! answering from an in-process tier when it can), a local Redis Cluster
-//! (3 primaries, 3 replicas; likewise as both users) and the in-memory backend. Each test is
+//! (3 primaries, 3 replicas; likewise as both users, and with the tier) and the in-memory
+//! backend. Each test is
 //! instantiated once per backend.
 
 mod failures;
@@ -35,6 +36,14 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
                     crate::$module::$test(crate::support::Harness::new(crate::support::Backend::Cluster)).await;
+                }
+            )*)*
+        }
+        mod cluster_local_backend {
+            $($(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    crate::$module::$test(crate::support::Harness::new(crate::support::Backend::ClusterLocal)).await;
                 }
             )*)*
         }
@@ -156,6 +165,14 @@ macro_rules! conformance_on_backend {
                     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                     async fn $test() {
                         crate::$module::$test(crate::support::Backend::Cluster).await;
+                    }
+                )*
+            }
+            mod cluster_local_backend {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $test() {
+                        crate::$module::$test(crate::support::Backend::ClusterLocal).await;
                     }
                 )*
             }

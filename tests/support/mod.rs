@@ -22,6 +22,8 @@ pub enum Backend {
     /// The cluster, the cache connected as the README's least-privileged ACL user (with the
     /// README's additions for a cluster, on every node).
     ClusterAcl,
+    /// The cluster, every function answering from the cache's in-process tier when it can.
+    ClusterLocal,
     Memory,
 }
 
@@ -40,7 +42,7 @@ pub struct Harness {
     cluster_connection: tokio::sync::OnceCell<redis::cluster_async::ClusterConnection>,
     store: Option<MemoryStore>,
     namespace: String,
-    /// Whether caches have an in-process tier (`Backend::RedisLocal`).
+    /// Whether caches have an in-process tier (`Backend::RedisLocal`, `Backend::ClusterLocal`).
     local: bool,
 }
 
@@ -110,6 +112,23 @@ pub fn acl_user_cluster_urls(cluster: &RedisCluster, namespace: &str) -> Vec<Str
         .collect()
 }
 
+/// [`acl_user_cluster_urls`] with the README's additions for the in-process tier too.
+pub fn acl_user_cluster_urls_for_local_tier(
+    cluster: &RedisCluster,
+    namespace: &str,
+) -> Vec<String> {
+    let additions = format!(
+        "{} {}",
+        readme_code_after("On a cluster, on every node, add `"),
+        readme_code_after("needs, besides its line, `")
+    );
+    cluster
+        .nodes()
+        .iter()
+        .map(|node| acl_user_url_with(node, namespace, &additions))
+        .collect()
+}
+
 /// Namespaces differ per harness so nothing can leak between tests even on one server.
 fn unique_namespace() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -143,7 +162,7 @@ impl Harness {
                 .namespace(namespace.clone())
                 .op_timeout(OP_TIMEOUT),
         );
-        let local = matches!(backend, Backend::RedisLocal);
+        let local = matches!(backend, Backend::RedisLocal | Backend::ClusterLocal);
         let builder = if local {
             with_local_tier(builder)
         } else {
@@ -169,7 +188,7 @@ impl Harness {
                     local,
                 }
             }
-            Backend::Cluster | Backend::ClusterAcl => {
+            Backend::Cluster | Backend::ClusterAcl | Backend::ClusterLocal => {
                 let cluster = RedisCluster::start().expect("the test suite needs redis-server");
                 let urls = match backend {
                     Backend::ClusterAcl => acl_user_cluster_urls(&cluster, &namespace),
@@ -231,7 +250,7 @@ impl Harness {
         }
     }
 
-    /// Whether caches have an in-process tier (`Backend::RedisLocal`).
+    /// Whether caches have an in-process tier (`Backend::RedisLocal`, `Backend::ClusterLocal`).
     pub fn local(&self) -> bool {
         self.local
     }
@@ -254,7 +273,9 @@ impl Harness {
             return Some(reply);
         }
         let mut connection = self.cluster_connection().await?;
-        Some(command.query_async(&mut connection).await.unwrap())
+        let reply = command.query_async(&mut connection).await.unwrap();
+        self.after_raw_change().await;
+        Some(reply)
     }
 
     /// See [`Harness::raw`].
@@ -353,6 +374,7 @@ impl Harness {
                 }))
                 .await;
             }
+            self.after_raw_change().await;
         } else {
             let store = self.store.as_ref().expect("a harness has a backend");
             for key in rendered {

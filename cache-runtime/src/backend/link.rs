@@ -239,9 +239,25 @@ impl ScanTarget {
     }
 }
 
-/// The primaries' addresses in a `CLUSTER SLOTS` reply: `[[start, end, [host, port, ..],
-/// replicas..], ..]`.
+/// The primaries' addresses in a `CLUSTER SLOTS` reply.
 fn primaries_of(reply: redis::Value) -> redis::RedisResult<Vec<(String, u16)>> {
+    Ok(slot_ranges(&reply)?
+        .into_iter()
+        .map(|range| (range.host, range.port))
+        .collect())
+}
+
+/// One range of a `CLUSTER SLOTS` reply, with its primary's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SlotRange {
+    pub(crate) start: u16,
+    pub(crate) end: u16,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+}
+
+/// The ranges of a `CLUSTER SLOTS` reply: `[[start, end, [host, port, ..], replicas..], ..]`.
+pub(crate) fn slot_ranges(reply: &redis::Value) -> redis::RedisResult<Vec<SlotRange>> {
     let malformed = || {
         redis::RedisError::from((
             redis::ErrorKind::UnexpectedReturnType,
@@ -258,6 +274,14 @@ fn primaries_of(reply: redis::Value) -> redis::RedisResult<Vec<(String, u16)>> {
             let redis::Value::Array(parts) = range else {
                 return Err(malformed());
             };
+            let number = |index: usize| -> Option<u16> {
+                parts
+                    .get(index)
+                    .and_then(|value| redis::from_redis_value_ref(value).ok())
+            };
+            let (Some(start), Some(end)) = (number(0), number(1)) else {
+                return Err(malformed());
+            };
             let Some(redis::Value::Array(primary)) = parts.get(2) else {
                 return Err(malformed());
             };
@@ -269,7 +293,12 @@ fn primaries_of(reply: redis::Value) -> redis::RedisResult<Vec<(String, u16)>> {
                 .get(1)
                 .and_then(|port| redis::from_redis_value_ref(port).ok())
                 .ok_or_else(malformed)?;
-            Ok((host, port))
+            Ok(SlotRange {
+                start,
+                end,
+                host,
+                port,
+            })
         })
         .collect()
 }

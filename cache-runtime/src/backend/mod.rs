@@ -5,6 +5,7 @@
 //! everything above (keys, envelope, coalescing, fail-open) is shared, so the in-memory
 //! backend behaves like Redis in users' tests.
 
+mod cluster_tracking;
 mod connection;
 mod gate;
 mod held_lease;
@@ -16,6 +17,7 @@ mod redis;
 mod tiered;
 mod tracking;
 
+pub(crate) use self::cluster_tracking::ClusterTracking;
 pub(crate) use self::connection::{RedisConnection, Remake};
 pub(crate) use self::gate::Gate;
 pub(crate) use self::held_lease::HeldLease;
@@ -23,6 +25,7 @@ pub(crate) use self::link::{ClusterLink, Link};
 pub(crate) use self::local::Copies;
 pub use self::memory::MemoryStore;
 pub(crate) use self::redis::RedisBackend;
+pub(crate) use self::tiered::Tier;
 pub(crate) use self::tracking::Tracking;
 
 use crate::CacheError;

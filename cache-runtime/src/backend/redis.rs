@@ -5,8 +5,7 @@ use crate::CacheError;
 use crate::backend::Found;
 use crate::backend::in_flight::FillsInFlight;
 use crate::backend::link::{Link, ScanTarget};
-use crate::backend::tiered;
-use crate::backend::tracking::Tracking;
+use crate::backend::tiered::{self, Tier};
 use crate::lease::{self, Acquired};
 use crate::notify::{self, Listener};
 use crate::pattern::KeyPattern;
@@ -44,9 +43,9 @@ const TAG_COPY_MAX_AGE: Duration = Duration::from_secs(60);
 pub(crate) struct RedisBackend {
     link: Link,
     op_timeout: Duration,
-    /// The in-process tier and the connection that keeps it coherent, when the cache has one
+    /// The in-process tier and the connections that keep it coherent, when the cache has one
     /// (see [`CacheBuilder::local_capacity`](crate::CacheBuilder::local_capacity)).
-    tracking: Option<Arc<Tracking>>,
+    tier: Option<Tier>,
     /// Fills sent and not yet answered, with a tier (see [`FillsInFlight`]).
     fills: Arc<FillsInFlight>,
 }
@@ -56,7 +55,7 @@ impl std::fmt::Debug for RedisBackend {
         f.debug_struct("RedisBackend")
             .field("cluster", &matches!(self.link, Link::Cluster(_)))
             .field("op_timeout", &self.op_timeout)
-            .field("local", &self.tracking)
+            .field("local", &self.tier)
             .finish_non_exhaustive()
     }
 }
@@ -66,47 +65,45 @@ impl RedisBackend {
         RedisBackend {
             link,
             op_timeout,
-            tracking: None,
+            tier: None,
             fills: Arc::default(),
         }
     }
 
-    /// This backend with an in-process tier kept coherent by `tracking`.
-    pub(crate) fn with_local(self, tracking: Arc<Tracking>) -> Self {
+    /// This backend with an in-process tier.
+    pub(crate) fn with_local(self, tier: Tier) -> Self {
         RedisBackend {
-            tracking: Some(tracking),
+            tier: Some(tier),
             ..self
         }
     }
 
     /// See [`Backend::sync_local`](super::Backend::sync_local).
     pub(crate) async fn sync_local(&self, probe_key: &str) -> Result<(), CacheError> {
-        match &self.tracking {
-            Some(tracking) => tracking.sync(probe_key).await,
+        match &self.tier {
+            Some(tier) => tier.sync(probe_key).await,
             None => Ok(()),
         }
     }
 
     pub(crate) fn local_bytes(&self) -> u64 {
-        self.tracking
+        self.tier
             .as_ref()
-            .map_or(0, |tracking| tracking.copies().weighted_size())
+            .map_or(0, |tier| tier.copies().weighted_size())
     }
 
     /// Drops this process's copies of `keys` after it changed them: its own change must be
     /// seen by its next call, even before Redis's invalidation arrives.
     fn forget<'k>(&self, keys: impl IntoIterator<Item = &'k str>) {
-        if let Some(tracking) = &self.tracking {
-            tracking
-                .copies()
-                .drop_keys(keys.into_iter().map(str::as_bytes));
+        if let Some(tier) = &self.tier {
+            tier.copies().drop_keys(keys.into_iter().map(str::as_bytes));
         }
     }
 
     /// Drops every copy this process holds (after a change it cannot list key by key).
     fn forget_all(&self) {
-        if let Some(tracking) = &self.tracking {
-            tracking.copies().drop_all();
+        if let Some(tier) = &self.tier {
+            tier.copies().drop_all();
         }
     }
 
@@ -212,7 +209,7 @@ impl RedisBackend {
         keep: Option<Duration>,
         deadline: Instant,
     ) -> Result<Found, CacheError> {
-        if let Some(tracking) = &self.tracking
+        if let Some(tier) = &self.tier
             && (keep.is_some() || !tag_keys.is_empty())
             && !self.fills.contains(entry)
         {
@@ -224,7 +221,7 @@ impl RedisBackend {
             let max_ages: smallvec::SmallVec<[Option<Duration>; 5]> = std::iter::once(keep)
                 .chain(tag_keys.iter().map(|_| for_tags))
                 .collect();
-            if let Some(read) = tiered::read(tracking, &keys, &max_ages, deadline).await {
+            if let Some(read) = tiered::read(tier, &keys, &max_ages, deadline).await {
                 let (mut values, local) = read?;
                 let versions = values
                     .drain(1..)
@@ -504,7 +501,7 @@ impl RedisBackend {
             .arg(notify::channel(entry))
             .arg(self.link.publish_command());
         // With a tier, reads of the entry go behind the fill until it is answered.
-        let _in_flight = self.tracking.is_some().then(|| self.fills.start(entry));
+        let _in_flight = self.tier.is_some().then(|| self.fills.start(entry));
         let stored = self.invoke::<i64>(&invocation).await;
         self.forget([entry]);
         Ok(stored? == 1)

@@ -262,10 +262,10 @@ impl Tracking {
         error
     }
 
-    /// A round trip on the tracking connection (a `GET` of `probe_key`: no permission beyond
-    /// what reads need), after waiting for one to be made if need be (up to twice the
-    /// operation timeout): the invalidations sent before it are applied when it returns.
-    pub(crate) async fn sync(self: &Arc<Self>, probe_key: &str) -> Result<(), CacheError> {
+    /// A round trip on the tracking connection (`probe`), after waiting for one to be made if
+    /// need be (up to twice the operation timeout): the invalidations sent before it are
+    /// applied when it returns.
+    pub(crate) async fn sync(self: &Arc<Self>, probe: &redis::Cmd) -> Result<(), CacheError> {
         let patience = self.op_timeout * 3;
         let deadline = Instant::now() + patience;
         let mut read = loop {
@@ -289,8 +289,6 @@ impl Tracking {
                 return Err(CacheError::Unavailable);
             }
         };
-        let mut probe = redis::cmd("GET");
-        probe.arg(probe_key);
         let deadline = Instant::now() + self.op_timeout;
         match tokio::time::timeout_at(deadline, probe.query_async::<()>(&mut read.connection)).await
         {

@@ -6,7 +6,7 @@ use crate::CacheError;
 use crate::backend::{
     Backend, ClusterLink, Link, MemoryStore, RedisBackend, RedisConnection, Remake,
 };
-use crate::backend::{Copies, Gate, Tracking};
+use crate::backend::{ClusterTracking, Copies, Gate, Tier, Tracking};
 use crate::clock::{Clock, SystemClock};
 use crate::flight::Flights;
 use crate::health::Health;
@@ -208,8 +208,9 @@ impl CacheBuilder {
     /// bookkeeping): functions with `local` answer from this process's copy of an entry
     /// without a round trip, and Redis keeps the copies coherent (client tracking: a change
     /// to a key this process read drops its copy). Needs a cache built with
-    /// [`CacheBuilder::redis_url`] (its own tracking connection is made from the URL); on a
-    /// [`MemoryStore`] there is nothing to add, and this does nothing.
+    /// [`CacheBuilder::redis_url`] (its own tracking connection is made from the URL) or
+    /// [`CacheBuilder::redis_cluster`] (one per primary, made from the first URL with each
+    /// node's address); on a [`MemoryStore`] there is nothing to add, and this does nothing.
     ///
     /// ```no_run
     /// # fn f() -> Result<(), redis_memo_runtime::CacheError> {
@@ -270,10 +271,21 @@ impl CacheBuilder {
             }
             Some(Source::ClusterUrls(urls)) => {
                 require_runtime()?;
-                Backend::Redis(RedisBackend::new(
-                    cluster_link(&urls, self.op_timeout, self.tls)?,
-                    self.op_timeout,
-                ))
+                let link = cluster_link(&urls, self.op_timeout, self.tls.clone())?;
+                let tier = match (local_capacity, &link) {
+                    (Some(bytes), Link::Cluster(cluster)) => {
+                        // Each primary's tracking connection copies the first seed's settings.
+                        let seed = client_of(resp3_info(&urls[0])?, self.tls)?;
+                        Some(Tier::Cluster(ClusterTracking::new(
+                            seed.get_connection_info().clone(),
+                            cluster.connection.clone(),
+                            Arc::new(Copies::new(bytes)),
+                            self.op_timeout,
+                        )))
+                    }
+                    _ => None,
+                };
+                with_tier(RedisBackend::new(link, self.op_timeout), tier)
             }
             Some(Source::ClusterClient(client)) => {
                 require_runtime()?;
@@ -292,21 +304,7 @@ impl CacheBuilder {
                 require_runtime()?;
                 // RESP3, so `lock` waiters get fill announcements pushed on this same
                 // connection (re-subscribed by itself after a reconnection).
-                let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())?;
-                // No `CLIENT SETINFO` on connecting: the least-privileged ACL user of the
-                // README then needs exactly the commands the cache sends, on any version.
-                let settings = info
-                    .redis_settings()
-                    .clone()
-                    .set_protocol(redis::ProtocolVersion::RESP3)
-                    .set_skip_set_lib_name();
-                let info = info
-                    .set_redis_settings(settings)
-                    .set_tcp_settings(dead_peer_detection());
-                let client = match self.tls {
-                    Some(certificates) => redis::Client::build_with_tls(info, certificates)?,
-                    None => redis::Client::open(info)?,
-                };
+                let client = client_of(resp3_info(&url)?, self.tls)?;
                 let notices = Notices::default();
                 let pushes = notices.clone();
                 let config = ConnectionManagerConfig::new()
@@ -333,16 +331,11 @@ impl CacheBuilder {
                 let connection =
                     RedisConnection::new(manager, Some(remake), self.op_timeout, Some(notices));
                 let backend = RedisBackend::new(Link::Single(connection), self.op_timeout);
-                Backend::Redis(match local_capacity {
-                    Some(bytes) => {
-                        let copies = Arc::new(Copies::new(bytes));
-                        let tracking = Tracking::new(client, copies, self.op_timeout);
-                        // Connected in the background from now, so the first calls use it.
-                        tracking.start();
-                        backend.with_local(tracking)
-                    }
-                    None => backend,
-                })
+                let tier = local_capacity.map(|bytes| {
+                    let copies = Arc::new(Copies::new(bytes));
+                    Tier::Server(Tracking::new(client, copies, self.op_timeout))
+                });
+                with_tier(backend, tier)
             }
         };
         let server_offset =
@@ -395,18 +388,55 @@ impl CacheBuilder {
         if self.local_capacity.is_some()
             && matches!(
                 self.source,
-                Some(Source::Connection(_) | Source::ClusterUrls(_) | Source::ClusterClient(_))
+                Some(Source::Connection(_) | Source::ClusterClient(_))
             )
         {
             return Err(CacheError::Config(
-                "local_capacity needs a cache built with redis_url (it makes its own tracking \
-                 connection from the URL); a Redis Cluster or a connection passed in has no \
-                 in-process tier yet"
+                "local_capacity needs a cache built with redis_url or redis_cluster (it makes \
+                 its own tracking connections from the URLs); a connection or cluster client \
+                 passed in has no in-process tier"
                     .into(),
             ));
         }
         Ok(())
     }
+}
+
+/// `backend` with `tier`, whose connections start being made now, in the background, so the
+/// first calls use them.
+fn with_tier(backend: RedisBackend, tier: Option<Tier>) -> Backend {
+    Backend::Redis(match tier {
+        Some(tier) => {
+            tier.start();
+            backend.with_local(tier)
+        }
+        None => backend,
+    })
+}
+
+/// `url`'s settings, speaking RESP3 (pushes arrive on the connection they concern) and with
+/// dead-peer detection. No `CLIENT SETINFO` on connecting: the least-privileged ACL user of
+/// the README then needs exactly the commands the cache sends, on any version.
+fn resp3_info(url: &str) -> Result<redis::ConnectionInfo, CacheError> {
+    let info = redis::IntoConnectionInfo::into_connection_info(url)?;
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3)
+        .set_skip_set_lib_name();
+    Ok(info
+        .set_redis_settings(settings)
+        .set_tcp_settings(dead_peer_detection()))
+}
+
+fn client_of(
+    info: redis::ConnectionInfo,
+    tls: Option<redis::TlsCertificates>,
+) -> Result<redis::Client, CacheError> {
+    Ok(match tls {
+        Some(certificates) => redis::Client::build_with_tls(info, certificates)?,
+        None => redis::Client::open(info)?,
+    })
 }
 
 fn require_runtime() -> Result<(), CacheError> {
@@ -550,7 +580,7 @@ mod tests {
         assert!(build(CacheBuilder::MAX_OP_TIMEOUT).is_ok());
     }
 
-    /// The in-process tier needs a URL to make its tracking connection from; elsewhere
+    /// The in-process tier needs URLs to make its tracking connections from; elsewhere
     /// `build()` says so rather than running without the tier the caller asked for.
     #[tokio::test]
     async fn an_in_process_tier_without_a_url_to_track_on_is_refused() {
@@ -558,10 +588,15 @@ mod tests {
             Err(CacheError::Config(message)) => message,
             other => panic!("expected a configuration error, got {other:?}"),
         };
+        let cluster_client = redis::cluster::ClusterClient::new(["redis://127.0.0.1:1"]).unwrap();
+        let cluster_client = Cache::builder()
+            .redis_cluster_client(cluster_client)
+            .local_capacity(1 << 20);
+        assert!(refused(cluster_client).contains("redis_cluster"));
         let cluster = Cache::builder()
             .redis_cluster(["redis://127.0.0.1:1"])
             .local_capacity(1 << 20);
-        assert!(refused(cluster).contains("redis_url"));
+        assert!(cluster.build().is_ok(), "a tracking connection per primary");
         let without_capacity = Cache::builder()
             .redis_url("redis://127.0.0.1:1")
             .local_default(Duration::from_secs(1));
