@@ -295,6 +295,18 @@ async fn another_process_s_changes_drop_the_copy_by_the_next_round_trip() {
     b.round_trip();
     assert_eq!(b.ask("get 1"), "v6 computed", "after `invalidate_matching`");
 
+    // The round trip need not be a `ping`: a call that reads from Redis, for another key,
+    // completes one on the tracking connection.
+    b.holds("v6");
+    set_source(&server, 1, "v7").await;
+    assert_eq!(invalidate_profile(1, &a).await.ok(), Some(true));
+    assert!(b.ask("get 9").ends_with(" computed"));
+    assert_eq!(
+        b.ask("get 1"),
+        "v7 computed",
+        "after a read of another key, no ping"
+    );
+
     // Without `local`, B keeps only the tag's token; a call that starts after A's tag
     // invalidation returned gets a newer value with no round trip in between: the entry's
     // reply comes after the invalidation on the same connection, and the token's copy is

@@ -232,6 +232,17 @@ fn primary_of(cluster: &RedisCluster, key: &str) -> usize {
         .unwrap()
 }
 
+/// An id of `function` other than `id` whose entry lives on the same primary as `id`'s.
+fn other_id_on_the_node_of(cluster: &RedisCluster, function: &str, id: u64) -> u64 {
+    let node = primary_of(cluster, &format!("{NAMESPACE}:{{{function}:{id}}}"));
+    (1..1000)
+        .find(|&other| {
+            other != id
+                && primary_of(cluster, &format!("{NAMESPACE}:{{{function}:{other}}}")) == node
+        })
+        .expect("another id on that node")
+}
+
 /// One id of `function` per primary: their entries live on three different nodes.
 fn one_id_per_primary(cluster: &RedisCluster, function: &str) -> Vec<u64> {
     let mut ids: Vec<(usize, u64)> = Vec::new();
@@ -276,6 +287,22 @@ async fn another_process_s_changes_on_every_primary_drop_the_copy() {
         );
     }
 
+    // The round trip need not be a `ping`: a call that reads from the entry's node, for
+    // another key, completes one on the connection the invalidation comes on.
+    let id = one_id_per_primary(&cluster, "profile")[0];
+    let neighbour = other_id_on_the_node_of(&cluster, "profile", id);
+    set_source(&cluster, id, "w1").await;
+    assert_eq!(invalidate_profile(id, &a).await.ok(), Some(true));
+    b.holds(id, "w1");
+    set_source(&cluster, id, "w2").await;
+    assert_eq!(invalidate_profile(id, &a).await.ok(), Some(true));
+    assert!(b.ask(&format!("get {neighbour}")).ends_with(" computed"));
+    assert_eq!(
+        b.ask(&format!("get {id}")),
+        "w2 computed",
+        "after a read on the same node, no ping"
+    );
+
     // Without `local`, B keeps the tag's token; a call that starts right after A's tag
     // invalidation returned gets a newer value with no `ping` in between, whichever node its
     // entry is on: the token's node is asked in the same read as the entry's.
@@ -304,19 +331,40 @@ async fn a_moved_slot_a_failover_or_a_killed_primary_leaves_no_stale_copy() {
     let id = one_id_per_primary(&cluster, "profile")[0];
     let key = format!("{NAMESPACE}:{{profile:{id}}}");
 
+    // Another key's slot moved away from the entry's node: B's next read there meets
+    // `MOVED`, which drops every copy (B cannot tell which were on the moved slots), with no
+    // `ping` in between.
+    set_source(&cluster, id, "v0").await;
+    b.holds(id, "v0");
+    let neighbour = other_id_on_the_node_of(&cluster, "profile", id);
+    let neighbour_key = format!("{NAMESPACE}:{{profile:{neighbour}}}");
+    let other_primary = |cluster: &RedisCluster, from: usize| {
+        let topology = cluster.topology().unwrap();
+        (0..cluster.nodes().len())
+            .find(|&node| {
+                node != from
+                    && topology
+                        .iter()
+                        .any(|known| known.primary && known.port == cluster.nodes()[node].port())
+            })
+            .unwrap()
+    };
+    let to = other_primary(&cluster, primary_of(&cluster, &key));
+    let slot = cluster.slot_of(&neighbour_key).unwrap();
+    tokio::task::block_in_place(|| cluster.migrate_slot(slot, to, || {}).unwrap());
+    assert!(b.ask(&format!("get {neighbour}")).ends_with(" computed"));
+    assert_eq!(
+        b.ask(&format!("get {id}")),
+        "v0 redis",
+        "the copy went with the redirect"
+    );
+
     // The entry's slot moved to another primary; A then invalidates it there.
     set_source(&cluster, id, "v1").await;
+    assert_eq!(invalidate_profile(id, &a).await.ok(), Some(true));
     b.holds(id, "v1");
     let from = primary_of(&cluster, &key);
-    let topology = cluster.topology().unwrap();
-    let to = (0..cluster.nodes().len())
-        .find(|&node| {
-            node != from
-                && topology
-                    .iter()
-                    .any(|known| known.primary && known.port == cluster.nodes()[node].port())
-        })
-        .unwrap();
+    let to = other_primary(&cluster, from);
     let slot = cluster.slot_of(&key).unwrap();
     tokio::task::block_in_place(|| cluster.migrate_slot(slot, to, || {}).unwrap());
     set_source(&cluster, id, "v2").await;

@@ -182,10 +182,11 @@ async fn latency(baseline: &Baseline, hit: bool) -> Vec<(Contender, f64, f64)> {
         .collect()
 }
 
-/// Median calls per second over interleaved rounds of concurrent tasks.
-async fn throughput(baseline: &Baseline) -> Vec<(Contender, f64)> {
+/// Median calls per second over interleaved rounds of concurrent tasks, and this process's CPU
+/// per call.
+async fn throughput(baseline: &Baseline) -> Vec<(Contender, common::Rate)> {
     let baseline = baseline.clone();
-    let rates = common::throughput(CONTENDERS.len(), move |contender, task| {
+    let rates = common::throughput_and_cpu(CONTENDERS.len(), move |contender, task| {
         let baseline = baseline.clone();
         async move {
             std::hint::black_box(CONTENDERS[contender].get(&baseline, 10_000 + task).await);
@@ -284,10 +285,12 @@ fn main() {
         }
 
         let rows = throughput(&baseline).await;
-        let base = rows[0].1;
+        let base = rows[0].1.per_second;
         println!("hit throughput: {TASKS} tasks x {CALLS_PER_TASK} calls (one key per task), median of {THROUGHPUT_ROUNDS} rounds");
-        for (contender, per_second) in &rows {
-            println!("  {:<34} {:>10.0} calls/s {:>9}", contender.name(), per_second, ratio(*per_second, base));
+        println!("  {:<34} {:>16} {:>9} {:>17}", "", "", "ratio", "bench CPU µs/call");
+        for (contender, rate) in &rows {
+            let cpu = rate.cpu_us_per_call.map_or_else(|| "n/a".to_owned(), |cpu| format!("{cpu:.2}"));
+            println!("  {:<34} {:>10.0} calls/s {:>9} {:>17}", contender.name(), rate.per_second, ratio(rate.per_second, base), cpu);
         }
         println!();
 

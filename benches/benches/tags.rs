@@ -127,6 +127,8 @@ async fn set_up(approach: usize, n: u64, connection: &mut ConnectionManager) {
         0 => {
             // One computed entry; its bytes (and tag tokens) are valid for every row.
             assert_eq!(tagged_row(0, "big").await, "big");
+            // The call returns once its fill is sent; this reads on another connection.
+            cache().writes_done().await;
             let bytes: Vec<u8> = redis::cmd("GET")
                 .arg(cache().full_key(&tagged_row_cache_key(0)))
                 .query_async(connection)
@@ -385,7 +387,7 @@ async fn hit_table(connection: &mut ConnectionManager) {
     println!();
 
     let shared = connection.clone();
-    let rates = common::throughput(READERS.len(), move |reader, task| {
+    let rates = common::throughput_and_cpu(READERS.len(), move |reader, task| {
         let connection = shared.clone();
         async move {
             std::hint::black_box(READERS[reader].0.get_id(&connection, 10_000 + task).await);
@@ -397,13 +399,19 @@ async fn hit_table(connection: &mut ConnectionManager) {
         common::CALLS_PER_TASK,
         common::THROUGHPUT_ROUNDS
     );
-    for ((_, name), per_second) in READERS.iter().zip(&rates) {
+    println!(
+        "  {:<27} {:>16} {:>9} {:>13} {:>17}",
+        "", "", "ratio", "vs 0 tags", "bench CPU µs/call"
+    );
+    for ((_, name), rate) in READERS.iter().zip(&rates) {
         println!(
-            "  {:<27} {:>10.0} calls/s {:>9} {:>13}",
+            "  {:<27} {:>10.0} calls/s {:>9} {:>13} {:>17}",
             name,
-            per_second,
-            ratio(*per_second, rates[0]),
-            ratio(*per_second, rates[1])
+            rate.per_second,
+            ratio(rate.per_second, rates[0].per_second),
+            ratio(rate.per_second, rates[1].per_second),
+            rate.cpu_us_per_call
+                .map_or_else(|| "n/a".to_owned(), |cpu| format!("{cpu:.2}"))
         );
     }
 }

@@ -59,7 +59,32 @@ where
     F: Fn(usize, u64) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    throughput_and_cpu(contenders, call)
+        .await
+        .into_iter()
+        .map(|rate| rate.per_second)
+        .collect()
+}
+
+/// One contender's throughput, and the CPU this process spent per call.
+#[derive(Debug, Clone, Copy)]
+pub struct Rate {
+    /// Median calls per second over the rounds.
+    pub per_second: f64,
+    /// This process's CPU time (user and system, every thread) per call over all rounds, in
+    /// µs; `None` where `/proc/self/stat` cannot be read. On 2 cores shared with
+    /// `redis-server`, throughput is bound by CPU: this says where a contender spends it.
+    pub cpu_us_per_call: Option<f64>,
+}
+
+/// [`throughput`], with each contender's CPU per call.
+pub async fn throughput_and_cpu<F, Fut>(contenders: usize, call: F) -> Vec<Rate>
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); contenders];
+    let mut cpu: Vec<Option<f64>> = vec![Some(0.0); contenders];
     for contender in 0..contenders {
         for task in 0..TASKS {
             call(contender, task).await;
@@ -68,6 +93,7 @@ where
     for round in 0..THROUGHPUT_ROUNDS {
         for offset in 0..contenders {
             let contender = (round + offset) % contenders;
+            let cpu_before = process_cpu_seconds();
             let started = std::time::Instant::now();
             let tasks: Vec<_> = (0..TASKS)
                 .map(|task| {
@@ -84,15 +110,35 @@ where
             }
             let calls = (TASKS as usize * CALLS_PER_TASK) as f64;
             rates[contender].push(calls / started.elapsed().as_secs_f64());
+            cpu[contender] = match (cpu[contender], cpu_before, process_cpu_seconds()) {
+                (Some(sum), Some(before), Some(after)) => Some(sum + (after - before)),
+                _ => None,
+            };
         }
     }
+    let calls = (THROUGHPUT_ROUNDS * TASKS as usize * CALLS_PER_TASK) as f64;
     rates
         .into_iter()
-        .map(|mut rates| {
+        .zip(cpu)
+        .map(|(mut rates, cpu)| {
             rates.sort_by(f64::total_cmp);
-            rates[rates.len() / 2]
+            Rate {
+                per_second: rates[rates.len() / 2],
+                cpu_us_per_call: cpu.map(|seconds| seconds * 1e6 / calls),
+            }
         })
         .collect()
+}
+
+/// This process's CPU time so far (user + system), in seconds, from `/proc/self/stat`
+/// (clock ticks, 100 per second on Linux).
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces): utime and
+    // stime are the 12th and 13th of them.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
 
 /// The runtime every benchmark runs on: Tokio with 2 workers, as many as the machine's cores.

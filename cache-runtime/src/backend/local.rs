@@ -80,7 +80,16 @@ pub(crate) struct Ticket {
     generations: smallvec::SmallVec<[u64; 5]>,
 }
 
+/// The epoch copies are read in: it moves when every copy is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Epoch(u64);
+
 impl Ticket {
+    /// The epoch this ticket was taken in.
+    pub(crate) fn epoch(&self) -> Epoch {
+        Epoch(self.epoch)
+    }
+
     /// Whether a copy read in `noted` was still current when this ticket was taken, as the
     /// ticket's `index`th key.
     pub(crate) fn admits(&self, index: usize, noted: Noted) -> bool {
@@ -137,6 +146,11 @@ impl Copies {
         };
         (copy.epoch == self.epoch.load(SeqCst) && copy.generation == self.generation(stripe))
             .then_some((copy.bytes, noted))
+    }
+
+    /// The current epoch.
+    pub(crate) fn epoch(&self) -> Epoch {
+        Epoch(self.epoch.load(SeqCst))
     }
 
     /// Notes the generations of the keys in `stripes` before their request is sent.

@@ -144,6 +144,10 @@ pub(crate) async fn read(
         if used.len() == keys.len() {
             return Some(Ok((values, true)));
         }
+        // Noted before the map is read: a map installed since drops every copy (the epoch
+        // moves), and the connections of the map read here may then be gone before a copy
+        // kept on them could be invalidated.
+        let epoch = copies.epoch();
         let routes = tier.routes(keys)?;
         let asked = nodes_to_ask(&mut values, &mut used, &routes.of_key);
         // A tag token's copy serves a later read only beside its entry's copy, or on its
@@ -167,6 +171,9 @@ pub(crate) async fn read(
                 return None;
             };
             reads.push(read);
+        }
+        if reads.iter().any(|read| read.ticket.epoch() != epoch) {
+            return None;
         }
         // Which of `reads` each key's node is (every used copy's node is asked).
         let read_of: SmallVec<[usize; 5]> = routes
@@ -380,4 +387,60 @@ fn unexpected(command: &str) -> redis::RedisError {
         "unexpected reply",
         command.to_owned(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::local::Copies;
+
+    /// `values` and `used` as a read finds them: a copy for each key in `with_copy`.
+    fn found(
+        copies: &Copies,
+        keys: &[&str],
+        with_copy: &[usize],
+    ) -> (Values, SmallVec<[(usize, Noted); 5]>) {
+        let stripes: Vec<Stripe> = keys.iter().map(|key| copies.stripe_of(key)).collect();
+        let ticket = copies.ticket(&stripes);
+        let mut values = Values::new();
+        let mut used = SmallVec::new();
+        for (index, key) in keys.iter().enumerate() {
+            if with_copy.contains(&index) {
+                copies.keep(
+                    &ticket,
+                    index,
+                    (key, stripes[index]),
+                    Bytes::from_static(b"x"),
+                    Duration::from_secs(60),
+                );
+                let (bytes, noted) = copies.get(key, stripes[index]).unwrap();
+                values.push(Some(bytes));
+                used.push((index, noted));
+            } else {
+                values.push(None);
+            }
+        }
+        (values, used)
+    }
+
+    #[test]
+    fn a_copy_counts_only_on_a_node_the_read_asks() {
+        let copies = Copies::new(1 << 20);
+        let keys = ["entry", "tag:a", "tag:b"];
+        // The entry on node 0 has no copy; tag a's copy is on node 0, tag b's on node 1.
+        let (mut values, mut used) = found(&copies, &keys, &[1, 2]);
+        let asked = nodes_to_ask(&mut values, &mut used, &[0, 0, 1]);
+        assert_eq!(asked.as_slice(), &[0, 1], "tag b is read again from node 1");
+        assert_eq!(
+            used.iter().map(|(index, _)| *index).collect::<Vec<_>>(),
+            vec![1]
+        );
+        assert!(values[1].is_some() && values[2].is_none());
+
+        // One server: every node is the same, so every copy counts.
+        let (mut values, mut used) = found(&copies, &keys, &[1, 2]);
+        let asked = nodes_to_ask(&mut values, &mut used, &[0, 0, 0]);
+        assert_eq!(asked.as_slice(), &[0]);
+        assert_eq!(used.len(), 2);
+    }
 }

@@ -263,7 +263,7 @@ impl Tracking {
     }
 
     /// A round trip on the tracking connection (`probe`), after waiting for one to be made if
-    /// need be (up to twice the operation timeout): the invalidations sent before it are
+    /// need be (up to three operation timeouts): the invalidations sent before it are
     /// applied when it returns.
     pub(crate) async fn sync(self: &Arc<Self>, probe: &redis::Cmd) -> Result<(), CacheError> {
         let patience = self.op_timeout * 3;
