@@ -8,10 +8,13 @@
 //! This binary is its own child: run with `REDIS_MEMO_CHILD` set, it plays process B, driven
 //! line by line on stdin.
 
+#[path = "child/mod.rs"]
+mod child;
+
+use child::ProcessB;
 use redis_memo::{Cache, redis_cache_evict, redis_cache_put, redis_cached};
 use redis_memo_testkit::{RedisServer, TcpProxy};
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::io::BufRead;
 
 const NAMESPACE: &str = "tier";
 
@@ -141,100 +144,14 @@ async fn process_b() {
     }
 }
 
-/// Process B, driven from here.
-struct ProcessB {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl ProcessB {
-    fn start(server: &RedisServer, local_bytes: u64) -> ProcessB {
-        ProcessB::start_via(server, &server.url(), local_bytes)
-    }
-
-    /// B, its cache connected to `cache_url` (a proxy in front of `server`, say).
-    fn start_via(server: &RedisServer, cache_url: &str, local_bytes: u64) -> ProcessB {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .env("REDIS_MEMO_CHILD", "b")
-            .env("REDIS_MEMO_URL", server.url())
-            .env("REDIS_MEMO_CACHE_URL", cache_url)
-            .env("REDIS_MEMO_LOCAL_BYTES", local_bytes.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("re-execute the test binary as a child");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut b = ProcessB {
-            child,
-            stdin,
-            stdout,
-        };
-        assert_eq!(b.read_line(), "ready");
-        b
-    }
-
-    fn ask(&mut self, command: &str) -> String {
-        self.send(command);
-        self.read_line()
-    }
-
-    /// Sends `command` without waiting for its answer.
-    fn send(&mut self, command: &str) {
-        writeln!(self.stdin, "{command}").unwrap();
-        self.stdin.flush().unwrap();
-    }
-
-    fn read_line(&mut self) -> String {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        assert!(!line.is_empty(), "process B ended");
-        line.trim_end().to_owned()
-    }
-
-    /// `get 1` until its copy answers: a miss stores the entry, a read keeps its copy (or
-    /// the next one, when the fill's own drop of older copies lands after the first).
-    fn holds(&mut self, value: &str) {
-        let mut answers = Vec::new();
-        while answers.len() < 5 {
-            answers.push(self.ask("get 1"));
-            if answers
-                .last()
-                .is_some_and(|answer| answer.ends_with(" local"))
-            {
-                break;
-            }
-        }
-        assert!(
-            answers
-                .iter()
-                .all(|answer| answer.starts_with(&format!("{value} "))),
-            "{answers:?}"
-        );
-        assert_eq!(
-            answers.last(),
-            Some(&format!("{value} local")),
-            "{answers:?}"
-        );
-    }
-
-    /// A round trip that may meet a connection being replaced (then the next one completes).
-    fn round_trip(&mut self) {
-        for _ in 0..20 {
-            if self.ask("ping") == "ok" {
-                return;
-            }
-        }
-        panic!("process B never reached Redis again");
-    }
-}
-
-impl Drop for ProcessB {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Process B, its cache connected to `cache_url` (a proxy in front of `server`, say), its
+/// tier bounded to `local_bytes`.
+fn start_b(server: &RedisServer, cache_url: &str, local_bytes: u64) -> ProcessB {
+    ProcessB::start(&[
+        ("REDIS_MEMO_URL", server.url()),
+        ("REDIS_MEMO_CACHE_URL", cache_url.to_owned()),
+        ("REDIS_MEMO_LOCAL_BYTES", local_bytes.to_string()),
+    ])
 }
 
 async fn set_source(server: &RedisServer, id: u64, value: &str) {
@@ -258,9 +175,9 @@ async fn another_process_s_changes_drop_the_copy_by_the_next_round_trip() {
         .namespace(NAMESPACE)
         .build()
         .unwrap();
-    let mut b = ProcessB::start(&server, 1 << 20);
+    let mut b = start_b(&server, &server.url(), 1 << 20);
     set_source(&server, 1, "v1").await;
-    b.holds("v1");
+    b.holds(1, "v1");
 
     // An invalidation.
     set_source(&server, 1, "v2").await;
@@ -269,27 +186,27 @@ async fn another_process_s_changes_drop_the_copy_by_the_next_round_trip() {
     assert_eq!(b.ask("get 1"), "v2 computed", "after `invalidate_profile`");
 
     // A put: B's next call reads A's value from Redis.
-    b.holds("v2");
+    b.holds(1, "v2");
     assert_eq!(save_profile(1, "v3", &a).await, Ok(()));
     b.round_trip();
     assert_eq!(b.ask("get 1"), "v3 redis", "after a put");
 
     // An evict.
-    b.holds("v3");
+    b.holds(1, "v3");
     set_source(&server, 1, "v4").await;
     assert_eq!(drop_profile(1, &a).await, Ok(()));
     b.round_trip();
     assert_eq!(b.ask("get 1"), "v4 computed", "after an evict");
 
     // A tag invalidation: B's copy of the tag's token goes.
-    b.holds("v4");
+    b.holds(1, "v4");
     set_source(&server, 1, "v5").await;
     assert_eq!(a.invalidate_tag("team").await.ok(), Some(true));
     b.round_trip();
     assert_eq!(b.ask("get 1"), "v5 computed", "after a tag invalidation");
 
     // A pattern invalidation.
-    b.holds("v5");
+    b.holds(1, "v5");
     set_source(&server, 1, "v6").await;
     assert_eq!(a.invalidate_matching("profile:*").await.ok(), Some(1));
     b.round_trip();
@@ -297,7 +214,7 @@ async fn another_process_s_changes_drop_the_copy_by_the_next_round_trip() {
 
     // The round trip need not be a `ping`: a call that reads from Redis, for another key,
     // completes one on the tracking connection.
-    b.holds("v6");
+    b.holds(1, "v6");
     set_source(&server, 1, "v7").await;
     assert_eq!(invalidate_profile(1, &a).await.ok(), Some(true));
     assert!(b.ask("get 9").ends_with(" computed"));
@@ -329,13 +246,13 @@ async fn another_process_s_changes_drop_the_copy_by_the_next_round_trip() {
 
 async fn a_lost_connection_a_flush_or_a_restart_drops_every_copy() {
     let mut server = RedisServer::start().unwrap();
-    let mut b = ProcessB::start(&server, 1 << 20);
+    let mut b = start_b(&server, &server.url(), 1 << 20);
     let raw = |server: &RedisServer| server.connection();
 
     // B's connections killed, then the entry removed behind its back: no invalidation can
     // reach B for it, so only dropping every copy on the disconnection keeps B right.
     set_source(&server, 1, "v1").await;
-    b.holds("v1");
+    b.holds(1, "v1");
     let killed: u64 = redis::cmd("CLIENT")
         .arg("KILL")
         .arg("TYPE")
@@ -354,21 +271,21 @@ async fn a_lost_connection_a_flush_or_a_restart_drops_every_copy() {
     assert_eq!(b.ask("get 1"), "v2 computed", "after a disconnection");
 
     // FLUSHALL: one invalidation without keys.
-    b.holds("v2");
+    b.holds(1, "v2");
     let () = redis::cmd("FLUSHALL").query(&mut raw(&server)).unwrap();
     set_source(&server, 1, "v3").await;
     b.round_trip();
     assert_eq!(b.ask("get 1"), "v3 computed", "after FLUSHALL");
 
     // FLUSHDB: the same, for one database.
-    b.holds("v3");
+    b.holds(1, "v3");
     let () = redis::cmd("FLUSHDB").query(&mut raw(&server)).unwrap();
     set_source(&server, 1, "v3b").await;
     b.round_trip();
     assert_eq!(b.ask("get 1"), "v3b computed", "after FLUSHDB");
 
     // A restart: everything is gone from Redis, and from B.
-    b.holds("v3b");
+    b.holds(1, "v3b");
     server.restart().unwrap();
     set_source(&server, 1, "v4").await;
     b.round_trip();
@@ -378,7 +295,7 @@ async fn a_lost_connection_a_flush_or_a_restart_drops_every_copy() {
 async fn the_tier_stays_within_its_byte_bound() {
     let server = RedisServer::start().unwrap();
     let capacity = 64 * 1024;
-    let mut b = ProcessB::start(&server, capacity);
+    let mut b = start_b(&server, &server.url(), capacity);
     let value = "x".repeat(1000);
     for id in 0..500 {
         set_source(&server, id, &value).await;
@@ -405,7 +322,7 @@ async fn a_reply_that_crossed_a_tag_invalidation_is_read_again() {
         .namespace(NAMESPACE)
         .build()
         .unwrap();
-    let mut b = ProcessB::start_via(&server, &proxy.url(), 1 << 20);
+    let mut b = start_b(&server, &proxy.url(), 1 << 20);
     set_source(&server, 3, "r1").await;
     // A miss (it creates the tag's key), a hit that keeps the token's copy, a hit with it.
     for _ in 0..3 {

@@ -8,10 +8,13 @@
 //! This binary is its own child: run with `REDIS_MEMO_CHILD` set, it plays process B, driven
 //! line by line on stdin.
 
+#[path = "child/mod.rs"]
+mod child;
+
+use child::ProcessB;
 use redis_memo::{Cache, redis_cache_put, redis_cached};
 use redis_memo_testkit::RedisCluster;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::io::BufRead;
 
 const NAMESPACE: &str = "tier";
 
@@ -121,89 +124,9 @@ async fn process_b() {
     }
 }
 
-/// Process B, driven from here.
-struct ProcessB {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl ProcessB {
-    fn start(cluster: &RedisCluster) -> ProcessB {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .env("REDIS_MEMO_CHILD", "b")
-            .env("REDIS_MEMO_URLS", cluster.urls().join(" "))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("re-execute the test binary as a child");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut b = ProcessB {
-            child,
-            stdin,
-            stdout,
-        };
-        assert_eq!(b.read_line(), "ready");
-        b
-    }
-
-    fn ask(&mut self, command: &str) -> String {
-        writeln!(self.stdin, "{command}").unwrap();
-        self.stdin.flush().unwrap();
-        self.read_line()
-    }
-
-    fn read_line(&mut self) -> String {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        assert!(!line.is_empty(), "process B ended");
-        line.trim_end().to_owned()
-    }
-
-    /// `get <id>` until its copy answers with `value`.
-    fn holds(&mut self, id: u64, value: &str) {
-        let mut answers = Vec::new();
-        while answers.len() < 5 {
-            answers.push(self.ask(&format!("get {id}")));
-            if answers
-                .last()
-                .is_some_and(|answer| answer.ends_with(" local"))
-            {
-                break;
-            }
-        }
-        assert!(
-            answers
-                .iter()
-                .all(|answer| answer.starts_with(&format!("{value} "))),
-            "{answers:?}"
-        );
-        assert_eq!(
-            answers.last(),
-            Some(&format!("{value} local")),
-            "{answers:?}"
-        );
-    }
-
-    /// A round trip that may meet a connection being replaced or a map being learned (then
-    /// a later one completes).
-    fn round_trip(&mut self) {
-        for _ in 0..50 {
-            if self.ask("ping") == "ok" {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        panic!("process B never reached every primary again");
-    }
-}
-
-impl Drop for ProcessB {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Process B, on `cluster`.
+fn start_b(cluster: &RedisCluster) -> ProcessB {
+    ProcessB::start(&[("REDIS_MEMO_URLS", cluster.urls().join(" "))])
 }
 
 fn a_cache(cluster: &RedisCluster) -> Cache {
@@ -259,7 +182,7 @@ fn one_id_per_primary(cluster: &RedisCluster, function: &str) -> Vec<u64> {
 async fn another_process_s_changes_on_every_primary_drop_the_copy() {
     let cluster = RedisCluster::start().unwrap();
     let a = a_cache(&cluster);
-    let mut b = ProcessB::start(&cluster);
+    let mut b = start_b(&cluster);
     for id in one_id_per_primary(&cluster, "profile") {
         set_source(&cluster, id, "v1").await;
         b.holds(id, "v1");
@@ -327,7 +250,7 @@ async fn another_process_s_changes_on_every_primary_drop_the_copy() {
 async fn a_moved_slot_a_failover_or_a_killed_primary_leaves_no_stale_copy() {
     let mut cluster = RedisCluster::start().unwrap();
     let a = a_cache(&cluster);
-    let mut b = ProcessB::start(&cluster);
+    let mut b = start_b(&cluster);
     let id = one_id_per_primary(&cluster, "profile")[0];
     let key = format!("{NAMESPACE}:{{profile:{id}}}");
 

@@ -591,3 +591,17 @@ pub async fn wait_until_cached_again(cache: &Cache, id: u64) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Calls `lookup(id)` (already stored) until this process's in-process copy answers, failing
+/// after 5 calls: a read that crossed the invalidation of the fill's own write keeps nothing,
+/// the next one keeps the copy.
+pub async fn until_a_copy_answers(cache: &Cache, probe: &Probe, id: u64) {
+    for _ in 0..5 {
+        let local_hits = cache.stats().local_hits;
+        assert_eq!(lookup(id, cache, probe).await, Ok(id * 10));
+        if cache.stats().local_hits > local_hits {
+            return;
+        }
+    }
+    panic!("no copy of {id} answered: {:?}", cache.stats());
+}
