@@ -749,3 +749,54 @@ async fn a_miss_returns_without_waiting_for_its_fill_s_answer() {
     assert_eq!(holds_requests_when_done(1, &cache, &proxy).await, 1);
     assert_eq!(cache.stats().hits, 1, "stored");
 }
+
+/// Tagged, its body held by `gate` until released.
+#[redis_cached(ttl = "1m", key = "tagged_doc:<id>", tags = ["docs"], cache = cache)]
+async fn load_tagged(id: u64, #[cache(skip)] cache: &Cache, #[cache(skip)] gate: &Gate) -> u64 {
+    gate.read.notify_one();
+    gate.release.notified().await;
+    id
+}
+
+/// Redis loses its scripts (`SCRIPT FLUSH`, as a restart or a failover to a fresh replica
+/// does) while a computation holds its lease, after its acquire loaded them: its fill and the
+/// lengthening of its tag's version key each meet `NOSCRIPT`, load them again and go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_lost_while_computing_are_loaded_again_by_the_fill_and_the_tag_extension() {
+    let server = RedisServer::start().unwrap();
+    let cache = Cache::builder()
+        .redis_url(server.url())
+        .namespace("scripts")
+        .build()
+        .unwrap();
+    let (gate, task) = start_held(|gate| {
+        let cache = cache.clone();
+        async move { load_tagged(1, &cache, &gate).await }
+    })
+    .await;
+    let mut raw = server.connection();
+    let () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut raw).unwrap();
+    // The tag's version key, made before the body ran (for twice the ttl), runs short: the
+    // fill's extension must lengthen it.
+    let tag_key = "scripts:#tag:{docs}";
+    let shortened: i64 = redis::cmd("PEXPIRE")
+        .arg(tag_key)
+        .arg(5_000)
+        .query(&mut raw)
+        .unwrap();
+    assert_eq!(shortened, 1, "the tag's key exists");
+    gate.release.notify_one();
+    assert_eq!(task.await.unwrap(), 1);
+    cache.writes_done().await;
+    let pttl: i64 = redis::cmd("PTTL").arg(tag_key).query(&mut raw).unwrap();
+    assert!(
+        pttl > 60_000,
+        "the tag's key was lengthened: {pttl} ms left"
+    );
+    let stored: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(cache.full_key(&load_tagged_cache_key(1)))
+        .query(&mut raw)
+        .unwrap();
+    assert!(stored.is_some(), "the fill stored the value");
+    assert_eq!(cache.stats().fills, 1, "{:?}", cache.stats());
+}
