@@ -216,6 +216,7 @@ async fn another_process_s_changes_on_every_primary_drop_the_copy() {
     let neighbour = other_id_on_the_node_of(&cluster, "profile", id);
     set_source(&cluster, id, "w1").await;
     assert_eq!(invalidate_profile(id, &a).await.ok(), Some(true));
+    b.round_trip();
     b.holds(id, "w1");
     set_source(&cluster, id, "w2").await;
     assert_eq!(invalidate_profile(id, &a).await.ok(), Some(true));
@@ -285,6 +286,8 @@ async fn a_moved_slot_a_failover_or_a_killed_primary_leaves_no_stale_copy() {
     // The entry's slot moved to another primary; A then invalidates it there.
     set_source(&cluster, id, "v1").await;
     assert_eq!(invalidate_profile(id, &a).await.ok(), Some(true));
+    // B may hold v0 still: its copy goes by the next round trip, not before.
+    b.round_trip();
     b.holds(id, "v1");
     let from = primary_of(&cluster, &key);
     let to = other_primary(&cluster, from);
