@@ -16,14 +16,13 @@
 //! error), a node's tracking connection lost (which drops every copy by itself). Until a map
 //! is known, reads go to the main cluster connection and keep nothing.
 
-use super::link::{SlotRange, slot_ranges};
+use super::link::{SlotRange, cluster_slots};
 use super::local::Copies;
 use super::tracking::Tracking;
 use crate::CacheError;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo, Slot};
+use redis::cluster_routing::Slot;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -40,6 +39,15 @@ pub(crate) struct SlotMap {
     nodes: Vec<Arc<Tracking>>,
     /// Each node's host and port, in the order of `nodes`.
     addresses: Vec<Address>,
+}
+
+/// Where learning the map stands.
+#[derive(Debug, Default)]
+struct Learning {
+    /// A task is learning it now.
+    running: bool,
+    /// When the last one began.
+    began: Option<Instant>,
 }
 
 /// A node's host and port.
@@ -65,11 +73,9 @@ pub(crate) struct ClusterTracking {
     copies: Arc<Copies>,
     op_timeout: Duration,
     map: RwLock<Option<Arc<SlotMap>>>,
-    /// Whether the map is being learned now.
-    learning: AtomicBool,
-    /// When the map was last asked for: a node down or a stream of redirects learns it at
-    /// most once per [`RELEARN_EVERY`].
-    asked_at: Mutex<Option<Instant>>,
+    /// Whether the map is being learned now, and since when: a node down or a stream of
+    /// redirects learns it at most once per [`RELEARN_EVERY`].
+    learning: Mutex<Learning>,
     /// This, for the tasks that learn the map (which must not keep it alive).
     me: std::sync::Weak<ClusterTracking>,
 }
@@ -95,8 +101,7 @@ impl ClusterTracking {
             copies,
             op_timeout,
             map: RwLock::new(None),
-            learning: AtomicBool::new(false),
-            asked_at: Mutex::new(None),
+            learning: Mutex::new(Learning::default()),
             me: me.clone(),
         })
     }
@@ -138,39 +143,35 @@ impl ClusterTracking {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        {
-            let mut asked_at = self.asked_at.lock().unwrap_or_else(PoisonError::into_inner);
-            let now = Instant::now();
-            if asked_at.is_some_and(|at| now < at + RELEARN_EVERY) {
-                return;
-            }
-            if self.learning.swap(true, SeqCst) {
-                return;
-            }
-            *asked_at = Some(now);
-        }
         let Some(me) = self.me.upgrade() else {
-            self.learning.store(false, SeqCst);
             return;
         };
+        {
+            let mut learning = self.learning();
+            let now = Instant::now();
+            if learning.running || learning.began.is_some_and(|at| now < at + RELEARN_EVERY) {
+                return;
+            }
+            *learning = Learning {
+                running: true,
+                began: Some(now),
+            };
+        }
         runtime.spawn(async move {
             let learned = tokio::time::timeout(me.op_timeout, me.slots()).await;
             if let Ok(Ok(ranges)) = learned {
                 me.install(&ranges);
             }
-            me.learning.store(false, SeqCst);
+            me.learning().running = false;
         });
     }
 
+    fn learning(&self) -> std::sync::MutexGuard<'_, Learning> {
+        self.learning.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     async fn slots(&self) -> Result<Vec<SlotRange>, CacheError> {
-        let mut cluster = self.cluster.clone();
-        let reply = cluster
-            .route_command(
-                redis::cmd("CLUSTER").arg("SLOTS").clone(),
-                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
-            )
-            .await?;
-        Ok(slot_ranges(&reply)?)
+        Ok(cluster_slots(&self.cluster).await?)
     }
 
     /// Replaces the map by one built from `ranges`, keeping the connections of the nodes

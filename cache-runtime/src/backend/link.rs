@@ -192,14 +192,11 @@ impl Link {
         let Link::Cluster(cluster) = self else {
             return Ok(vec![ScanTarget::Server]);
         };
-        let mut connection = cluster.connection.clone();
-        let reply = connection
-            .route_command(
-                redis::cmd("CLUSTER").arg("SLOTS").clone(),
-                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
-            )
-            .await?;
-        let mut primaries = primaries_of(reply)?;
+        let mut primaries: Vec<(String, u16)> = cluster_slots(&cluster.connection)
+            .await?
+            .into_iter()
+            .map(|range| (range.host, range.port))
+            .collect();
         primaries.sort_unstable();
         primaries.dedup();
         Ok(primaries
@@ -239,12 +236,18 @@ impl ScanTarget {
     }
 }
 
-/// The primaries' addresses in a `CLUSTER SLOTS` reply.
-fn primaries_of(reply: redis::Value) -> redis::RedisResult<Vec<(String, u16)>> {
-    Ok(slot_ranges(&reply)?
-        .into_iter()
-        .map(|range| (range.host, range.port))
-        .collect())
+/// The cluster's slot ranges and their primaries, as one node (any) says now.
+pub(crate) async fn cluster_slots(
+    connection: &ClusterConnection,
+) -> redis::RedisResult<Vec<SlotRange>> {
+    let reply = connection
+        .clone()
+        .route_command(
+            redis::cmd("CLUSTER").arg("SLOTS").clone(),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+        )
+        .await?;
+    slot_ranges(&reply)
 }
 
 /// One range of a `CLUSTER SLOTS` reply, with its primary's address.
@@ -257,7 +260,7 @@ pub(crate) struct SlotRange {
 }
 
 /// The ranges of a `CLUSTER SLOTS` reply: `[[start, end, [host, port, ..], replicas..], ..]`.
-pub(crate) fn slot_ranges(reply: &redis::Value) -> redis::RedisResult<Vec<SlotRange>> {
+fn slot_ranges(reply: &redis::Value) -> redis::RedisResult<Vec<SlotRange>> {
     let malformed = || {
         redis::RedisError::from((
             redis::ErrorKind::UnexpectedReturnType,

@@ -48,10 +48,10 @@ impl Tier {
     }
 
     /// Which connection each of `keys` is read on; `None` while no map of a cluster is known.
-    fn routes(&self, keys: &[&str]) -> Option<Routes> {
+    fn routes(&self, keys: &[&str]) -> Option<Routes<'_>> {
         match self {
             Tier::Server(tracking) => Some(Routes {
-                nodes: Nodes::Server(Arc::clone(tracking)),
+                nodes: Nodes::Server(tracking),
                 of_key: keys.iter().map(|_| 0).collect(),
             }),
             Tier::Cluster(cluster) => {
@@ -84,17 +84,17 @@ impl Tier {
 }
 
 /// The tracking connections a read uses, and which of them each key goes to.
-struct Routes {
-    nodes: Nodes,
+struct Routes<'t> {
+    nodes: Nodes<'t>,
     of_key: SmallVec<[usize; 5]>,
 }
 
-enum Nodes {
-    Server(Arc<Tracking>),
+enum Nodes<'t> {
+    Server(&'t Arc<Tracking>),
     Cluster(Arc<SlotMap>),
 }
 
-impl Nodes {
+impl Nodes<'_> {
     fn get(&self, node: usize) -> &Arc<Tracking> {
         match self {
             Nodes::Server(tracking) => tracking,
@@ -116,9 +116,9 @@ impl Nodes {
 ///
 /// When some values come from copies and others from Redis, the copies must still be current
 /// once the replies are in, and only copies of a node asked in this read are used (on a
-/// cluster, a copy is coherent with its own node's connection only): an invalidation Redis sent before the reply has been applied by then,
-/// so a change made before this read began is never mixed in (a tag token's copy with a newer
-/// entry, or the other way round). If one was dropped meanwhile, everything is read again
+/// cluster, a copy is coherent with its own node's connection only): an invalidation Redis
+/// sent before the reply has been applied by then, so a change made before this read began
+/// is never mixed in (a tag token's copy with a newer entry, or the other way round). If one was dropped meanwhile, everything is read again
 /// from Redis.
 pub(crate) async fn read(
     tier: &Tier,
@@ -184,24 +184,49 @@ pub(crate) async fn read(
         let current_at_ticket = used
             .iter()
             .all(|&(index, noted)| reads[read_of[index]].ticket.admits(index, noted));
-        let missing_of = |node: usize| -> SmallVec<[usize; 5]> {
-            (0..keys.len())
-                .filter(|&index| values[index].is_none() && routes.of_key[index] == node)
-                .collect()
-        };
-        let fetches = asked.iter().zip(reads.iter_mut()).map(|(&node, read)| {
-            let missing = missing_of(node);
-            let keep = &keep[..];
-            let tracking = routes.nodes.get(node);
-            let one_command = routes.nodes.one_slot();
-            async move {
-                let fetched =
-                    fetch(tracking, read, keys, &missing, keep, one_command, deadline).await;
-                (missing, fetched)
+        // Per asked node, the positions of the keys it is asked for.
+        let missing: SmallVec<[SmallVec<[usize; 5]>; 3]> = asked
+            .iter()
+            .map(|&node| {
+                (0..keys.len())
+                    .filter(|&index| values[index].is_none() && routes.of_key[index] == node)
+                    .collect()
+            })
+            .collect();
+        let one_command = routes.nodes.one_slot();
+        // One node (always on one server): awaited as is, without `join_all`'s allocation.
+        let fetched: SmallVec<[Result<Fetched, CacheError>; 3]> = match reads.as_mut_slice() {
+            [read] => {
+                let tracking = routes.nodes.get(asked[0]);
+                let fetched = fetch(
+                    tracking,
+                    read,
+                    keys,
+                    &missing[0],
+                    &keep,
+                    one_command,
+                    deadline,
+                )
+                .await;
+                smallvec::smallvec![fetched]
             }
-        });
-        let fetched = futures_util::future::join_all(fetches).await;
-        for (node_read, (missing, replies)) in fetched.into_iter().enumerate() {
+            reads => {
+                let fetches =
+                    asked
+                        .iter()
+                        .zip(reads)
+                        .zip(&missing)
+                        .map(|((&node, read), missing)| {
+                            let tracking = routes.nodes.get(node);
+                            fetch(tracking, read, keys, missing, &keep, one_command, deadline)
+                        });
+                futures_util::future::join_all(fetches)
+                    .await
+                    .into_iter()
+                    .collect()
+            }
+        };
+        for (node_read, (missing, replies)) in missing.iter().zip(fetched).enumerate() {
             let replies = match replies {
                 Ok(Fetched::Values(replies)) => replies,
                 Ok(Fetched::Redirected) => {
