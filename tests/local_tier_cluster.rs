@@ -148,6 +148,26 @@ async fn set_source(cluster: &RedisCluster, id: u64, value: &str) {
         .unwrap();
 }
 
+/// A changes `id`'s source to `value` and invalidates its entry; once B has made a round
+/// trip, B's call computes `value` (`case` names the step in a failure).
+async fn invalidated_then_recomputed(
+    cluster: &RedisCluster,
+    a: &Cache,
+    b: &mut ProcessB,
+    id: u64,
+    value: &str,
+    case: &str,
+) {
+    set_source(cluster, id, value).await;
+    assert_eq!(invalidate_profile(id, a).await.ok(), Some(true));
+    b.round_trip();
+    assert_eq!(
+        b.ask(&format!("get {id}")),
+        format!("{value} computed"),
+        "{case}"
+    );
+}
+
 /// The index of the primary that serves `key` now.
 fn primary_of(cluster: &RedisCluster, key: &str) -> usize {
     cluster
@@ -187,10 +207,7 @@ async fn another_process_s_changes_on_every_primary_drop_the_copy() {
         set_source(&cluster, id, "v1").await;
         b.holds(id, "v1");
 
-        set_source(&cluster, id, "v2").await;
-        assert_eq!(invalidate_profile(id, &a).await.ok(), Some(true));
-        b.round_trip();
-        assert_eq!(b.ask(&format!("get {id}")), "v2 computed", "id {id}");
+        invalidated_then_recomputed(&cluster, &a, &mut b, id, "v2", &format!("id {id}")).await;
 
         b.holds(id, "v2");
         assert_eq!(save_profile(id, "v3", &a).await, Ok(()));
@@ -293,28 +310,14 @@ async fn a_moved_slot_a_failover_or_a_killed_primary_leaves_no_stale_copy() {
     let to = other_primary(&cluster, from);
     let slot = cluster.slot_of(&key).unwrap();
     tokio::task::block_in_place(|| cluster.migrate_slot(slot, to, || {}).unwrap());
-    set_source(&cluster, id, "v2").await;
-    assert_eq!(invalidate_profile(id, &a).await.ok(), Some(true));
-    b.round_trip();
-    assert_eq!(
-        b.ask(&format!("get {id}")),
-        "v2 computed",
-        "after a slot move"
-    );
+    invalidated_then_recomputed(&cluster, &a, &mut b, id, "v2", "after a slot move").await;
 
     // A manual failover: the old primary stays up, as a replica, with B's connection to it.
     b.holds(id, "v2");
     let primary = primary_of(&cluster, &key);
     let replica = cluster.replica_of(primary).unwrap();
     tokio::task::block_in_place(|| cluster.failover(replica).unwrap());
-    set_source(&cluster, id, "v3").await;
-    assert_eq!(invalidate_profile(id, &a).await.ok(), Some(true));
-    b.round_trip();
-    assert_eq!(
-        b.ask(&format!("get {id}")),
-        "v3 computed",
-        "after a manual failover"
-    );
+    invalidated_then_recomputed(&cluster, &a, &mut b, id, "v3", "after a manual failover").await;
 
     // The primary killed: its replica takes over, with whatever it had.
     b.holds(id, "v3");
@@ -323,12 +326,5 @@ async fn a_moved_slot_a_failover_or_a_killed_primary_leaves_no_stale_copy() {
         cluster.kill(primary);
         cluster.wait_settled().unwrap();
     });
-    set_source(&cluster, id, "v4").await;
-    assert_eq!(invalidate_profile(id, &a).await.ok(), Some(true));
-    b.round_trip();
-    assert_eq!(
-        b.ask(&format!("get {id}")),
-        "v4 computed",
-        "after a primary was killed"
-    );
+    invalidated_then_recomputed(&cluster, &a, &mut b, id, "v4", "after a primary was killed").await;
 }
