@@ -73,7 +73,7 @@
 
 pub use redis_memo_macros::{redis_cache_evict, redis_cache_put, redis_cached, redis_cached_impl};
 pub use redis_memo_runtime::{
-    Bincode, Cache, CacheBuilder, CacheError, CacheValue, ClientTlsConfig, Clock, Codec, EntryRef,
+    Cache, CacheBuilder, CacheError, CacheValue, ClientTlsConfig, Clock, Codec, EntryRef,
     FunctionRef, KeyPart, KeyWriter, MAX_RENDERED_LEN, ManualClock, MemoryStore, Stats,
     SystemClock, TimedOut, TlsCertificates, codec, envelope, install, pattern_part, with_cache,
 };

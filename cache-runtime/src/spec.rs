@@ -5,6 +5,16 @@ use crate::stats::FnMetrics;
 use std::borrow::Cow;
 use std::hash::Hasher;
 use std::sync::{OnceLock, PoisonError, RwLock};
+
+/// A warning logged once per function (see [`FnSpec::warn_once`]).
+#[derive(Debug, Clone, Copy)]
+#[repr(u8)]
+pub(crate) enum Warning {
+    /// A computation outlasted its lease, so its value was not stored.
+    SlowerThanLease,
+    /// A value was larger than the cache's `max_value_bytes`, so it was not stored.
+    Oversized,
+}
 use std::time::Duration;
 
 /// Compile-time facts about one memoized function.
@@ -43,8 +53,8 @@ pub struct FnSpec {
     /// `local`: how long this process may answer from its in-process copy of an entry.
     pub(crate) local: Option<Duration>,
     metrics: OnceLock<FnMetrics>,
-    /// Whether the "computation outlasted its lease" warning was given.
-    slower_than_lease_warned: std::sync::atomic::AtomicBool,
+    /// The [`Warning`]s given, one bit each.
+    warned: std::sync::atomic::AtomicU8,
     /// The first instantiation resolved, read without a lock: most functions have one.
     first_resolved: OnceLock<(Names, Resolved)>,
     /// Other instantiations of a generic function.
@@ -121,7 +131,7 @@ impl FnSpec {
             cache_none: false,
             local: None,
             metrics: OnceLock::new(),
-            slower_than_lease_warned: std::sync::atomic::AtomicBool::new(false),
+            warned: std::sync::atomic::AtomicU8::new(0),
             first_resolved: OnceLock::new(),
             other_resolved: RwLock::new(Vec::new()),
         }
@@ -215,11 +225,13 @@ impl FnSpec {
         self.name
     }
 
-    /// True the first time only: the "outlasted its lease" warning is given once a function.
-    pub(crate) fn warn_once_slower_than_lease(&self) -> bool {
-        !self
-            .slower_than_lease_warned
-            .swap(true, std::sync::atomic::Ordering::Relaxed)
+    /// True the first time only: `warning` is given once a function and process.
+    pub(crate) fn warn_once(&self, warning: Warning) -> bool {
+        let bit = 1 << warning as u8;
+        self.warned
+            .fetch_or(bit, std::sync::atomic::Ordering::Relaxed)
+            & bit
+            == 0
     }
 
     /// The function's `metrics` handles, registered on first use.

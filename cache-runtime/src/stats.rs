@@ -56,6 +56,11 @@ pub struct Stats {
     pub decode_failures: u64,
     /// Return values that could not be serialized (returned to the caller, not stored).
     pub encode_failures: u64,
+    /// Values larger than [`CacheBuilder::max_value_bytes`](crate::CacheBuilder::max_value_bytes):
+    /// returned to the caller (and to the callers waiting for it in this process), not
+    /// stored; the entry they would have replaced is removed. The first of each function is
+    /// logged at warn level.
+    pub oversized: u64,
     /// Cache operations skipped or failed because Redis was unreachable, slow or erroring;
     /// the call ran the function instead.
     pub fail_open: u64,
@@ -88,6 +93,7 @@ pub(crate) struct Counters {
     lock_timeouts: AtomicU64,
     decode_failures: AtomicU64,
     encode_failures: AtomicU64,
+    oversized: AtomicU64,
     fail_open: AtomicU64,
     lost_writes: AtomicU64,
 }
@@ -114,11 +120,12 @@ pub(crate) enum Event {
     LockTimeout,
     DecodeFailure,
     EncodeFailure,
+    Oversized,
     FailOpen,
 }
 
 impl Event {
-    const ALL: [Event; 18] = [
+    const ALL: [Event; 19] = [
         Event::Hit,
         Event::LocalHit,
         Event::StaleServed,
@@ -136,6 +143,7 @@ impl Event {
         Event::LockTimeout,
         Event::DecodeFailure,
         Event::EncodeFailure,
+        Event::Oversized,
         Event::FailOpen,
     ];
 
@@ -158,6 +166,7 @@ impl Event {
             Event::LockTimeout => "redis_memo_lock_timeouts_total",
             Event::DecodeFailure => "redis_memo_decode_failures_total",
             Event::EncodeFailure => "redis_memo_encode_failures_total",
+            Event::Oversized => "redis_memo_oversized_total",
             Event::FailOpen => "redis_memo_fail_open_total",
         }
     }
@@ -199,6 +208,7 @@ impl Counters {
             Event::LockTimeout => &self.lock_timeouts,
             Event::DecodeFailure => &self.decode_failures,
             Event::EncodeFailure => &self.encode_failures,
+            Event::Oversized => &self.oversized,
             Event::FailOpen => &self.fail_open,
         };
         counter.fetch_add(1, Relaxed);
@@ -230,6 +240,7 @@ impl Counters {
             lock_timeouts: self.lock_timeouts.load(Relaxed),
             decode_failures: self.decode_failures.load(Relaxed),
             encode_failures: self.encode_failures.load(Relaxed),
+            oversized: self.oversized.load(Relaxed),
             fail_open: self.fail_open.load(Relaxed),
             lost_writes: self.lost_writes.load(Relaxed),
             local_bytes: 0,

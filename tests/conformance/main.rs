@@ -12,6 +12,7 @@ mod races;
 mod suite;
 #[path = "../support/mod.rs"]
 mod support;
+mod values;
 
 macro_rules! conformance {
     ($($module:ident { $($test:ident),* $(,)? })*) => {
@@ -221,4 +222,12 @@ conformance_on_backend!(freshness_conformance: freshness {
     past_the_hard_timeout_a_fail_safe_value_is_served,
     background_refreshes_are_bounded_and_the_skipped_ones_counted,
     waiters_of_a_failed_leader_get_their_fail_safe_value_and_the_lease_is_free,
+});
+
+conformance_on_backend!(values_conformance: values {
+    a_value_over_max_value_bytes_is_served_but_not_stored,
+    callers_waiting_for_an_oversized_value_share_it,
+    a_refresh_to_an_oversized_value_removes_the_stale_entry,
+    compressed_entries_are_smaller_and_plain_readers_read_them,
+    message_pack_entries_name_their_fields_and_every_codec_reads_them,
 });

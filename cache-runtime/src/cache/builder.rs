@@ -8,6 +8,8 @@ use crate::backend::{
 };
 use crate::backend::{ClusterTracking, Copies, Gate, Tier, Tracking};
 use crate::clock::{Clock, SystemClock};
+use crate::codec::Codec;
+use crate::envelope::Format;
 use crate::flight::Flights;
 use crate::health::Health;
 use crate::notify::Notices;
@@ -33,6 +35,9 @@ pub struct CacheBuilder {
     local_capacity: Option<u64>,
     /// `local_default`: how long functions without `local` keep in-process copies.
     local_default: Option<Duration>,
+    /// `codec` and `compress_above`.
+    format: Format,
+    max_value_bytes: Option<usize>,
 }
 
 enum Source {
@@ -72,6 +77,8 @@ impl CacheBuilder {
             tls: None,
             local_capacity: None,
             local_default: None,
+            format: Format::default(),
+            max_value_bytes: None,
         }
     }
 
@@ -233,6 +240,44 @@ impl CacheBuilder {
         self
     }
 
+    /// The codec values are written with, default [`Codec::Bincode`]. Entries record their
+    /// codec and are read with it, so changing it turns no existing entry into a miss.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.format.codec = codec;
+        self
+    }
+
+    /// Compresses (LZ4) every value whose codec bytes are longer than `bytes`, unless that
+    /// would not make it smaller. Entries record whether they are compressed, so compressed
+    /// and plain entries coexist; a version of redis-memo from before compression reads a
+    /// compressed entry as a miss. Off by default; 1 KiB is a good start: below it a value
+    /// rarely shrinks enough to pay for the flag.
+    ///
+    /// ```
+    /// use redis_memo_runtime::{Cache, MemoryStore};
+    ///
+    /// let cache = Cache::builder()
+    ///     .memory(MemoryStore::new())
+    ///     .compress_above(1024)
+    ///     .build()
+    ///     .unwrap();
+    /// ```
+    pub fn compress_above(mut self, bytes: usize) -> Self {
+        self.format.compress_above = Some(bytes);
+        self
+    }
+
+    /// The largest entry stored, in bytes as stored (after compression, envelope included).
+    /// A larger value is still returned to its caller and to the calls waiting for it in this
+    /// process, but not stored: the entry it would have replaced is removed, the event is
+    /// counted (`stats().oversized`, `redis_memo_oversized_total`) and the first one of each
+    /// function logged at warn level. A `#[redis_cache_put]` of such a value removes the entry.
+    /// No bound by default (Redis's own is 512 MiB).
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = Some(bytes);
+        self
+    }
+
     /// Seeds the random draws of jitter, so a test sees the same ones on every run.
     pub fn random_seed(mut self, seed: u64) -> Self {
         self.random_seed = Some(seed);
@@ -368,6 +413,8 @@ impl CacheBuilder {
                 refresh_failures_log: crate::health::LogEvery::minute(),
                 server_offset,
                 background_writes: std::sync::atomic::AtomicUsize::new(0),
+                format: self.format,
+                max_value_bytes: self.max_value_bytes,
             }),
         };
         // Learn the server's clock now, in the background (a Redis cache is built inside a

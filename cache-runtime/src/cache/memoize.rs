@@ -21,14 +21,13 @@ use crate::backend::{Found, HeldLease};
 use crate::cache::Cache;
 use crate::cache::refresh::{RefreshFrom, Refresher};
 use crate::cache::timeouts::{Body, OnTimeout, Waited};
-use crate::codec::Bincode;
 use crate::envelope::{self, DecodeError, EntryTimes};
 use crate::flight::{self, LeaderGuard, Role, Shared, WaitOutcome};
 use crate::freshness::{Freshness, Lifetime, early_refresh_due, within_fail_safe};
 use crate::lease::{self, Acquired};
 use crate::notify::Notice;
 use crate::returns::{ReturnKind, ShareFailure};
-use crate::spec::FnSpec;
+use crate::spec::{FnSpec, Warning};
 use crate::stats::Event;
 use crate::tags::{TagKeys, Token, Versions};
 use bytes::Bytes;
@@ -338,7 +337,7 @@ impl Cache {
         let mut fallback = None;
         let read = match read {
             Read::Entry(bytes, tier) => {
-                match envelope::decode::<Bincode, K::Stored>(&bytes, fingerprint, Some(versions)) {
+                match envelope::decode::<K::Stored>(&bytes, fingerprint, Some(versions)) {
                     Ok((value, times)) => {
                         let now_ms = self.now_ms();
                         let freshness = Freshness::of(spec, times, now_ms);
@@ -514,7 +513,7 @@ impl Cache {
             // counts as completed, so a new leader reads again.
             WaitOutcome::Abandoned => return AfterWait::Rejoin(compute, fallback),
         };
-        match envelope::decode::<Bincode, K::Stored>(&bytes, fingerprint, current) {
+        match envelope::decode::<K::Stored>(&bytes, fingerprint, current) {
             Ok((value, _)) => {
                 self.record(Event::Coalesced, spec);
                 AfterWait::Return(K::from_stored(value))
@@ -547,7 +546,7 @@ impl Cache {
         } = *entry;
         let (redis_answered, unusable) = match read {
             Read::Entry(bytes, tier) => {
-                match envelope::decode::<Bincode, V>(&bytes, fingerprint, Some(versions)) {
+                match envelope::decode::<V>(&bytes, fingerprint, Some(versions)) {
                     Ok((value, times)) if self.is_fresh(spec, times) => {
                         return LeadRead::Found(bytes, value, tier);
                     }
@@ -991,7 +990,7 @@ impl Cache {
         };
         let lifetime = Lifetime::of(spec, unit);
         let times = lifetime.times(self.now_ms(), computed_in_ms);
-        match envelope::encode::<Bincode, _>(value, fingerprint, times, tags) {
+        match envelope::encode(value, self.inner.format, fingerprint, times, tags) {
             Ok(bytes) => Some(Encoded {
                 bytes: Bytes::from(bytes),
                 stored_for: lifetime.stored_for,
@@ -1041,7 +1040,7 @@ impl Cache {
         let acquired = gate.pass("acquire", acquired).await;
         match self.usable("acquire", spec, acquired) {
             Some(Acquired::Held(Some(bytes))) => {
-                match envelope::decode::<Bincode, V>(&bytes, fingerprint, Some(versions)) {
+                match envelope::decode::<V>(&bytes, fingerprint, Some(versions)) {
                     Ok((value, times))
                         if self.is_fresh(spec, times)
                             && replacing.is_none_or(|seen| times.written_at_ms > seen) =>
@@ -1110,8 +1109,7 @@ impl Cache {
             let read_by = Instant::now() + self.inner.gate.op_timeout();
             if let (Read::Entry(bytes, _), now) =
                 self.read(spec, key, entry.tag_keys, read_by).await
-                && let Ok((value, times)) =
-                    envelope::decode::<Bincode, V>(&bytes, fingerprint, Some(&now))
+                && let Ok((value, times)) = envelope::decode::<V>(&bytes, fingerprint, Some(&now))
                 && self.is_fresh(spec, times)
             {
                 return LeaseOutcome::Filled(bytes, value);
@@ -1147,7 +1145,8 @@ impl Cache {
 
     /// Stores `encoded` through `lease`; with nothing to store, gives the lease up now rather
     /// than make others wait for it (removing with `clear_entry` an unusable entry that
-    /// nothing replaced).
+    /// nothing replaced). A value over `max_value_bytes` is not stored, and the entry it would
+    /// have replaced is removed: an older value must not outlive a newer one.
     pub(crate) async fn store(
         &self,
         entry: &EntryAt<'_>,
@@ -1157,9 +1156,32 @@ impl Cache {
         computed_in: Duration,
     ) {
         match encoded {
-            Some(encoded) => self.fill(entry, lease, encoded, computed_in).await,
+            Some(encoded) if self.fits(entry.spec, entry.key, &encoded) => {
+                self.fill(entry, lease, encoded, computed_in).await;
+            }
+            Some(_) => self.release(entry.spec, lease, true).await,
             None => self.release(entry.spec, lease, clear_entry).await,
         }
+    }
+
+    /// Whether `encoded` is within the cache's `max_value_bytes`; a value over it is counted,
+    /// and logged once a function.
+    pub(crate) fn fits(&self, spec: &'static FnSpec, key: &str, encoded: &Encoded) -> bool {
+        let Some(max) = self.inner.max_value_bytes else {
+            return true;
+        };
+        let size = encoded.bytes.len();
+        if size <= max {
+            return true;
+        }
+        self.record(Event::Oversized, spec);
+        if spec.warn_once(Warning::Oversized) {
+            tracing::warn!(target: "redis_memo", function = spec.name, key, size, max,
+                "redis-memo: the value is larger than max_value_bytes, so it is served but not \
+                 stored (logged once per function; counted in `stats().oversized`)"
+            );
+        }
+        false
     }
 
     /// [`Cache::store`] without waiting for Redis: the request is queued on the connection
@@ -1234,7 +1256,7 @@ impl Cache {
                 // The lease was lost: an invalidation (or a write) came after this computation
                 // began, so its value may be stale; or the computation outlasted its lease.
                 self.record(Event::RejectedFill, spec);
-                if computed_in >= spec.lease && spec.warn_once_slower_than_lease() {
+                if computed_in >= spec.lease && spec.warn_once(Warning::SlowerThanLease) {
                     tracing::warn!(target: "redis_memo", function = spec.name,
                         ?computed_in,
                         lease = ?spec.lease,

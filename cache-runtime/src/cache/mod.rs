@@ -71,6 +71,10 @@ struct Inner {
     /// Results being stored and leases being given back in the background (see
     /// [`Cache::refreshes_done`]).
     background_writes: std::sync::atomic::AtomicUsize,
+    /// How values are written ([`CacheBuilder::codec`], [`CacheBuilder::compress_above`]).
+    format: crate::envelope::Format,
+    /// See [`CacheBuilder::max_value_bytes`].
+    max_value_bytes: Option<usize>,
 }
 
 impl Inner {

@@ -255,6 +255,13 @@ impl Cache {
             lease,
             ..
         } = began;
+        if !self.fits(spec, &key, &encoded) {
+            // Not stored; the old value must not stay either. Removing the entry removes the
+            // lease with it.
+            lease.disarm();
+            self.inner.flights.detach(&key);
+            return self.invalidate(&entry.rendered).await.map(drop);
+        }
         let tag_keys = TagKeys {
             function: function_tag.as_deref(),
             user: &user_tags,
