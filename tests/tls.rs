@@ -17,6 +17,8 @@ fn trusting(ca: &TestCa) -> TlsCertificates {
 
 fn tls_cache(server: &RedisServer, trusted: &TestCa, namespace: &str) -> Cache {
     Cache::builder()
+        // Room for TLS handshakes on a loaded 2-core machine (250 ms was not always).
+        .op_timeout(support::OP_TIMEOUT)
         .redis_url(server.tls_url().expect("a TLS server"))
         .tls_certificates(trusting(trusted))
         .namespace(namespace)
@@ -156,6 +158,8 @@ async fn without_certificates_the_system_authorities_are_trusted() {
     let ca = TestCa::new().unwrap();
     let server = RedisServer::start_tls(&ca).unwrap();
     let cache = Cache::builder()
+        // Room for TLS handshakes on a loaded 2-core machine (250 ms was not always).
+        .op_timeout(support::OP_TIMEOUT)
         .redis_url(server.tls_url().expect("a TLS server"))
         .namespace("tls_system_roots")
         .build()
@@ -178,6 +182,8 @@ async fn the_in_process_tier_tracks_over_tls_on_a_cluster() {
     let ca = TestCa::new().unwrap();
     let cluster = RedisCluster::start_tls(&ca).unwrap();
     let cache = Cache::builder()
+        // Room for TLS handshakes on a loaded 2-core machine (250 ms was not always).
+        .op_timeout(support::OP_TIMEOUT)
         .redis_cluster(cluster.tls_urls())
         .tls_certificates(trusting(&ca))
         .namespace("tls_tier")
@@ -213,6 +219,8 @@ async fn a_cache_on_a_tls_cluster_stores_reads_invalidates_and_wakes_waiters() {
     let cluster = RedisCluster::start_tls(&ca).unwrap();
     let on_cluster = |namespace: &str| {
         Cache::builder()
+            // Room for TLS handshakes on a loaded 2-core machine (250 ms was not always).
+            .op_timeout(support::OP_TIMEOUT)
             .redis_cluster(cluster.tls_urls())
             .tls_certificates(trusting(&ca))
             .namespace(namespace)
@@ -283,6 +291,8 @@ async fn a_cache_on_a_tls_cluster_stores_reads_invalidates_and_wakes_waiters() {
 
     let stranger = TestCa::new().unwrap();
     let untrusting = Cache::builder()
+        // Room for TLS handshakes on a loaded 2-core machine (250 ms was not always).
+        .op_timeout(support::OP_TIMEOUT)
         .redis_cluster(cluster.tls_urls())
         .tls_certificates(trusting(&stranger))
         .build()
@@ -306,6 +316,8 @@ async fn a_client_certificate_is_presented_to_a_server_that_asks_for_one() {
     let ca = TestCa::new().unwrap();
     let server = RedisServer::start_tls_requiring_client_certs(&ca).unwrap();
     let with_certificate = Cache::builder()
+        // Room for TLS handshakes on a loaded 2-core machine (250 ms was not always).
+        .op_timeout(support::OP_TIMEOUT)
         .redis_url(server.tls_url().unwrap())
         .tls_certificates(TlsCertificates {
             client_tls: Some(ca.client_tls().unwrap()),
