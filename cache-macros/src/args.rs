@@ -16,8 +16,8 @@ use syn::{Expr, Ident, LitInt, LitStr, Path, Token};
 
 /// The options this version accepts, listed in error messages.
 const VALID: &str = "`ttl`, `key`, `tags`, `invalidate_all`, `cache`, `cache_none`, `lock`, \
-     `stale`, `fail_safe`, `soft_timeout`, `hard_timeout`, `early`, `jitter`, `local`, `version`, \
-     `crate`";
+     `stale`, `fail_safe`, `soft_timeout`, `hard_timeout`, `early`, `jitter`, `local`, `sliding`, \
+     `version`, `crate`";
 
 /// The options of one `#[redis_cached]`, checked for form but not yet against the function.
 pub(crate) struct CachedArgs {
@@ -48,6 +48,8 @@ pub(crate) struct CachedArgs {
     /// `local` (as long as the ttl) or `local = "30s"`: the longest an in-process copy of an
     /// entry is served.
     pub(crate) local: Option<Duration>,
+    /// `sliding` / `sliding(max_age = "12h")`.
+    pub(crate) sliding: Option<Sliding>,
     pub(crate) version: u32,
     /// `crate = "path"`: the facade's path when the dependency is renamed.
     pub(crate) krate: Path,
@@ -111,14 +113,18 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
     let mut hard_timeout = None;
     let mut jitter_per_mille = 0;
     let mut local = None;
+    let mut sliding = None;
 
     let mut lock = None;
     for RawOption { name, value, list } in raw.0 {
         let name_text = name.to_string();
-        if list.is_some() && name_text != "lock" {
+        if list.is_some() && name_text != "lock" && name_text != "sliding" {
             errors.spanned(
                 &name,
-                format!("`{name_text}` takes no parenthesized options; only `lock(..)` does"),
+                format!(
+                    "`{name_text}` takes no parenthesized options; only `lock(..)` and \
+                     `sliding(..)` do"
+                ),
             );
             continue;
         }
@@ -230,6 +236,14 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
                     }
                 }
             }
+            "sliding" => match value {
+                Some(value) => {
+                    errors.spanned(value, "write `sliding`, or `sliding(max_age = \"12h\")`")
+                }
+                None => {
+                    sliding = Some(sliding_options(&name, list.unwrap_or_default(), errors));
+                }
+            },
             "lock" => match value {
                 Some(value) => errors.spanned(
                     value,
@@ -275,6 +289,9 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
              (how old that value may be)",
         );
     }
+    if let Some(sliding) = &sliding {
+        check_sliding(sliding, &seen, ttl, (&tags, invalidate_all), errors);
+    }
     if !seen.iter().any(|s| s == "key") {
         errors.at(attr_span, "missing `key`: add `key = \"name:<param>\"`, naming the parameters that identify a call");
     }
@@ -294,6 +311,7 @@ pub(crate) fn check(raw: RawOptions, attr_span: Span, errors: &mut Errors) -> Op
         early,
         jitter_per_mille,
         local: local.map(|max_age| max_age.unwrap_or_else(|| ttl_or_default(ttl))),
+        sliding,
         lock: lock.map(|lock| lock.resolve(ttl_or_default(ttl), errors)),
         version,
         krate: krate.unwrap_or_else(|| syn::parse_quote!(::redis_memo)),
@@ -530,6 +548,96 @@ impl LockOptions {
     }
 }
 
+/// `sliding` as written: where, and its `max_age` if given.
+pub(crate) struct Sliding {
+    pub(crate) span: Span,
+    pub(crate) max_age: Option<(Duration, Span)>,
+}
+
+fn sliding_options(name: &Ident, list: Vec<RawOption>, errors: &mut Errors) -> Sliding {
+    let mut sliding = Sliding {
+        span: name.span(),
+        max_age: None,
+    };
+    for sub in list {
+        let sub_name = sub.name.to_string();
+        if sub_name != "max_age" || sub.list.is_some() {
+            errors.spanned(
+                &sub.name,
+                format!("unknown `sliding` option `{sub_name}`; the option is `max_age = \"12h\"`"),
+            );
+        } else if sliding.max_age.is_some() {
+            errors.spanned(&sub.name, "`max_age` is given twice; keep one");
+        } else if let Some(lit) = string_value(&sub.name, sub.value.as_ref(), "\"12h\"", errors) {
+            match duration::parse(&lit, "sliding(max_age)") {
+                Ok(parsed) => sliding.max_age = Some((parsed, lit.span())),
+                Err(error) => errors.push(error),
+            }
+        }
+    }
+    sliding
+}
+
+/// What `sliding` cannot go with, and why.
+const NOT_WITH_SLIDING: [(&str, &str); 5] = [
+    (
+        "stale",
+        "a sliding entry stays fresh while it is read and ends when it is not, so it is never \
+         stale",
+    ),
+    (
+        "fail_safe",
+        "a sliding entry is gone once it goes unread for its ttl, so no older value is kept to \
+         stand in",
+    ),
+    (
+        "early",
+        "a sliding entry's expiry moves with every read, so there is none to refresh ahead of",
+    ),
+    (
+        "jitter",
+        "a sliding entry's expiry moves with every read, so entries written together do not \
+         expire together anyway",
+    ),
+    (
+        "local",
+        "a read answered in process would not push the entry's expiry out in Redis",
+    ),
+];
+
+/// `sliding` against the other options: the ones it does not go with, a `max_age` that is
+/// not longer than the ttl, and tags without a `max_age` (a tag's version key must outlive
+/// the entries that record it, and without one a read entry never ends).
+fn check_sliding(
+    sliding: &Sliding,
+    seen: &[String],
+    ttl: Option<Duration>,
+    (tags, invalidate_all): (&[Template], bool),
+    errors: &mut Errors,
+) {
+    for (option, why) in NOT_WITH_SLIDING {
+        if seen.iter().any(|seen| seen == option) {
+            errors.at(
+                sliding.span,
+                format!("`sliding` does not go with `{option}`: {why}; drop one of them"),
+            );
+        }
+    }
+    match sliding.max_age {
+        Some((max_age, span)) if ttl.is_some_and(|ttl| max_age <= ttl) => errors.at(
+            span,
+            "`max_age` is how long after it was computed a sliding entry is served at most: make \
+             it longer than the `ttl`, which each read renews",
+        ),
+        None if !tags.is_empty() || invalidate_all => errors.at(
+            sliding.span,
+            "a sliding entry with tags needs `sliding(max_age = \"12h\")`: its tags must outlive \
+             it, and without a maximum age an entry read often enough never ends",
+        ),
+        _ => {}
+    }
+}
+
 fn ttl_or_default(ttl: Option<Duration>) -> Duration {
     ttl.unwrap_or(Duration::from_secs(1))
 }
@@ -602,6 +710,31 @@ mod tests {
                 message.contains(expected),
                 "{expected:?} missing from {message}"
             );
+        }
+    }
+
+    #[test]
+    fn sliding_reads_its_max_age_and_refuses_what_it_does_not_go_with() {
+        let max_age = |options: &str| {
+            let (args, errors) = check_str(options);
+            assert!(errors.is_empty(), "{options}");
+            args.unwrap()
+                .sliding
+                .map(|sliding| sliding.max_age.map(|(age, _)| age))
+        };
+        assert_eq!(max_age(r#"ttl = "30m", key = "k", sliding"#), Some(None));
+        assert_eq!(
+            max_age(r#"ttl = "30m", key = "k", sliding(max_age = "12h")"#),
+            Some(Some(Duration::from_secs(12 * 3600)))
+        );
+        assert_eq!(max_age(r#"ttl = "30m", key = "k""#), None);
+        for refused in [
+            r#"ttl = "30m", key = "k", sliding, stale = "1m""#,
+            r#"ttl = "30m", key = "k", sliding, local"#,
+            r#"ttl = "30m", key = "k", sliding(max_age = "30m")"#,
+            r#"ttl = "30m", key = "k", invalidate_all, sliding"#,
+        ] {
+            assert!(!check_str(refused).1.is_empty(), "{refused}");
         }
     }
 

@@ -292,6 +292,13 @@ fn spec_static(options: &CachedArgs, name_text: &str, private: &TokenStream) -> 
         let max_age = duration(max_age);
         quote!(.local(#max_age))
     });
+    let sliding = options.sliding.as_ref().map(|sliding| {
+        let max_age = match sliding.max_age {
+            Some((max_age, _)) => duration(max_age),
+            None => quote!(#private::FnSpec::NO_MAX_AGE),
+        };
+        quote!(.sliding(#max_age))
+    });
     // The optional durations of the freshness options, each through its setter.
     let freshness = [
         ("stale", options.stale),
@@ -320,6 +327,7 @@ fn spec_static(options: &CachedArgs, name_text: &str, private: &TokenStream) -> 
         #(#freshness)*
         .early(#early)
         #local
+        #sliding
         #lock;
     }
 }

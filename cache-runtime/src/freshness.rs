@@ -19,6 +19,14 @@ impl Lifetime {
     /// The lifetime of an entry of `spec` written now; `unit` is a random number in `[0, 1)`
     /// that picks how much of the jitter applies.
     pub(crate) fn of(spec: &FnSpec, unit: f64) -> Lifetime {
+        if let Some(max_age) = spec.sliding {
+            // Fresh for its whole `max_age` by the envelope; Redis ends it one ttl after its
+            // last read (each hit pushes the key's expiry out).
+            return Lifetime {
+                fresh_for: max_age,
+                stored_for: spec.ttl,
+            };
+        }
         let cut = spec.ttl.as_secs_f64() * f64::from(spec.jitter_per_mille) / 1000.0 * unit;
         // At least 1 ms: a zero ttl would mean "no expiry" to Redis.
         let fresh_for = spec
@@ -148,6 +156,16 @@ mod tests {
             ..times
         };
         assert!(!early_refresh_due(instant, 9_999, 0.999), "nothing to win");
+    }
+
+    #[test]
+    fn a_sliding_entry_is_fresh_for_its_max_age_and_stored_for_its_ttl() {
+        let spec = FnSpec::new("f", "m::f", "k", TTL).sliding(Duration::from_secs(3600));
+        let lifetime = Lifetime::of(&spec, 0.7);
+        assert_eq!(lifetime.stored_for, TTL);
+        let times = lifetime.times(1_000, 0);
+        assert_eq!(Freshness::of(&spec, times, 3_600_999), Freshness::Fresh);
+        assert_eq!(Freshness::of(&spec, times, 3_601_000), Freshness::Expired);
     }
 
     #[test]

@@ -52,6 +52,9 @@ pub struct FnSpec {
     pub(crate) cache_none: bool,
     /// `local`: how long this process may answer from its in-process copy of an entry.
     pub(crate) local: Option<Duration>,
+    /// `sliding`: each hit keeps the entry one more ttl; the longest it is served after it
+    /// was computed (its `max_age`, or [`FnSpec::NO_MAX_AGE`]).
+    pub(crate) sliding: Option<Duration>,
     metrics: OnceLock<FnMetrics>,
     /// The [`Warning`]s given, one bit each.
     warned: std::sync::atomic::AtomicU8,
@@ -130,6 +133,7 @@ impl FnSpec {
             version: 0,
             cache_none: false,
             local: None,
+            sliding: None,
             metrics: OnceLock::new(),
             warned: std::sync::atomic::AtomicU8::new(0),
             first_resolved: OnceLock::new(),
@@ -217,6 +221,17 @@ impl FnSpec {
     /// The function's `local` option: the longest an in-process copy of an entry is served.
     pub const fn local(mut self, max_age: Duration) -> Self {
         self.local = Some(max_age);
+        self
+    }
+
+    /// What `sliding` without `max_age` passes to [`FnSpec::sliding`]: an entry read often
+    /// enough is served for a century.
+    pub const NO_MAX_AGE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+    /// The function's `sliding` option: each hit pushes the entry's expiry out to one ttl
+    /// from then, and it is never served more than `max_age` after it was computed.
+    pub const fn sliding(mut self, max_age: Duration) -> Self {
+        self.sliding = Some(max_age);
         self
     }
 

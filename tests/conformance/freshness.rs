@@ -1,7 +1,7 @@
 //! Freshness: stale-while-revalidate and jitter, on each backend, driven by a manual clock
 //! (tests move time past a ttl instead of sleeping through it).
 
-use crate::support::{Backend, Harness};
+use crate::support::{Backend, Harness, Probe};
 use redis_memo::{Cache, ManualClock, redis_cached};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -728,4 +728,116 @@ pub async fn waiters_of_a_failed_leader_get_their_fail_safe_value_and_the_lease_
     assert_eq!(flaky(1, other.clone(), Arc::clone(&source)).await, Ok(103));
     other.writes_done().await;
     assert_eq!(other.stats().fills, 1, "the lease was free");
+}
+
+#[redis_cached(ttl = "10m", key = "session:<id>", sliding, cache = cache)]
+async fn session(id: u64, #[cache(skip)] cache: &Cache, #[cache(skip)] probe: &Probe) -> u64 {
+    probe.ran();
+    id
+}
+
+#[redis_cached(
+    ttl = "10m",
+    key = "tagged_session:<id>",
+    tags = ["user:<id>"],
+    sliding(max_age = "1h"),
+    cache = cache
+)]
+async fn tagged_session(
+    id: u64,
+    #[cache(skip)] cache: &Cache,
+    #[cache(skip)] probe: &Probe,
+) -> u64 {
+    probe.ran();
+    id
+}
+
+#[redis_cached(ttl = "10m", key = "fixed:<id>", cache = cache)]
+async fn fixed(id: u64, #[cache(skip)] cache: &Cache, #[cache(skip)] probe: &Probe) -> u64 {
+    probe.ran();
+    id
+}
+
+/// Rewrites the entry `rendered` as it is, with only `left` to live.
+async fn shorten(h: &Harness, rendered: &str, left: Duration) {
+    let bytes = h.read_raw(rendered).await.expect("the entry is stored");
+    h.write_raw(rendered, &bytes, left).await;
+    let ttl = h.time_to_live_ms(rendered).await;
+    assert!(
+        (1..=left.as_millis() as i64).contains(&ttl),
+        "{ttl} ms left"
+    );
+}
+
+pub async fn a_hit_pushes_a_sliding_entrys_expiry_out_by_its_ttl(backend: Backend) {
+    let h = Harness::new(backend);
+    let probe = Probe::default();
+    const LEFT: Duration = Duration::from_secs(5);
+    const TTL_MS: i64 = 600_000;
+
+    assert_eq!(session(1, &h.cache, &probe).await, 1);
+    shorten(&h, &session_cache_key(1), LEFT).await;
+    assert_eq!(session(1, &h.cache, &probe).await, 1);
+    let ttl = h.time_to_live_ms(&session_cache_key(1)).await;
+    assert!(
+        ttl > TTL_MS - 60_000 && ttl <= TTL_MS,
+        "the hit gave it a ttl again: {ttl} ms"
+    );
+
+    // With tags, the entry is read by `GETEX` beside the `MGET` of its tags' tokens.
+    assert_eq!(tagged_session(2, &h.cache, &probe).await, 2);
+    shorten(&h, &tagged_session_cache_key(2), LEFT).await;
+    assert_eq!(tagged_session(2, &h.cache, &probe).await, 2);
+    let ttl = h.time_to_live_ms(&tagged_session_cache_key(2)).await;
+    assert!(
+        ttl > TTL_MS - 60_000,
+        "the tagged hit gave it a ttl again: {ttl} ms"
+    );
+    invalidate_user_tag_of_tagged_session(2, &h.cache).await;
+    assert_eq!(tagged_session(2, &h.cache, &probe).await, 2);
+    assert_eq!(
+        probe.runs(),
+        3,
+        "a sliding entry's tag still invalidates it"
+    );
+
+    // Without `sliding`, a hit leaves the expiry where it was.
+    assert_eq!(fixed(3, &h.cache, &probe).await, 3);
+    shorten(&h, &fixed_cache_key(3), LEFT).await;
+    assert_eq!(fixed(3, &h.cache, &probe).await, 3);
+    let ttl = h.time_to_live_ms(&fixed_cache_key(3)).await;
+    assert!(ttl <= LEFT.as_millis() as i64, "{ttl} ms");
+    assert_eq!(probe.runs(), 4, "every second call was a hit");
+}
+
+async fn invalidate_user_tag_of_tagged_session(id: u64, cache: &Cache) {
+    cache
+        .invalidate_tag(&format!("user:{id}"))
+        .await
+        .expect("the tag is invalidated");
+}
+
+pub async fn a_sliding_entry_is_never_served_past_its_max_age(backend: Backend) {
+    let (h, clock) = clocked(backend);
+    let probe = Probe::default();
+    assert_eq!(tagged_session(5, &h.cache, &probe).await, 5);
+    // Read every 9 minutes: each read keeps it, up to its hour.
+    for _ in 0..6 {
+        clock.advance(Duration::from_secs(9 * 60));
+        assert_eq!(tagged_session(5, &h.cache, &probe).await, 5);
+    }
+    assert_eq!(
+        probe.runs(),
+        1,
+        "54 minutes of reads 9 minutes apart: all hits"
+    );
+    clock.advance(Duration::from_secs(6 * 60));
+    assert_eq!(tagged_session(5, &h.cache, &probe).await, 5);
+    assert_eq!(
+        probe.runs(),
+        2,
+        "an hour after it was computed, it is computed again"
+    );
+    assert_eq!(tagged_session(5, &h.cache, &probe).await, 5);
+    assert_eq!(probe.runs(), 2, "and the new value is served");
 }

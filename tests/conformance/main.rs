@@ -222,6 +222,8 @@ conformance_on_backend!(freshness_conformance: freshness {
     past_the_hard_timeout_a_fail_safe_value_is_served,
     background_refreshes_are_bounded_and_the_skipped_ones_counted,
     waiters_of_a_failed_leader_get_their_fail_safe_value_and_the_lease_is_free,
+    a_hit_pushes_a_sliding_entrys_expiry_out_by_its_ttl,
+    a_sliding_entry_is_never_served_past_its_max_age,
 });
 
 conformance_on_backend!(values_conformance: values {

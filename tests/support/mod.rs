@@ -451,6 +451,20 @@ impl Harness {
         self.raw(redis::cmd("PTTL").arg(&key)).await
     }
 
+    /// How long the store keeps the entry `rendered`, in ms: `PTTL` on Redis, what the
+    /// in-memory store says otherwise (-2 for no entry, as `PTTL`).
+    pub async fn time_to_live_ms(&self, rendered: &str) -> i64 {
+        if let Some(pttl) = self.pttl_ms(rendered).await {
+            return pttl;
+        }
+        let store = self.store.as_ref().expect("a harness has a backend");
+        let key = self.cache.full_key(rendered);
+        store
+            .time_to_live(&key)
+            .await
+            .map_or(-2, |left| left.as_millis() as i64)
+    }
+
     /// The raw bytes stored for `rendered`, if any.
     pub async fn read_raw(&self, rendered: &str) -> Option<Vec<u8>> {
         // A call returns once its result is sent; this reads on another connection.

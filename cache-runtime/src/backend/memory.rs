@@ -150,14 +150,53 @@ impl MemoryStore {
         self.tags.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The entry and its tags' current tokens.
-    pub(crate) fn read(&self, entry: &str, tag_keys: TagKeys<'_>) -> (Option<Bytes>, Versions) {
+    /// The entry and its tags' current tokens; with `slide`, an entry found is kept that long
+    /// from now (as `GETEX .. PX`).
+    pub(crate) fn read(
+        &self,
+        entry: &str,
+        tag_keys: TagKeys<'_>,
+        slide: Option<Duration>,
+    ) -> (Option<Bytes>, Versions) {
         let now = Instant::now();
         let versions = {
             let tags = self.tags();
             tag_keys.iter().map(|key| tags.live(key, now)).collect()
         };
-        (self.get(entry), versions)
+        let entry = match slide {
+            Some(ttl) => self.get_and_keep(entry, ttl),
+            None => self.get(entry),
+        };
+        (entry, versions)
+    }
+
+    /// The live entry under `key`, now kept for `ttl` from now. Atomic for the key, as
+    /// `GETEX` is: an entry removed or replaced meanwhile is not brought back.
+    fn get_and_keep(&self, key: &str, ttl: Duration) -> Option<Bytes> {
+        use moka::ops::compute::{CompResult, Op};
+        let now = Instant::now();
+        let kept = self
+            .entries
+            .entry(key.to_owned())
+            .and_compute_with(|current| match current {
+                Some(current) if current.value().expires_at > now => Op::Put(StoredEntry {
+                    bytes: current.value().bytes.clone(),
+                    expires_at: now + ttl,
+                }),
+                _ => Op::Nop,
+            });
+        match kept {
+            CompResult::ReplacedWith(entry) => Some(entry.into_value().bytes),
+            _ => None,
+        }
+    }
+
+    /// How long the entry under a full key has left, as `PTTL` tells on Redis; `None` if it
+    /// is absent or expired.
+    pub async fn time_to_live(&self, key: &str) -> Option<Duration> {
+        let entry = self.entries.get(key)?;
+        let left = entry.expires_at.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then_some(left)
     }
 
     /// Creates the missing tag tokens; the tokens, in order.
@@ -385,7 +424,7 @@ mod tests {
         expire_all_tags(&store);
         store.extend_tags(tag_keys, Duration::from_secs(60), Duration::from_secs(120));
         assert_eq!(
-            store.read("ns:{e}", tag_keys).1[..],
+            store.read("ns:{e}", tag_keys, None).1[..],
             [None],
             "extending does not revive it"
         );

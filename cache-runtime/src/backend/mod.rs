@@ -106,18 +106,21 @@ impl Backend {
 
     /// Reads `entry` and the current tokens of `tag_keys` in one round trip (none when this
     /// process's copies have them all), giving up at `deadline`; with `keep`, what came from
-    /// Redis is kept in the in-process tier for at most that long, if the cache has one.
+    /// Redis is kept in the in-process tier for at most that long, if the cache has one. With
+    /// `slide`, an entry found is kept that long from now (`GETEX .. PX`), on the same round
+    /// trip, and the tier is not used.
     pub(crate) async fn read(
         &self,
         entry: &str,
         tag_keys: TagKeys<'_>,
         keep: Option<Duration>,
+        slide: Option<Duration>,
         deadline: Instant,
     ) -> Result<Found, CacheError> {
         match self {
-            Backend::Redis(redis) => redis.read(entry, tag_keys, keep, deadline).await,
+            Backend::Redis(redis) => redis.read(entry, tag_keys, keep, slide, deadline).await,
             Backend::Memory(memory) => {
-                let (entry, versions) = memory.read(entry, tag_keys);
+                let (entry, versions) = memory.read(entry, tag_keys, slide);
                 Ok(Found {
                     entry,
                     versions,

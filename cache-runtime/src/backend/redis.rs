@@ -207,8 +207,17 @@ impl RedisBackend {
         entry: &str,
         tag_keys: TagKeys<'_>,
         keep: Option<Duration>,
+        slide: Option<Duration>,
         deadline: Instant,
     ) -> Result<Found, CacheError> {
+        if let Some(ttl) = slide {
+            let (entry, versions) = self.read_sliding(entry, tag_keys, ttl, deadline).await?;
+            return Ok(Found {
+                entry,
+                versions,
+                local: false,
+            });
+        }
         if let Some(tier) = &self.tier
             && (keep.is_some() || !tag_keys.is_empty())
             && !self.fills.contains(entry)
@@ -274,6 +283,43 @@ impl RedisBackend {
             })
             .collect();
         Ok((entry, versions))
+    }
+
+    /// [`RedisBackend::read_remote`] for a sliding entry: `GETEX entry PX ttl` (which keeps an
+    /// entry found for `ttl` from now) and, with tags, the `MGET` of their tokens sent at
+    /// once behind it: one round trip of wall time. Two commands because an `MGET` cannot
+    /// push an expiry out.
+    async fn read_sliding(
+        &self,
+        entry: &str,
+        tag_keys: TagKeys<'_>,
+        ttl: Duration,
+        deadline: Instant,
+    ) -> Result<(Option<Bytes>, Versions), CacheError> {
+        let mut getex = redis::cmd("GETEX");
+        getex
+            .arg(entry)
+            .arg("PX")
+            .arg(crate::clock::millis(ttl).max(1));
+        let get = async {
+            let value: Option<Vec<u8>> = self.run_until(&getex, deadline).await?;
+            Ok::<_, CacheError>(value.map(Bytes::from))
+        };
+        if tag_keys.is_empty() {
+            return Ok((get.await?, Versions::new()));
+        }
+        let mut mget = redis::cmd("MGET");
+        mget.arg(tag_keys.function).arg(tag_keys.user);
+        let tokens = async {
+            let values: Vec<Option<Vec<u8>>> = self.run_until(&mget, deadline).await?;
+            Ok::<_, CacheError>(values)
+        };
+        let (entry, tokens) = tokio::join!(get, tokens);
+        let versions = tokens?
+            .into_iter()
+            .map(|token| token.and_then(|bytes| tags::parse_token(&bytes)))
+            .collect();
+        Ok((entry?, versions))
     }
 
     /// Makes sure each of `keys` holds a tag token, creating the missing ones (`SET NX PX

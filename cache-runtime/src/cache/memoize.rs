@@ -138,6 +138,7 @@ pub(crate) fn tag_lifetime(spec: &FnSpec) -> Duration {
     spec.ttl
         .saturating_add(spec.stale.unwrap_or_default())
         .max(spec.fail_safe.unwrap_or_default())
+        .max(spec.sliding.unwrap_or_default())
 }
 
 /// What a read found.
@@ -1314,8 +1315,12 @@ impl Cache {
         deadline: Instant,
     ) -> (Read, Versions) {
         let gate = &self.inner.gate;
-        let keep = spec.local.or(self.inner.local_everywhere);
-        let request = gate.backend().read(key, tag_keys, keep, deadline);
+        // A sliding entry is read from Redis every time: the read is what keeps it.
+        let (keep, slide) = match spec.sliding {
+            Some(_) => (None, Some(spec.ttl)),
+            None => (spec.local.or(self.inner.local_everywhere), None),
+        };
+        let request = gate.backend().read(key, tag_keys, keep, slide, deadline);
         match gate.pass("GET", request).await {
             Ok(Found {
                 entry,
