@@ -75,7 +75,8 @@ pub use redis_memo_macros::{redis_cache_evict, redis_cache_put, redis_cached, re
 pub use redis_memo_runtime::{
     Cache, CacheBuilder, CacheError, CacheValue, ClientTlsConfig, Clock, Codec, EntryRef,
     FunctionRef, KeyPart, KeyWriter, MAX_RENDERED_LEN, ManualClock, MemoryStore, Stats,
-    SystemClock, TimedOut, TlsCertificates, codec, envelope, install, pattern_part, with_cache,
+    SystemClock, TimedOut, TlsCertificates, Warm, WarmReport, codec, envelope, install,
+    pattern_part, with_cache,
 };
 
 /// What generated code calls. Not a public API.

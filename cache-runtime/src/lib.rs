@@ -30,6 +30,7 @@ mod varint;
 pub use crate::backend::MemoryStore;
 pub use crate::cache::global::{install, with_cache};
 pub use crate::cache::timeouts::TimedOut;
+pub use crate::cache::warm::{Warm, WarmReport};
 pub use crate::cache::writers::{EntryRef, FunctionRef};
 pub use crate::cache::{Cache, CacheBuilder};
 pub use crate::clock::{Clock, ManualClock, SystemClock};

@@ -13,6 +13,7 @@ mod suite;
 #[path = "../support/mod.rs"]
 mod support;
 mod values;
+mod warming;
 
 macro_rules! conformance {
     ($($module:ident { $($test:ident),* $(,)? })*) => {
@@ -232,4 +233,10 @@ conformance_on_backend!(values_conformance: values {
     a_refresh_to_an_oversized_value_removes_the_stale_entry,
     compressed_entries_are_smaller_and_plain_readers_read_them,
     message_pack_entries_name_their_fields_and_every_codec_reads_them,
+});
+
+conformance_on_backend!(warming_conformance: warming {
+    warming_ten_thousand_keys_then_serves_them_all_as_hits,
+    a_warm_that_races_an_invalidation_stores_nothing_stale,
+    failed_calls_are_counted_and_store_nothing,
 });

@@ -729,6 +729,7 @@ impl Cache {
             hard_deadline,
         } = leading;
         guard.start_computing(versions);
+        crate::cache::warm::note_ran();
         let (started, started_ms) = (Instant::now(), self.now_ms());
         let timed = spec.soft_timeout.is_some() || spec.hard_timeout.is_some();
         let body = match timed.then(|| refresh.spawn_body::<K>(self, spec)).flatten() {
@@ -750,6 +751,7 @@ impl Cache {
         let result = match waited {
             Waited::Finished(result) => result,
             Waited::GaveUp(result) => {
+                crate::cache::warm::note_failed();
                 // The waiters get what this caller gets: the fail-safe value, or (without
                 // one) they run the function themselves, each within its own timeout.
                 match fallback_bytes {
@@ -763,6 +765,7 @@ impl Cache {
         let computed_ms = self.ms_since(started_ms);
 
         if K::is_failure(&result) {
+            crate::cache::warm::note_failed();
             // Nothing is stored. The lease goes back first (another process, or the waiter
             // whose turn is next, may take it at once); then the waiters get the error, or
             // their fail-safe value, or take turns.
@@ -870,6 +873,7 @@ impl Cache {
         F: Future<Output = R>,
         O: OnTimeout<R>,
     {
+        crate::cache::warm::note_ran();
         let bound = spec
             .hard_timeout
             .and_then(|hard| Some((call_started.checked_add(hard)?, hard)));
@@ -884,6 +888,9 @@ impl Cache {
             },
             None => compute.await,
         };
+        if K::is_failure(&result) {
+            crate::cache::warm::note_failed();
+        }
         self.fail_safe::<K, R>(spec, result, fallback)
     }
 

@@ -8,6 +8,7 @@ pub(crate) mod global;
 pub(crate) mod memoize;
 pub(crate) mod refresh;
 pub(crate) mod timeouts;
+pub(crate) mod warm;
 pub(crate) mod writers;
 
 pub use self::builder::CacheBuilder;

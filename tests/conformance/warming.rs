@@ -1,0 +1,123 @@
+//! Warming (`Warm`): preloading entries through the ordinary call path, on each backend.
+
+use crate::support::{Backend, Harness, Probe};
+use redis_memo::{Cache, Warm, WarmReport, redis_cached};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+
+const KEYS: u64 = 10_000;
+
+#[redis_cached(ttl = "10m", key = "warmed:<id>", cache = cache)]
+async fn warmed(id: u64, #[cache(skip)] cache: &Cache, #[cache(skip)] probe: &Probe) -> u64 {
+    probe.ran();
+    id * 3
+}
+
+pub async fn warming_ten_thousand_keys_then_serves_them_all_as_hits(backend: Backend) {
+    let h = Harness::new(backend);
+    let probe = Probe::default();
+    let progress: Arc<Mutex<Vec<WarmReport>>> = Arc::default();
+    let seen = Arc::clone(&progress);
+    let report = Warm::new()
+        .concurrency(32)
+        .on_progress(move |report| seen.lock().unwrap().push(*report))
+        .run(0..KEYS, |id| warmed(id, &h.cache, &probe))
+        .await;
+    assert_eq!(
+        (report.computed, report.skipped, report.failed),
+        (KEYS, 0, 0)
+    );
+    assert_eq!(probe.runs(), KEYS as u32);
+    let reports = progress.lock().unwrap().clone();
+    assert_eq!(
+        reports.last(),
+        Some(&report),
+        "the last progress report is the total"
+    );
+
+    h.cache.writes_done().await;
+    let before = h.cache.stats();
+    for id in 0..KEYS {
+        assert_eq!(warmed(id, &h.cache, &probe).await, id * 3);
+    }
+    let after = h.cache.stats();
+    assert_eq!(probe.runs(), KEYS as u32, "every warmed key is a hit");
+    assert_eq!(after.hits - before.hits, KEYS);
+
+    // A second warm finds every entry fresh and runs nothing.
+    let again = Warm::new()
+        .run(0..KEYS, |id| warmed(id, &h.cache, &probe))
+        .await;
+    assert_eq!((again.computed, again.skipped, again.failed), (0, KEYS, 0));
+    assert_eq!(probe.runs(), KEYS as u32);
+}
+
+/// A row whose value is its version in the "database", with a load that can be held.
+#[derive(Default)]
+pub struct Row {
+    version: AtomicU64,
+    hold: AtomicBool,
+    started: Notify,
+    release: Notify,
+}
+
+#[redis_cached(ttl = "10m", key = "warmed_row:<id>", cache = cache)]
+async fn warmed_row(id: u64, #[cache(skip)] cache: &Cache, #[cache(skip)] row: &Row) -> u64 {
+    let _ = id;
+    let version = row.version.load(Ordering::SeqCst);
+    if row.hold.swap(false, Ordering::SeqCst) {
+        row.started.notify_one();
+        row.release.notified().await;
+    }
+    version
+}
+
+pub async fn a_warm_that_races_an_invalidation_stores_nothing_stale(backend: Backend) {
+    let h = Harness::new(backend);
+    let row = Row::default();
+    row.version.store(1, Ordering::SeqCst);
+    row.hold.store(true, Ordering::SeqCst);
+    let warm = Warm::new().run([7u64], |id| warmed_row(id, &h.cache, &row));
+    let race = async {
+        // The warm's body has read version 1; the row changes and its entry is invalidated.
+        row.started.notified().await;
+        row.version.store(2, Ordering::SeqCst);
+        invalidate_warmed_row(7, &h.cache).await.unwrap();
+        row.release.notify_one();
+    };
+    let (report, ()) = tokio::join!(warm, race);
+    assert_eq!(report.computed, 1);
+    h.cache.writes_done().await;
+    assert_eq!(
+        warmed_row(7, &h.cache, &row).await,
+        2,
+        "the warm's value, read before the invalidation, was not stored"
+    );
+    assert!(h.cache.stats().rejected_fills >= 1);
+}
+
+#[redis_cached(ttl = "10m", key = "warmed_fallible:<id>", cache = cache)]
+async fn warmed_fallible(id: u64, #[cache(skip)] cache: &Cache) -> Result<u64, String> {
+    if id % 2 == 1 {
+        Err(format!("row {id} is unavailable"))
+    } else {
+        Ok(id)
+    }
+}
+
+pub async fn failed_calls_are_counted_and_store_nothing(backend: Backend) {
+    let h = Harness::new(backend);
+    let report = Warm::new()
+        .run(0..10u64, |id| warmed_fallible(id, &h.cache))
+        .await;
+    assert_eq!((report.computed, report.skipped, report.failed), (5, 0, 5));
+    h.cache.writes_done().await;
+    for id in (1..10).step_by(2) {
+        assert!(h.read_raw(&warmed_fallible_cache_key(id)).await.is_none());
+    }
+    let again = Warm::new()
+        .run(0..10u64, |id| warmed_fallible(id, &h.cache))
+        .await;
+    assert_eq!((again.computed, again.skipped, again.failed), (0, 5, 5));
+}
