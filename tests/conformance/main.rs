@@ -5,6 +5,7 @@
 //! backend. Each test is
 //! instantiated once per backend.
 
+mod batch;
 mod failures;
 mod freshness;
 mod invalidation;
@@ -239,4 +240,12 @@ conformance_on_backend!(warming_conformance: warming {
     warming_ten_thousand_keys_then_serves_them_all_as_hits,
     a_warm_that_races_an_invalidation_stores_nothing_stale,
     failed_calls_are_counted_and_store_nothing,
+});
+
+conformance_on_backend!(batch_conformance: batch {
+    a_batch_reads_its_hits_at_once_and_loads_exactly_the_misses,
+    a_tag_invalidation_makes_a_batch_load_its_entries_again,
+    an_invalidation_during_a_batch_load_stores_nothing_stale,
+    a_batch_shares_computations_with_single_calls_of_its_keys,
+    a_failed_batch_load_stores_nothing_and_frees_its_leases,
 });

@@ -255,6 +255,11 @@ impl Harness {
         self.local
     }
 
+    /// Whether the cache runs on a Redis Cluster.
+    pub fn on_cluster(&self) -> bool {
+        self.cluster.is_some()
+    }
+
     /// Whether the cache runs on Redis (one server or a cluster).
     pub fn on_redis(&self) -> bool {
         self.server.is_some() || self.cluster.is_some()

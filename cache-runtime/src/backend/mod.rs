@@ -130,6 +130,23 @@ impl Backend {
         }
     }
 
+    /// Reads many entries and the current tokens of all their tags in one round trip (on a
+    /// cluster, one `MGET` per slot, in parallel), from Redis itself (not the in-process
+    /// tier), giving up at `deadline`: each entry's bytes and its tags' tokens, in order.
+    pub(crate) async fn read_many(
+        &self,
+        entries: &[(&str, TagKeys<'_>)],
+        deadline: Instant,
+    ) -> Result<Vec<(Option<Bytes>, Versions)>, CacheError> {
+        match self {
+            Backend::Redis(redis) => redis.read_many(entries, deadline).await,
+            Backend::Memory(memory) => Ok(entries
+                .iter()
+                .map(|(entry, tag_keys)| memory.read(entry, *tag_keys, None))
+                .collect()),
+        }
+    }
+
     /// Makes sure each tag version key holds a token (new ones live twice `lifetime`: see
     /// [`tags::kept_for`]), giving up at `deadline`; the tokens.
     pub(crate) async fn ensure_tags(

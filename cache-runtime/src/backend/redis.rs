@@ -285,6 +285,58 @@ impl RedisBackend {
         Ok((entry, versions))
     }
 
+    /// One `MGET` of every entry, then every distinct tag key (see
+    /// [`Backend::read_many`](super::Backend::read_many)).
+    pub(crate) async fn read_many(
+        &self,
+        entries: &[(&str, TagKeys<'_>)],
+        deadline: Instant,
+    ) -> Result<Vec<(Option<Bytes>, Versions)>, CacheError> {
+        let mut tag_index: std::collections::HashMap<&str, usize> =
+            std::collections::HashMap::new();
+        let mut command = redis::cmd("MGET");
+        for (entry, _) in entries {
+            command.arg(*entry);
+        }
+        for tag in entries.iter().flat_map(|(_, tags)| tags.iter()) {
+            let next = tag_index.len();
+            if let std::collections::hash_map::Entry::Vacant(slot) = tag_index.entry(tag) {
+                slot.insert(next);
+                command.arg(tag);
+            }
+        }
+        let reply: redis::Value = self.run_until(&command, deadline).await?;
+        let redis::Value::Array(values) = reply else {
+            return Err(CacheError::unexpected_reply("MGET"));
+        };
+        if values.len() != entries.len() + tag_index.len() {
+            return Err(CacheError::unexpected_reply("MGET"));
+        }
+        let mut values = values.into_iter();
+        let bytes: Vec<Option<Bytes>> = values
+            .by_ref()
+            .take(entries.len())
+            .map(|value| match value {
+                redis::Value::BulkString(bytes) => Some(Bytes::from(bytes)),
+                _ => None,
+            })
+            .collect();
+        let tokens: Vec<Option<Token>> = values
+            .map(|value| match value {
+                redis::Value::BulkString(bytes) => tags::parse_token(&bytes),
+                _ => None,
+            })
+            .collect();
+        Ok(entries
+            .iter()
+            .zip(bytes)
+            .map(|((_, tag_keys), bytes)| {
+                let versions = tag_keys.iter().map(|tag| tokens[tag_index[tag]]).collect();
+                (bytes, versions)
+            })
+            .collect())
+    }
+
     /// [`RedisBackend::read_remote`] for a sliding entry: `GETEX entry PX ttl` (which keeps an
     /// entry found for `ttl` from now) and, with tags, the `MGET` of their tokens sent at
     /// once behind it: one round trip of wall time. Two commands because an `MGET` cannot

@@ -586,7 +586,7 @@ impl Cache {
     /// entry's lease: adopted from a leader of this process that went away, or taken, or
     /// waited for (`lock`) while another process holds it; all within `deadline`, and the
     /// wait within the hard deadline.
-    async fn lease_for_lead<V: crate::CacheValue>(
+    pub(crate) async fn lease_for_lead<V: crate::CacheValue>(
         &self,
         entry: &EntryAt<'_>,
         guard: &LeaderGuard<'_>,
@@ -1198,7 +1198,7 @@ impl Cache {
     /// of its own, which [`Cache::writes_done`] waits for. One round trip less per miss.
     /// (When the request cannot be queued at once, behind a reconnection say, a later read may
     /// overtake it: one more miss, whose lease then finds the stored value.)
-    fn store_behind(
+    pub(crate) fn store_behind(
         &self,
         entry: &EntryAt<'_>,
         lease: HeldLease,
@@ -1294,7 +1294,7 @@ impl Cache {
     /// What a failed request means for the call: `None`, counted as a fail-open. A refusal
     /// from a live server (`OOM` under noeviction, `READONLY` after a failover) lasts: it is
     /// warned about once a minute with its count rather than on every miss.
-    fn usable<T>(
+    pub(crate) fn usable<T>(
         &self,
         operation: &'static str,
         spec: &'static FnSpec,
@@ -1353,7 +1353,12 @@ impl Cache {
         }
     }
 
-    fn report_decode_failure(&self, spec: &'static FnSpec, key: &str, error: &DecodeError) {
+    pub(crate) fn report_decode_failure(
+        &self,
+        spec: &'static FnSpec,
+        key: &str,
+        error: &DecodeError,
+    ) {
         if matches!(error, DecodeError::Invalidated) {
             // Not damage: a tag was invalidated, so the entry is a plain miss.
             return;

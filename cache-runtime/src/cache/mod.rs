@@ -3,6 +3,7 @@
 //! and which cache a call uses (`global`). These are this module's children because they
 //! are the cache's own behaviour: they share its internals, which no other module sees.
 
+mod batch;
 mod builder;
 pub(crate) mod global;
 pub(crate) mod memoize;

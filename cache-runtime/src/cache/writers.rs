@@ -28,15 +28,15 @@ use std::marker::PhantomData;
 /// `<fn>_cache_entry(..)` helper returns. Rendered, but not tied to a cache yet.
 #[derive(Debug)]
 pub struct EntryRef<V: ?Sized> {
-    spec: &'static FnSpec,
+    pub(crate) spec: &'static FnSpec,
     /// The rendered key (without namespace).
-    rendered: String,
+    pub(crate) rendered: String,
     /// The renderings of its `tags`.
-    tags: Vec<String>,
-    body_type: &'static str,
-    key_types: &'static str,
+    pub(crate) tags: Vec<String>,
+    pub(crate) body_type: &'static str,
+    pub(crate) key_types: &'static str,
     /// Whether the reader stores this value (`None` only with `cache_none`).
-    storable: fn(&V, bool) -> bool,
+    pub(crate) storable: fn(&V, bool) -> bool,
     value: PhantomData<fn() -> V>,
 }
 
@@ -293,7 +293,7 @@ impl Cache {
     }
 
     /// Full version keys of rendered tags.
-    fn tag_keys(&self, rendered: &[String]) -> Vec<String> {
+    pub(crate) fn tag_keys(&self, rendered: &[String]) -> Vec<String> {
         rendered.iter().map(|tag| self.full_tag_key(tag)).collect()
     }
 
