@@ -37,7 +37,9 @@ pub enum Codec {
     Bincode,
     /// MessagePack through `rmp-serde`, structs written as maps of their field names: readable
     /// from other languages (after the envelope header, see [`crate::envelope`]), and tolerant
-    /// of fields added with `#[serde(default)]`. Larger and slower than bincode.
+    /// of fields added with `#[serde(default)]`. Larger and slower than bincode. It writes
+    /// `Some(x)` as `x`, so a `Some(x)` whose `x` writes as nil (`Some(())`, `Some(None)`)
+    /// reads back as `None`.
     MessagePack,
 }
 
@@ -196,6 +198,33 @@ mod tests {
             out.push(0);
             assert!(codec.decode::<u32>(&out).is_err(), "{codec:?}");
         }
+    }
+
+    #[test]
+    fn message_pack_reads_a_struct_written_before_a_defaulted_field_was_added() {
+        #[derive(serde::Serialize)]
+        struct Before {
+            id: u64,
+        }
+        #[derive(Debug, PartialEq, serde::Deserialize)]
+        struct After {
+            id: u64,
+            #[serde(default)]
+            nickname: String,
+        }
+        let mut out = Vec::new();
+        Codec::MessagePack
+            .encode(&Before { id: 3 }, &mut out)
+            .unwrap();
+        let after: After = Codec::MessagePack.decode(&out).unwrap();
+        assert_eq!(
+            after,
+            After {
+                id: 3,
+                nickname: String::new()
+            }
+        );
+        assert_eq!(Codec::default(), Codec::Bincode);
     }
 
     #[test]

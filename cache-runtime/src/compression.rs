@@ -3,13 +3,16 @@
 //!
 //! A compressed payload is the varint length of the plain bytes, then one LZ4 block. The
 //! length is checked before anything is allocated: LZ4 cannot expand input more than 255
-//! times, so a length claiming more is corrupt, not a reason to allocate gigabytes.
+//! times and no value exceeds Redis's 512 MiB, so a length claiming more is corrupt. Within
+//! that, a corrupt length allocates at most 255 times the entry's size.
 
 use crate::codec::CodecError;
 use crate::varint::{put_varint, take_varint};
 
 /// LZ4 never expands more than this (a block of one repeated byte comes closest).
 const MAX_RATIO: usize = 255;
+/// No value is larger: Redis strings are at most 512 MiB.
+const MAX_PLAIN: usize = 512 << 20;
 
 /// `plain`, compressed, if that makes it smaller; `None` otherwise (random or tiny data).
 pub(crate) fn compress(plain: &[u8]) -> Option<Vec<u8>> {
@@ -31,7 +34,7 @@ pub(crate) fn decompress(mut payload: &[u8]) -> Result<Vec<u8>, CodecError> {
     let claimed = take_varint(&mut payload).ok_or_else(corrupt)?;
     let claimed = usize::try_from(claimed)
         .ok()
-        .filter(|len| *len <= payload.len().saturating_mul(MAX_RATIO))
+        .filter(|len| *len <= payload.len().saturating_mul(MAX_RATIO).min(MAX_PLAIN))
         .ok_or_else(corrupt)?;
     let plain = lz4_flex::block::decompress(payload, claimed)
         .map_err(|e| CodecError(format!("corrupt compressed value: {e}")))?;

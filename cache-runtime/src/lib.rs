@@ -121,7 +121,9 @@ pub mod __private {
         O: OnTimeout<R>,
         S: ShareFailure<R>,
     {
-        match cache {
+        // Inside a warm, the outermost memoized call is the one it counts.
+        let warm = crate::cache::warm::Claim::enter();
+        let result = match cache {
             Some(cache) => {
                 let outcomes = crate::cache::memoize::Outcomes {
                     on_timeout,
@@ -134,8 +136,15 @@ pub mod __private {
                     )
                     .await
             }
-            None => compute.await,
+            None => {
+                crate::cache::warm::note_ran();
+                compute.await
+            }
+        };
+        if let Some(warm) = warm {
+            warm.finish(K::is_failure(&result));
         }
+        result
     }
 
     /// Invalidates tags given as full version keys (from [`tag_key_writer`]).

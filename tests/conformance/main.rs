@@ -240,6 +240,7 @@ conformance_on_backend!(warming_conformance: warming {
     warming_ten_thousand_keys_then_serves_them_all_as_hits,
     a_warm_that_races_an_invalidation_stores_nothing_stale,
     failed_calls_are_counted_and_store_nothing,
+    an_error_a_body_handles_is_not_the_warm_calls_failure,
 });
 
 conformance_on_backend!(batch_conformance: batch {

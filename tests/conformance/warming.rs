@@ -121,3 +121,25 @@ pub async fn failed_calls_are_counted_and_store_nothing(backend: Backend) {
         .await;
     assert_eq!((again.computed, again.skipped, again.failed), (0, 5, 5));
 }
+
+#[redis_cached(ttl = "10m", key = "warmed_inner:<id>", cache = cache)]
+async fn inner_fails(id: u64, #[cache(skip)] cache: &Cache) -> Result<u64, String> {
+    Err(format!("no row {id}"))
+}
+
+#[redis_cached(ttl = "10m", key = "warmed_outer:<id>", cache = cache)]
+async fn outer_handles_it(id: u64, #[cache(skip)] cache: &Cache) -> u64 {
+    inner_fails(id, cache).await.unwrap_or(0)
+}
+
+pub async fn an_error_a_body_handles_is_not_the_warm_calls_failure(backend: Backend) {
+    let h = Harness::new(backend);
+    let report = Warm::new()
+        .run(0..4u64, |id| outer_handles_it(id, &h.cache))
+        .await;
+    assert_eq!((report.computed, report.skipped, report.failed), (4, 0, 0));
+    let report = Warm::new()
+        .run(0..4u64, |id| inner_fails(id, &h.cache))
+        .await;
+    assert_eq!((report.computed, report.skipped, report.failed), (0, 0, 4));
+}

@@ -170,10 +170,13 @@ impl MemoryStore {
         (entry, versions)
     }
 
-    /// The live entry under `key`, now kept for `ttl` from now. Atomic for the key, as
-    /// `GETEX` is: an entry removed or replaced meanwhile is not brought back.
+    /// The live entry under `key`, now kept for `ttl` from now. Atomic, as `GETEX` is:
+    /// under the lock that serializes fills and invalidations (moka's per-key compute alone
+    /// does not exclude their plain inserts and removals), so an entry removed or replaced
+    /// meanwhile is not brought back.
     fn get_and_keep(&self, key: &str, ttl: Duration) -> Option<Bytes> {
         use moka::ops::compute::{CompResult, Op};
+        let _serialized = self.leases();
         let now = Instant::now();
         let kept = self
             .entries
@@ -409,6 +412,29 @@ mod tests {
         let past = Instant::now() - Duration::from_secs(1);
         for (_, expiry) in store.tags().versions.values_mut() {
             *expiry = past;
+        }
+    }
+
+    #[test]
+    fn a_sliding_read_never_brings_back_an_invalidated_entry() {
+        let store = MemoryStore::new();
+        let no_tags = TagKeys {
+            function: None,
+            user: &[],
+        };
+        for _ in 0..2_000 {
+            store.insert("ns:{e}", Bytes::from_static(b"v"), Duration::from_secs(60));
+            let barrier = std::sync::Barrier::new(2);
+            std::thread::scope(|scope| {
+                scope.spawn(|| {
+                    barrier.wait();
+                    store.read("ns:{e}", no_tags, Some(Duration::from_secs(60)));
+                });
+                barrier.wait();
+                store.invalidate("ns:{e}", "ns:{e}:lock");
+            });
+            // In either order the invalidation wins: the entry is gone.
+            assert!(store.get("ns:{e}").is_none());
         }
     }
 

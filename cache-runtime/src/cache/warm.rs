@@ -4,12 +4,13 @@
 //! A warm call is an ordinary call: it goes through the read, the in-process flights and the
 //! lease protocol, so a fresh entry is left alone, concurrent callers of the same key share one
 //! computation, and a value computed while the entry was invalidated is not stored. What the
-//! call did is noted by the call path ([`note_ran`], [`note_failed`]) in a task-local
-//! [`Outcome`] that only a warm sets up.
+//! call did is noted in a task-local [`Outcome`] that only a warm sets up: whether a body
+//! ran ([`note_ran`]) and whether it failed ([`note_failed`]), by the call path, and whether
+//! the outermost memoized call returned a failure ([`Claim`]).
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// What a [`Warm::run`] did, by call.
@@ -166,7 +167,12 @@ tokio::task_local! {
 
 /// What one warm call did, noted by the runtime as it happens.
 #[derive(Debug, Default)]
-pub(crate) struct Outcome(AtomicU8);
+pub(crate) struct Outcome {
+    flags: AtomicU8,
+    /// Memoized calls of the warm call running now, nested in one another: only the
+    /// outermost's failure is the warm call's (a body may handle an error of its own calls).
+    depth: AtomicU32,
+}
 
 const RAN: u8 = 1;
 const FAILED: u8 = 2;
@@ -179,17 +185,56 @@ enum Verdict {
 
 /// Notes, if the current task runs a warm call, that the call runs its function's body.
 pub(crate) fn note_ran() {
-    let _ = OUTCOME.try_with(|outcome| outcome.0.fetch_or(RAN, Ordering::Relaxed));
+    let _ = OUTCOME.try_with(|outcome| outcome.flags.fetch_or(RAN, Ordering::Relaxed));
 }
 
-/// Notes, if the current task runs a warm call, that the call's body failed.
+/// Notes, if the current task runs a warm call and this is its outermost memoized call (or
+/// a batch), that the body failed: nothing was stored, whatever the call returns (with
+/// `fail_safe`, its last good value).
 pub(crate) fn note_failed() {
-    let _ = OUTCOME.try_with(|outcome| outcome.0.fetch_or(FAILED, Ordering::Relaxed));
+    let _ = OUTCOME.try_with(|outcome| {
+        if outcome.depth.load(Ordering::Relaxed) <= 1 {
+            outcome.flags.fetch_or(FAILED, Ordering::Relaxed);
+        }
+    });
+}
+
+/// A memoized call made by a warm call, for as long as it runs.
+pub(crate) struct Claim {
+    outcome: Arc<Outcome>,
+    outermost: bool,
+}
+
+impl Claim {
+    /// Entered at the start of every memoized call: a claim if the current task runs a warm
+    /// call.
+    pub(crate) fn enter() -> Option<Claim> {
+        OUTCOME
+            .try_with(|outcome| Claim {
+                outermost: outcome.depth.fetch_add(1, Ordering::Relaxed) == 0,
+                outcome: Arc::clone(outcome),
+            })
+            .ok()
+    }
+
+    /// The call returned; `failed` if what it returned is a failure (counted for the
+    /// outermost call only).
+    pub(crate) fn finish(self, failed: bool) {
+        if failed && self.outermost {
+            self.outcome.flags.fetch_or(FAILED, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.outcome.depth.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Outcome {
     fn verdict(&self) -> Verdict {
-        let flags = self.0.load(Ordering::Relaxed);
+        let flags = self.flags.load(Ordering::Relaxed);
         if flags & FAILED != 0 {
             Verdict::Failed
         } else if flags & RAN != 0 {
