@@ -71,7 +71,9 @@
 
 #![warn(missing_docs)]
 
-pub use redis_memo_macros::{redis_cache_evict, redis_cache_put, redis_cached, redis_cached_impl};
+pub use redis_memo_macros::{
+    redis_cache_evict, redis_cache_put, redis_cached, redis_cached_batch, redis_cached_impl,
+};
 pub use redis_memo_runtime::{
     Cache, CacheBuilder, CacheError, CacheValue, ClientTlsConfig, Clock, Codec, EntryRef,
     FunctionRef, KeyPart, KeyWriter, MAX_RENDERED_LEN, ManualClock, MemoryStore, Stats,

@@ -28,6 +28,11 @@ impl Errors {
         self.combined.is_none()
     }
 
+    /// The errors combined, if any.
+    pub(crate) fn into_error(self) -> Option<syn::Error> {
+        self.combined
+    }
+
     pub(crate) fn into_compile_errors(self) -> TokenStream {
         self.combined
             .map(syn::Error::into_compile_error)

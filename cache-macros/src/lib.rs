@@ -10,6 +10,7 @@
 use proc_macro::TokenStream;
 
 mod args;
+mod batch;
 mod check;
 mod duration;
 mod errors;
@@ -51,6 +52,27 @@ pub fn redis_cache_put(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn redis_cache_evict(args: TokenStream, item: TokenStream) -> TokenStream {
     writer::writer(writer::Mode::Evict, args.into(), item.into()).into()
+}
+
+/// A batch loader sharing its entries with a memoized function (the reader):
+/// `#[redis_cached_batch(get_user(*id) for id in ids)]` on an `async fn` with a parameter
+/// `ids: &[T]` that returns `Result<HashMap<T, V>, E>`, `V` being what the reader stores.
+/// Every entry is read in one round trip; the body runs once, with `ids` holding only the
+/// elements that missed; its values are stored for the reader. Options: `cache = <expr>`,
+/// `crate = "path"`.
+///
+/// ```ignore
+/// #[redis_cached(ttl = "15m", key = "user:<id>")]
+/// async fn get_user(id: u64, #[cache(skip)] db: &Db) -> Result<User, DbError> { db.load(id).await }
+///
+/// #[redis_cached_batch(get_user(*id) for id in ids)]
+/// async fn get_users(ids: &[u64], db: &Db) -> Result<HashMap<u64, User>, DbError> {
+///     db.load_many(ids).await // called with the misses only
+/// }
+/// ```
+#[proc_macro_attribute]
+pub fn redis_cached_batch(args: TokenStream, item: TokenStream) -> TokenStream {
+    batch::redis_cached_batch(args.into(), item.into()).into()
 }
 
 /// On an `impl` block whose methods use `#[redis_cached]`; required on a trait impl. The

@@ -407,7 +407,7 @@ fn helper_path(path: &Path, suffix: &str) -> Path {
 /// `reader(args)` as a call of `<reader>_cache_entry(&args)`: the helper takes its arguments
 /// by reference, so naming the entry before the body moves nothing the body uses, and their
 /// types are exactly the reader's.
-fn entry_call(call: &ExprCall) -> TokenStream {
+pub(crate) fn entry_call(call: &ExprCall) -> TokenStream {
     let Expr::Path(func) = &*call.func else {
         return quote!(#call);
     };
@@ -426,7 +426,7 @@ fn entry_call(call: &ExprCall) -> TokenStream {
 
 /// Generic arguments on a reader's name cannot be passed on: its helpers take only the generic
 /// parameters their arguments determine.
-fn refuse_turbofish(path: &Path, errors: &mut Errors) {
+pub(crate) fn refuse_turbofish(path: &Path, errors: &mut Errors) {
     if let Some(last) = path.segments.last()
         && !last.arguments.is_none()
     {

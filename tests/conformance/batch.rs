@@ -1,9 +1,8 @@
-//! Batch reads (`Cache::memoize_batch`, what `#[redis_cached_batch]` will generate), on each
-//! backend: entries shared with the single-key reader, hits in one round trip, the loader
+//! Batch reads (`#[redis_cached_batch]`), on each backend: entries shared with the single-key reader, hits in one round trip, the loader
 //! called once with exactly the misses, leases, and coalescing with single calls.
 
 use crate::support::{Backend, Harness, Probe};
-use redis_memo::{Cache, redis_cached};
+use redis_memo::{Cache, redis_cached, redis_cached_batch};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -86,20 +85,15 @@ async fn user(
     users.load(id).await
 }
 
-/// What `#[redis_cached_batch]` will generate for `users(ids, team)`.
+/// The batch loader of `user`: called with the ids whose entries missed.
+#[redis_cached_batch(user(*id, team) for id in ids, cache = cache)]
 async fn users(
-    cache: &Cache,
     ids: &[u64],
     team: u32,
+    cache: &Cache,
     db: &Users,
 ) -> Result<HashMap<u64, u64>, String> {
-    let items = ids
-        .iter()
-        .map(|id| (*id, user_cache_entry(id, &team)))
-        .collect();
-    cache
-        .memoize_batch(items, |missing| db.load_many(missing))
-        .await
+    db.load_many(ids.to_vec()).await
 }
 
 fn expected(db: &Users, ids: impl IntoIterator<Item = u64>) -> HashMap<u64, u64> {
@@ -119,7 +113,7 @@ pub async fn a_batch_reads_its_hits_at_once_and_loads_exactly_the_misses(backend
     // The single-key reader stored every id under 50, the missing rows too.
     let mut all = expected(&db, 0..100);
     all.extend((0..50).map(|id| (id, db.value(id))));
-    let got = users(&h.cache, &ids, 1, &db).await.unwrap();
+    let got = users(&ids, 1, &h.cache, &db).await.unwrap();
     assert_eq!(got, all, "hits and loaded values, by id");
     assert_eq!(
         db.loads(),
@@ -149,7 +143,7 @@ pub async fn a_batch_reads_its_hits_at_once_and_loads_exactly_the_misses(backend
     // All hits: no load, and only MGET sent (on one server, one).
     let stored: Vec<u64> = all.keys().copied().collect();
     let before = h.command_calls().await;
-    let got = users(&h.cache, &stored, 1, &db).await.unwrap();
+    let got = users(&stored, 1, &h.cache, &db).await.unwrap();
     let after = h.command_calls().await;
     assert_eq!(got, all);
     assert_eq!(db.loads().len(), 1, "every entry was a hit");
@@ -174,16 +168,16 @@ pub async fn a_tag_invalidation_makes_a_batch_load_its_entries_again(backend: Ba
     let db = Users::default();
     // Rows the load returns (not multiples of 7), so that each batch is stored whole.
     let ids: Vec<u64> = (1..=20).filter(|id| id % 7 != 0).collect();
-    users(&h.cache, &ids, 1, &db).await.unwrap();
-    users(&h.cache, &ids, 2, &db).await.unwrap();
+    users(&ids, 1, &h.cache, &db).await.unwrap();
+    users(&ids, 2, &h.cache, &db).await.unwrap();
     assert_eq!(db.loads().len(), 2, "another team renders other entries");
     db.version.store(1, Ordering::SeqCst);
     assert!(h.cache.invalidate_tag("team:1").await.unwrap());
-    let got = users(&h.cache, &ids, 1, &db).await.unwrap();
+    let got = users(&ids, 1, &h.cache, &db).await.unwrap();
     assert_eq!(got, expected(&db, ids.iter().copied()), "the new values");
     assert_eq!(db.loads().len(), 3);
     // Team 2's entries were not invalidated: they still hold version 0.
-    let got = users(&h.cache, &ids, 2, &db).await.unwrap();
+    let got = users(&ids, 2, &h.cache, &db).await.unwrap();
     assert_eq!(got[&1], 10);
     assert_eq!(db.loads().len(), 3);
 }
@@ -193,7 +187,7 @@ pub async fn an_invalidation_during_a_batch_load_stores_nothing_stale(backend: B
     let db = Users::default();
     let (reached, release) = db.hold_next();
     let ids = [1u64, 2, 3];
-    let batch = users(&h.cache, &ids, 1, &db);
+    let batch = users(&ids, 1, &h.cache, &db);
     let race = async {
         // The load has read version 0; the rows change and entry 2 is invalidated.
         reached.notified().await;
@@ -226,7 +220,7 @@ pub async fn a_batch_shares_computations_with_single_calls_of_its_keys(backend: 
     let single = user(5, 1, &h.cache, &db, &probe);
     let batch = async {
         reached.notified().await;
-        let batch = users(&h.cache, &[4, 5, 6], 1, &db);
+        let batch = users(&[4, 5, 6], 1, &h.cache, &db);
         let released = async {
             // The batch has loaded 4 and 6; it waits for the single call's 5.
             db.loaded.notified().await;
@@ -251,13 +245,51 @@ pub async fn a_failed_batch_load_stores_nothing_and_frees_its_leases(backend: Ba
     ];
     let failed = h
         .cache
-        .memoize_batch(items, |_| async {
-            Err::<HashMap<u64, u64>, _>("down".to_string())
+        .memoize_batch(items, async |ids: &[u64]| {
+            Err::<HashMap<u64, u64>, _>(format!("{} rows: down", ids.len()))
         })
         .await;
-    assert_eq!(failed, Err("down".to_string()));
+    assert_eq!(failed, Err("2 rows: down".to_string()));
     // The leases were given back: single calls compute and store at once.
     assert_eq!(user(1, 1, &h.cache, &db, &probe).await, 10);
     assert_eq!(user(1, 1, &h.cache, &db, &probe).await, 10);
     assert_eq!(probe.runs(), 1);
+}
+
+#[redis_cached(ttl = "10m", key = "membership:<org>:<user>", cache = cache)]
+async fn membership(org: u32, user: u64, #[cache(skip)] cache: &Cache) -> String {
+    format!("{org}/{user} single")
+}
+
+#[redis_cached_batch(membership(pair.0, pair.1) for pair in pairs, cache = cache)]
+async fn memberships(
+    pairs: &[(u32, u64)],
+    cache: &Cache,
+) -> Result<HashMap<(u32, u64), String>, String> {
+    Ok(pairs
+        .iter()
+        .map(|(org, user)| ((*org, *user), format!("{org}/{user} batch")))
+        .collect())
+}
+
+pub async fn a_reader_keyed_on_two_parameters_is_batched_by_pairs(backend: Backend) {
+    let h = Harness::new(backend);
+    assert_eq!(membership(1, 2, &h.cache).await, "1/2 single");
+    let got = memberships(&[(1, 2), (1, 3), (2, 2)], &h.cache)
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        HashMap::from([
+            ((1, 2), "1/2 single".to_string()),
+            ((1, 3), "1/3 batch".to_string()),
+            ((2, 2), "2/2 batch".to_string()),
+        ])
+    );
+    h.cache.writes_done().await;
+    assert_eq!(
+        membership(2, 2, &h.cache).await,
+        "2/2 batch",
+        "stored for the reader"
+    );
 }

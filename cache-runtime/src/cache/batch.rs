@@ -26,7 +26,6 @@ use crate::flight::{self, LeaderGuard, Role, Shared, WaitOutcome};
 use crate::stats::Event;
 use crate::tags::{TagKeys, Token, Versions};
 use std::collections::HashMap;
-use std::future::Future;
 use std::hash::Hash;
 use std::time::Instant as StdInstant;
 use tokio::time::Instant;
@@ -69,18 +68,16 @@ impl Cache {
     /// values of all items, by item. Items `load` does not return are absent from the result
     /// and not stored. Generated code only for now: `#[redis_cached_batch]` will call it.
     #[doc(hidden)]
-    pub async fn memoize_batch<T, V, E, L, Fut>(
+    pub async fn memoize_batch<T, V, E, L>(
         &self,
         items: Vec<(T, EntryRef<V>)>,
-        load: L,
+        mut load: L,
     ) -> Result<HashMap<T, V>, E>
     where
         T: Hash + Eq + Clone,
         V: CacheValue,
-        L: FnMut(Vec<T>) -> Fut,
-        Fut: Future<Output = Result<HashMap<T, V>, E>>,
+        L: AsyncFnMut(&[T]) -> Result<HashMap<T, V>, E>,
     {
-        let mut load = load;
         let mut seen = std::collections::HashSet::new();
         let items: Vec<(T, EntryRef<V>)> = items
             .into_iter()
@@ -192,7 +189,7 @@ impl Cache {
             crate::cache::warm::note_ran();
             let started = (StdInstant::now(), self.now_ms());
             let wanted: Vec<T> = computing.iter().map(|lead| lead.item.clone()).collect();
-            match load(wanted).await {
+            match load(&wanted).await {
                 Ok(mut loaded) => {
                     for lead in computing {
                         let value = loaded.remove(&lead.item);
@@ -248,7 +245,7 @@ impl Cache {
                 self.record(Event::Miss, spec);
             }
             crate::cache::warm::note_ran();
-            values.extend(load(leftover).await?);
+            values.extend(load(&leftover).await?);
         }
         Ok(values)
     }
