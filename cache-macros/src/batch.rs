@@ -110,7 +110,7 @@ impl Parse for BatchArgs {
 /// The element type of a `&[T]` parameter.
 fn slice_element(ty: &Type) -> Option<&Type> {
     match ty {
-        Type::Reference(reference) => match &*reference.elem {
+        Type::Reference(reference) if reference.mutability.is_none() => match &*reference.elem {
             Type::Slice(slice) => Some(&slice.elem),
             _ => None,
         },
@@ -141,10 +141,11 @@ pub(crate) fn redis_cached_batch(args: TokenStream, item: TokenStream) -> TokenS
     if let Expr::Path(func) = &*args.reader.func {
         refuse_turbofish(&func.path, &mut errors);
     }
+    check_element_used(&args, &mut errors);
     let element_type = match slice_parameter(&function, &args.slice) {
         Ok(ty) => Some(ty),
-        Err((span, message)) => {
-            errors.at(span, message);
+        Err(error) => {
+            errors.push(error);
             None
         }
     };
@@ -157,8 +158,56 @@ pub(crate) fn redis_cached_batch(args: TokenStream, item: TokenStream) -> TokenS
     }
 }
 
+/// The reader call must read the element: otherwise every element would name one entry and
+/// get its value.
+fn check_element_used(args: &BatchArgs, errors: &mut Errors) {
+    let mut names = Vec::new();
+    collect_bindings(&args.element, &mut names);
+    let used = args
+        .reader
+        .args
+        .iter()
+        .any(|arg| mentions(quote!(#arg), &names));
+    if !used {
+        errors.spanned(
+            &args.reader,
+            "the reader call does not use the element: every element would read the same \
+             entry; pass it, like `get_user(*id) for id in ids`",
+        );
+    }
+}
+
+fn collect_bindings(pattern: &Pat, names: &mut Vec<Ident>) {
+    match pattern {
+        Pat::Ident(ident) => names.push(ident.ident.clone()),
+        Pat::Tuple(tuple) => tuple
+            .elems
+            .iter()
+            .for_each(|elem| collect_bindings(elem, names)),
+        Pat::Reference(reference) => collect_bindings(&reference.pat, names),
+        Pat::Paren(paren) => collect_bindings(&paren.pat, names),
+        Pat::TupleStruct(tuple) => tuple
+            .elems
+            .iter()
+            .for_each(|elem| collect_bindings(elem, names)),
+        Pat::Struct(structure) => structure
+            .fields
+            .iter()
+            .for_each(|field| collect_bindings(&field.pat, names)),
+        _ => {}
+    }
+}
+
+fn mentions(tokens: TokenStream, names: &[Ident]) -> bool {
+    tokens.into_iter().any(|token| match token {
+        proc_macro2::TokenTree::Ident(ident) => names.contains(&ident),
+        proc_macro2::TokenTree::Group(group) => mentions(group.stream(), names),
+        _ => false,
+    })
+}
+
 /// The element type of the parameter the attribute names, which must be `&[T]`.
-fn slice_parameter(function: &ItemFn, slice: &Ident) -> Result<Type, (Span, String)> {
+fn slice_parameter(function: &ItemFn, slice: &Ident) -> Result<Type, syn::Error> {
     let typed = function.sig.inputs.iter().find_map(|input| match input {
         FnArg::Typed(typed) => match &*typed.pat {
             Pat::Ident(ident) if ident.ident == *slice => Some(typed),
@@ -167,17 +216,21 @@ fn slice_parameter(function: &ItemFn, slice: &Ident) -> Result<Type, (Span, Stri
         FnArg::Receiver(_) => None,
     });
     let Some(typed) = typed else {
-        return Err((
+        return Err(syn::Error::new(
             slice.span(),
             format!(
-                "`{slice}` is not a parameter of this function: name the slice of elements to load, like `for id in ids` with a parameter `ids: &[u64]`"
+                "`{slice}` is not a parameter of this function: name the slice of elements to \
+                 load, like `for id in ids` with a parameter `ids: &[u64]`"
             ),
         ));
     };
     slice_element(&typed.ty).cloned().ok_or_else(|| {
-        (
-            typed.ty.span(),
-            format!("`{slice}` must be a slice reference such as `&[u64]`: the batch is called with the elements that missed"),
+        syn::Error::new_spanned(
+            &typed.ty,
+            format!(
+                "`{slice}` must be a shared slice reference such as `&[u64]`: the batch is \
+                 called with the elements that missed"
+            ),
         )
     })
 }
@@ -209,24 +262,26 @@ fn expand(args: &BatchArgs, function: &ItemFn, element_type: &Type) -> TokenStre
             __redis_memo_load,
         )
     };
+    // The entries are named before the loader exists: it may move what their arguments read.
     let wrapped = quote! {{
         #select_cache
+        let __redis_memo_items: ::core::option::Option<::std::vec::Vec<_>> =
+            ::core::option::Option::map(__redis_memo_cache, |_| {
+                ::core::iter::Iterator::collect(::core::iter::Iterator::map(
+                    ::core::iter::IntoIterator::into_iter(#slice),
+                    |__redis_memo_element: &#element_type| {
+                        let #element = __redis_memo_element;
+                        (::core::clone::Clone::clone(__redis_memo_element), #entry)
+                    },
+                ))
+            });
         let mut __redis_memo_load = #load;
-        match __redis_memo_cache {
-            ::core::option::Option::Some(__redis_memo_cache) => {
-                let __redis_memo_items: ::std::vec::Vec<_> = ::core::iter::Iterator::collect(
-                    ::core::iter::Iterator::map(
-                        ::core::iter::IntoIterator::into_iter(#slice),
-                        |__redis_memo_element: &#element_type| {
-                            #[allow(unused_variables)]
-                            let #element = __redis_memo_element;
-                            (::core::clone::Clone::clone(__redis_memo_element), #entry)
-                        },
-                    ),
-                );
-                #memoize_batch.await
-            }
-            ::core::option::Option::None => __redis_memo_load(#slice).await,
+        match (__redis_memo_cache, __redis_memo_items) {
+            (
+                ::core::option::Option::Some(__redis_memo_cache),
+                ::core::option::Option::Some(__redis_memo_items),
+            ) => #memoize_batch.await,
+            _ => __redis_memo_load(#slice).await,
         }
     }};
     let mut function = function.clone();

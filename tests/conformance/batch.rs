@@ -293,3 +293,45 @@ pub async fn a_reader_keyed_on_two_parameters_is_batched_by_pairs(backend: Backe
         "stored for the reader"
     );
 }
+
+#[redis_cached(ttl = "10m", key = "locked:<id>", lock, cache = cache)]
+async fn locked(id: u64, #[cache(skip)] cache: &Cache, #[cache(skip)] db: &Users) -> u64 {
+    db.load(id).await
+}
+
+#[redis_cached_batch(locked(*id) for id in ids, cache = cache)]
+async fn locked_many(ids: &[u64], cache: &Cache, db: &Users) -> Result<HashMap<u64, u64>, String> {
+    db.load_many(ids.to_vec()).await
+}
+
+pub async fn a_batch_never_waits_for_another_processs_lease(backend: Backend) {
+    let h = Harness::new(backend);
+    let other = h.another_process(|builder| builder);
+    let db = Users::default();
+    // The other process computes 2, held, under its lease.
+    let (reached, release) = db.hold_next_single();
+    let held = locked(2, &other, &db);
+    let batch = async {
+        reached.notified().await;
+        let got = locked_many(&[1, 2], &h.cache, &db).await;
+        // Released only once the batch has returned: a batch that waited for the lease
+        // would have waited out `wait` first, and counted a lock wait.
+        release.notify_one();
+        got
+    };
+    let (held, got) = tokio::join!(held, batch);
+    assert_eq!(held, 20);
+    assert_eq!(got.unwrap(), HashMap::from([(1, 10), (2, 20)]));
+    assert_eq!(h.cache.stats().lock_waits, 0, "{:?}", h.cache.stats());
+    assert_eq!(
+        db.loads(),
+        vec![vec![1, 2]],
+        "the busy element was loaded too"
+    );
+    other.writes_done().await;
+    h.cache.writes_done().await;
+    // 2 is the other process's to store; 1 the batch's.
+    let probe_db = Users::default();
+    assert_eq!(locked(1, &h.cache, &probe_db).await, 10);
+    assert_eq!(locked(2, &h.cache, &probe_db).await, 20);
+}

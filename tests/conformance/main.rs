@@ -250,4 +250,5 @@ conformance_on_backend!(batch_conformance: batch {
     a_batch_shares_computations_with_single_calls_of_its_keys,
     a_failed_batch_load_stores_nothing_and_frees_its_leases,
     a_reader_keyed_on_two_parameters_is_batched_by_pairs,
+    a_batch_never_waits_for_another_processs_lease,
 });

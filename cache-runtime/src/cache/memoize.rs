@@ -591,7 +591,7 @@ impl Cache {
         entry: &EntryAt<'_>,
         guard: &LeaderGuard<'_>,
         versions: &mut Versions,
-        redis_answered: bool,
+        (redis_answered, may_wait): (bool, bool),
         (deadline, hard_deadline): (Instant, Option<Instant>),
     ) -> (Option<Vec<Token>>, LeaseOutcome<V>) {
         let spec = entry.spec;
@@ -611,7 +611,9 @@ impl Cache {
         };
         // Not for a write-through's lease: its writer may be this very call's caller, reading
         // the entry inside its body, and would wait for itself.
-        if let (LeaseOutcome::Busy { writer: false }, Some(wait)) = (&lease, spec.lock_wait) {
+        if let (LeaseOutcome::Busy { writer: false }, Some(wait), true) =
+            (&lease, spec.lock_wait, may_wait)
+        {
             // Within the hard timeout too, its last round trips included.
             let waiting = self.wait_for_holder::<V>(entry, versions, wait);
             lease = match hard_deadline {
@@ -673,7 +675,7 @@ impl Cache {
                 entry,
                 &guard,
                 &mut versions,
-                redis_answered,
+                (redis_answered, true),
                 (deadline, hard_deadline),
             )
             .await;

@@ -36,4 +36,14 @@ fn not_async(ids: &[u64]) -> Result<HashMap<u64, u64>, String> {
     Ok(ids.iter().map(|id| (*id, *id)).collect())
 }
 
+#[redis_cached_batch(get_user(7) for id in ids)]
+async fn element_unused(ids: &[u64]) -> Result<HashMap<u64, u64>, String> {
+    Ok(ids.iter().map(|id| (*id, *id)).collect())
+}
+
+#[redis_cached_batch(get_user(*id) for id in ids)]
+async fn mutable_slice(ids: &mut [u64]) -> Result<HashMap<u64, u64>, String> {
+    Ok(ids.iter().map(|id| (*id, *id)).collect())
+}
+
 fn main() {}
