@@ -127,3 +127,33 @@ async fn a_failed_background_refresh_is_counted_and_logged_with_its_error() {
         "a warning with the error: {logged:?}"
     );
 }
+
+#[redis_cached(ttl = "1m", key = "report_page:<id>", cache = cache)]
+async fn report_page(id: u64, #[cache(skip)] cache: &Cache) -> String {
+    format!("{id}").repeat(100)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_oversized_value_is_warned_about_once_per_function_and_counted_each_time() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let warnings = Warnings::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(warnings.clone()));
+    let h = Harness::with(Backend::Redis, |builder| builder.max_value_bytes(64));
+    for id in 1..=5 {
+        assert_eq!(report_page(id, &h.cache).await.len(), 100);
+    }
+    h.cache.writes_done().await;
+    assert_eq!(h.cache.stats().oversized, 5);
+    let warned = warnings.0.lock().unwrap().clone();
+    let oversized: Vec<&String> = warned
+        .iter()
+        .filter(|fields| fields.contains("max_value_bytes"))
+        .collect();
+    assert_eq!(oversized.len(), 1, "{warned:?}");
+    assert!(
+        oversized[0].contains("function=\"report_page\"") && oversized[0].contains("max=64"),
+        "names the function and the bound: {}",
+        oversized[0]
+    );
+}

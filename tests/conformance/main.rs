@@ -241,6 +241,7 @@ conformance_on_backend!(warming_conformance: warming {
     a_warm_that_races_an_invalidation_stores_nothing_stale,
     failed_calls_are_counted_and_store_nothing,
     an_error_a_body_handles_is_not_the_warm_calls_failure,
+    a_warm_runs_at_most_its_concurrency_and_reports_progress,
 });
 
 conformance_on_backend!(batch_conformance: batch {

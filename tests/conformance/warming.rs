@@ -143,3 +143,48 @@ pub async fn an_error_a_body_handles_is_not_the_warm_calls_failure(backend: Back
         .await;
     assert_eq!((report.computed, report.skipped, report.failed), (0, 0, 4));
 }
+
+/// How many calls run at once, and the most that ever did.
+#[derive(Default)]
+pub struct Gauge {
+    now: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+#[redis_cached(ttl = "10m", key = "warmed_gauged:<id>", cache = cache)]
+async fn gauged(id: u64, #[cache(skip)] cache: &Cache, #[cache(skip)] gauge: &Gauge) -> u64 {
+    let now = gauge.now.fetch_add(1, Ordering::SeqCst) + 1;
+    gauge.most.fetch_max(now, Ordering::SeqCst);
+    // Pending once at least, so the warm may poll other calls meanwhile.
+    tokio::task::yield_now().await;
+    gauge.now.fetch_sub(1, Ordering::SeqCst);
+    id
+}
+
+pub async fn a_warm_runs_at_most_its_concurrency_and_reports_progress(backend: Backend) {
+    let h = Harness::new(backend);
+    let gauge = Gauge::default();
+    let reports: Arc<Mutex<Vec<WarmReport>>> = Arc::default();
+    let seen = Arc::clone(&reports);
+    let report = Warm::new()
+        .concurrency(3)
+        .progress_every(std::time::Duration::ZERO)
+        .on_progress(move |report| seen.lock().unwrap().push(*report))
+        .run(0..50u64, |id| gauged(id, &h.cache, &gauge))
+        .await;
+    assert_eq!(report.computed, 50);
+    let most = gauge.most.load(Ordering::SeqCst);
+    assert!(
+        (2..=3).contains(&most),
+        "at most 3 at once, and more than one: {most}"
+    );
+    let reports = reports.lock().unwrap().clone();
+    // With no interval, one report after each call, and the final one.
+    assert_eq!(reports.len(), 51);
+    assert!(
+        reports
+            .windows(2)
+            .all(|pair| pair[0].calls() <= pair[1].calls())
+    );
+    assert_eq!(reports.last(), Some(&report));
+}
