@@ -613,8 +613,11 @@ pub async fn wait_until_cached_again(cache: &Cache, id: u64) {
 
 /// Calls `lookup(id)` (already stored) until this process's in-process copy answers, failing
 /// after 5 calls: a read that crossed the invalidation of the fill's own write keeps nothing,
-/// the next one keeps the copy.
+/// the next one keeps the copy. Until the fill's reply is handled, reads of the entry go on
+/// the main connection and keep nothing: on a loaded machine that can outlast 5 calls, so the
+/// fill is waited for first.
 pub async fn until_a_copy_answers(cache: &Cache, probe: &Probe, id: u64) {
+    cache.writes_done().await;
     for _ in 0..5 {
         let local_hits = cache.stats().local_hits;
         assert_eq!(lookup(id, cache, probe).await, Ok(id * 10));
