@@ -125,9 +125,20 @@ impl Cache {
             return Ok(values);
         };
         let spec = first.spec;
+        // One reader, one instantiation: its fingerprint and function tag are the same for
+        // every element, so they are resolved once.
+        let shared = spec.resolve::<V>(first.body_type, first.key_types, true);
+        let function_tag = spec
+            .invalidate_all
+            .then(|| shared.function_tag_key(&self.inner.namespace).into_owned());
         let resolved: Vec<Resolved> = items
             .iter()
-            .map(|(_, entry)| self.resolve_entry(entry))
+            .map(|(_, entry)| Resolved {
+                key: self.full_key(&entry.rendered),
+                function_tag: function_tag.clone(),
+                user_tags: self.tag_keys(&entry.tags),
+                fingerprint: shared.fingerprint,
+            })
             .collect();
         let flights = &self.inner.flights;
         let tickets: Vec<flight::Ticket> =
@@ -331,22 +342,6 @@ impl Cache {
             values.extend(load(&leftover).await?);
         }
         Ok(values)
-    }
-
-    /// Where `entry` lives in this cache: its full key, tag keys and fingerprint.
-    fn resolve_entry<V: CacheValue>(&self, entry: &EntryRef<V>) -> Resolved {
-        let spec = entry.spec;
-        let resolved = spec.resolve::<V>(entry.body_type, entry.key_types, true);
-        Resolved {
-            key: self.full_key(&entry.rendered),
-            function_tag: spec.invalidate_all.then(|| {
-                resolved
-                    .function_tag_key(&self.inner.namespace)
-                    .into_owned()
-            }),
-            user_tags: self.tag_keys(&entry.tags),
-            fingerprint: resolved.fingerprint,
-        }
     }
 
     /// A led item's end: its value (if the loader returned one) to its flight's waiters, and
